@@ -84,6 +84,14 @@ def cmd_card(args) -> int:
     return 0
 
 
+def cmd_push(args) -> int:
+    from finephrase.hub import push_output
+
+    url = push_output(args.output, args.repo_id, private=args.private, revision=args.revision)
+    console.print(f"pushed {args.output} to {url}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="finephrase", description="Build FinePhrase-style synthetic pretraining data with datatrove.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -116,6 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--recipe", help="default: OUTPUT/recipe.yaml")
     c.add_argument("--repo-id")
     c.set_defaults(func=cmd_card)
+
+    h = sub.add_parser("push", help="push an output folder (data, card, prompts, recipe) to a Hub dataset repo")
+    h.add_argument("output")
+    h.add_argument("repo_id")
+    h.add_argument("--private", action="store_true")
+    h.add_argument("--revision", help="branch to push to (created if needed)")
+    h.set_defaults(func=cmd_push)
+
+    from finephrase import cli_prompts
+
+    cli_prompts.register(sub)
     return p
 
 
