@@ -55,7 +55,7 @@ def generator_runtime(recipe: Recipe, paths: RunPaths):
                 "gguf_sha256": _file_sha256(servers.gguf), "replicas": servers.replicas, "threads": servers.threads,
                 "n_ctx": servers.n_ctx}
     else:
-        protocol = "tgi" if (g.server == "tgi" and g.api == "generate") else "openai"
+        protocol = {"openai": "openai", "tgi": "tgi" if g.api == "generate" else "tgi-chat"}[g.server]
         yield GeneratorRuntime(
             endpoints=g.endpoints,
             endpoints_file=g.endpoints_file,

@@ -84,11 +84,12 @@ class ReplicaPool(InferenceServer):
         refresh_interval: float = 5.0,
         api_key: str | None = None,
         ready_timeout: float = 600.0,
+        tokenizer: str | None = None,
     ):
         super().__init__(config, rank)
         self.static_endpoints = [normalize_endpoint(e) for e in (endpoints or [])]
         self.endpoints_file = endpoints_file
-        self.protocol: Protocol = make_protocol(protocol, config)
+        self.protocol: Protocol = make_protocol(protocol, config, tokenizer=tokenizer)
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
@@ -204,6 +205,11 @@ class ReplicaPool(InferenceServer):
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None
+
+    async def wait_ready(self) -> None:
+        """Wait until the pool has answered its first health check (server info known)."""
+        if not self._server_ready.done() or self._server_ready.exception() is not None:
+            await self._server_ready
 
     # ---------------------------------------------------------------- requests
     def _pick(self, exclude: set[str]) -> Replica | None:

@@ -42,7 +42,8 @@ class Rephrase(InferenceRunner):
         output_folder: where the rephrased documents are written (jsonl.gz, chunked for resume).
         endpoints: base URLs of the inference replicas (OpenAI-compatible or TGI).
         endpoints_file: optional file of ``host:port`` lines, re-read while running.
-        protocol: ``openai`` (chat completions) or ``tgi`` (native ``/generate``).
+        protocol: ``openai`` (chat completions), ``tgi-chat`` (TGI's Messages API) or ``tgi`` (TGI's native
+            ``/generate``, prompts rendered with the model's chat template).
         model: model name sent in requests and recorded in provenance.
         generation_params: overrides of the prompts' defaults (max_new_tokens, temperature, top_p, seed).
         concurrency: requests in flight.
@@ -126,6 +127,7 @@ class Rephrase(InferenceRunner):
             protocol=self.protocol,
             max_retries=self.max_retries,
             api_key=self.api_key,
+            tokenizer=self.tokens.spec,
         )
         return self._server
 
@@ -153,6 +155,8 @@ class Rephrase(InferenceRunner):
         return params
 
     async def rollout(self, document: Document, generate) -> dict:
+        if self._server is not None:
+            await self._server.wait_ready()  # the token budget and provenance need the server's info
         results = await asyncio.gather(*(self._rephrase_one(p, document, generate) for p in self.prompts))
         return {p.name: r for p, r in zip(self.prompts, results)}
 
@@ -165,7 +169,10 @@ class Rephrase(InferenceRunner):
 
     async def _rephrase_one(self, prompt: Prompt, document: Document, generate) -> dict:
         params = self.params_for(prompt)
+        info = self._server.server_info if self._server is not None else {}
         entry = {
+            "model": info.get("model_id") or self.model,
+            "model_revision": info.get("model_sha"),
             "prompt": prompt.name,
             "prompt_set": prompt.set,
             "prompt_version": prompt.version,
@@ -199,11 +206,10 @@ class Rephrase(InferenceRunner):
         except InferenceError as e:
             if "BadRequestError" not in str(e.error):
                 raise
-            # the server says the input is too long / invalid: cut to half the budget, retry once
+            # the server says the input is too long / invalid (400/413/422): cut to half the budget and
+            # retry once; a second refusal fails this prompt for this document (counted by the caller)
             budget //= 2
             text, source_tokens, truncated = self.tokens.truncate(source, budget)
-            if not truncated:
-                raise
             self.stat_update(f"retried_truncated/{prompt.name}")
             result = await generate(self._payload(prompt, text, params))
         usage = result.usage or {}

@@ -1,0 +1,217 @@
+"""Inference at scale against real server processes on loopback: TGI's native and Messages
+protocols (protocol-faithful TGI test server with real generation), several replicas,
+injected HTTP faults, a replica killed mid-run, replicas joining through an endpoints file,
+and a killed pipeline whose answered requests are not sent again."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from datasets import load_dataset
+
+import tgi_server
+from conftest import ROOT, run_cli
+from finephrase.servers.embedded import default_gguf_path
+
+
+def _get(url: str):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _post(url: str, body: dict):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture
+def tgi(tmp_path):
+    """Factory: start TGI test servers (subprocesses); all are killed at teardown."""
+    procs = []
+
+    def start(**options):
+        options.setdefault("max_input_tokens", 512)
+        options.setdefault("max_total_tokens", 768)
+        proc, url = tgi_server.start(log_path=str(tmp_path / f"tgi{len(procs)}.log"), **options)
+        procs.append(proc)
+        return proc, url
+
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def tgi_recipe(make_recipe, endpoints=None, endpoints_file=None, api="generate", n_prompts=1, **generator):
+    prompts = ["finephrase/faq", "finephrase/table"][:n_prompts]
+    gen = {"server": "tgi", "api": api, "tokenizer": default_gguf_path(), "model": None,
+           "replicas": None, "threads": None, "n_ctx": None, "context_length": None,
+           "params": {"max_new_tokens": 24, "temperature": 0.0, "seed": 0, "top_p": None},
+           "concurrency": 4, "max_retries": 4, **generator}
+    if endpoints is not None:
+        gen["endpoints"] = endpoints
+    if endpoints_file is not None:
+        gen["endpoints_file"] = str(endpoints_file)
+    return make_recipe({
+        "filters": {"quality": None, "language": None, "min_chars": 200},
+        "dedup": None,
+        "mix": None,
+        "prompts": prompts,
+        "output_checks": "flag",
+        "generator": gen,
+    })
+
+
+def _rows(out, config="faq"):
+    return load_dataset("parquet", data_dir=str(out / "data" / config), split="train")
+
+
+def _source_ids(out) -> list[str]:
+    ids = []
+    folder = out / ".finephrase" / "filtered"
+    for name in sorted(os.listdir(folder)):
+        with gzip.open(folder / name, "rt") as f:
+            ids += [json.loads(line)["id"] for line in f]
+    return ids
+
+
+def _summary(out):
+    return json.loads((out / ".finephrase" / "run.json").read_text())["summary"]
+
+
+@pytest.mark.parametrize("api", ["generate", "chat"])
+def test_tgi_protocols_record_info_in_provenance(tmp_path, demo_data, make_recipe, tgi, api):
+    _, url = tgi()
+    info = _get(f"{url}/info")
+    recipe = tgi_recipe(make_recipe, endpoints=[url], api=api)
+    out = tmp_path / "out"
+    run_cli("run", str(recipe), "--limit", "3", "--output", str(out))
+    ds = _rows(out)
+    assert len(ds) == len(_source_ids(out)) >= 2
+    for row in ds:
+        assert row["model"] == info["model_id"]
+        assert row["model_revision"] == info["model_sha"]
+        assert row["text"].strip()
+        assert row["prompt_tokens"] > 20 and 0 < row["completion_tokens"] <= 24
+        # the source is truncated to what /info allows: max_input_tokens minus the prompt's own tokens
+        assert row["source_tokens_used"] <= info["max_input_tokens"]
+    stats = _get(f"{url}/_test/stats")
+    route = "generate" if api == "generate" else "chat"
+    assert stats[f"{route}:200"] == len(ds) and stats.get(f"{route}:422", 0) == 0
+
+
+def test_retryable_faults_are_retried_across_replicas(tmp_path, demo_data, make_recipe, tgi):
+    _, url1 = tgi()
+    _, url2 = tgi()
+    # every kind of transient error once on replica 1, twice 503 on replica 2
+    for status in (503, 429, 424, 500):
+        _post(f"{url1}/_test/faults", {"status": status, "count": 1, "route": "generate"})
+    _post(f"{url2}/_test/faults", {"status": 503, "count": 2, "route": "generate"})
+    recipe = tgi_recipe(make_recipe, endpoints=[url1, url2])
+    out = tmp_path / "out"
+    run_cli("run", str(recipe), "--limit", "6", "--output", str(out))
+    ids = _source_ids(out)
+    ds = _rows(out)
+    assert sorted(ds["source_id"]) == sorted(ids)
+    s1, s2 = _get(f"{url1}/_test/stats"), _get(f"{url2}/_test/stats")
+    for status in (503, 429, 424, 500):
+        assert s1.get(f"generate:{status}") == 1
+    assert s2.get("generate:503") == 2
+    assert s1["generate:200"] + s2["generate:200"] == len(ids)
+    assert s1["generate:200"] > 0 and s2["generate:200"] > 0
+    assert _summary(out)["prompts"]["faq"]["failed"] == 0
+
+
+def test_422_truncates_and_retries_once_then_skips(tmp_path, demo_data, make_recipe, tgi):
+    _, url = tgi()
+    # 1st document: one 422 -> retried once with half the input; 2nd document: two 422 -> skipped and counted
+    _post(f"{url}/_test/faults", {"status": 422, "count": 3, "route": "generate"})
+    recipe = tgi_recipe(make_recipe, endpoints=[url], concurrency=1)
+    out = tmp_path / "out"
+    run_cli("run", str(recipe), "--limit", "4", "--output", str(out))
+    ids = _source_ids(out)
+    summary = _summary(out)
+    steps = {s["step"]: s["stats"] for s in summary["steps"] if s["stage"] == "rephrase"}
+    rephrase_stats = next(v for k, v in steps.items() if "Rephrase" in k)
+    assert rephrase_stats.get("retried_truncated/faq") == 2
+    assert summary["prompts"]["faq"]["failed"] == 1
+    assert len(_rows(out)) == len(ids) - 1
+
+
+def test_replica_killed_mid_run(tmp_path, demo_data, make_recipe, tgi):
+    p1, url1 = tgi()
+    p2, url2 = tgi()
+    recipe = tgi_recipe(make_recipe, endpoints=[url1, url2], concurrency=4)
+    out = tmp_path / "out"
+    run = subprocess.Popen([sys.executable, "-m", "finephrase.cli", "run", str(recipe), "--limit", "10", "--output",
+                            str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and _get(f"{url2}/_test/stats").get("generate:200", 0) < 2:
+        time.sleep(0.2)
+    p2.send_signal(signal.SIGKILL)  # with requests in flight
+    output, _ = run.communicate(timeout=600)
+    assert run.returncode == 0, output[-3000:]
+    ids = _source_ids(out)
+    ds = _rows(out)
+    assert sorted(ds["source_id"]) == sorted(ids), "every document exactly once"
+    assert "replica out of rotation" in output
+
+
+def test_endpoints_file_replicas_join_while_running(tmp_path, demo_data, make_recipe, tgi):
+    endpoints_file = tmp_path / "endpoints.txt"
+    endpoints_file.write_text("")
+    recipe = tgi_recipe(make_recipe, endpoints_file=endpoints_file)
+    out = tmp_path / "out"
+    run = subprocess.Popen([sys.executable, "-m", "finephrase.cli", "run", str(recipe), "--limit", "6", "--output",
+                            str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(3)
+    assert run.poll() is None, "waits for a replica to join"
+    _, url1 = tgi()
+    with open(endpoints_file, "a") as f:
+        f.write(url1.removeprefix("http://") + "\n")
+    while _get(f"{url1}/_test/stats").get("generate:200", 0) < 1:
+        time.sleep(0.2)
+    _, url2 = tgi()
+    with open(endpoints_file, "a") as f:
+        f.write(url2.removeprefix("http://") + "  # a second job\n")
+    output, _ = run.communicate(timeout=600)
+    assert run.returncode == 0, output[-3000:]
+    assert sorted(_rows(out)["source_id"]) == sorted(_source_ids(out))
+    assert f"replica joined: {url2}" in output
+
+
+def test_killed_pipeline_does_not_resend_answered_requests(tmp_path, demo_data, make_recipe, tgi):
+    _, url = tgi()
+    recipe = tgi_recipe(make_recipe, endpoints=[url], n_prompts=2, concurrency=2)
+    data = json.loads(json.dumps(__import__("yaml").safe_load(recipe.read_text())))
+    data["output"]["records_per_chunk"] = 3
+    recipe.write_text(__import__("yaml").safe_dump(data))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "finephrase.cli", "run", str(recipe), "--limit", "8", "--output", str(out)]
+    run = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(_get(f"{url}/_test/requests")["completed"]) < 7:
+        time.sleep(0.1)
+    # hold every further request at the server, let the answered ones reach the request cache, then SIGKILL
+    _post(f"{url}/_test/faults", {"status": 0, "delay_s": 60, "count": 1000})
+    time.sleep(2)
+    answered_before = set(_get(f"{url}/_test/requests")["completed"])
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    _post(f"{url}/_test/reset", {})
+    run_cli("run", str(recipe), "--limit", "8", "--output", str(out))
+    resent = set(_get(f"{url}/_test/requests")["received"]) & answered_before
+    assert not resent, f"{len(resent)} answered requests were sent again"
+    ids = _source_ids(out)
+    for config in ("faq", "table"):
+        assert sorted(_rows(out, config)["source_id"]) == sorted(ids)
