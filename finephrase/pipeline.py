@@ -100,8 +100,10 @@ def source_reader(recipe: Recipe, limit: int = -1):
     return HuggingFaceDatasetReader(dataset, dataset_options=args, limit=limit, text_key=src.text_key, id_key=src.id_key)
 
 
-def _intermediate_reader(folder: str) -> JsonlReader:
-    return SafeJsonlReader(folder, glob_pattern="*.jsonl.gz", compression="gzip")
+def _intermediate_reader(folder: str, compressed: bool = True) -> JsonlReader:
+    if compressed:
+        return SafeJsonlReader(folder, glob_pattern="*.jsonl.gz", compression="gzip")
+    return SafeJsonlReader(folder, glob_pattern="*.jsonl", compression=None)
 
 
 def build_stages(recipe: Recipe, prompts: list[Prompt], output: str, runtime: GeneratorRuntime,
@@ -175,6 +177,7 @@ def build_stages(recipe: Recipe, prompts: list[Prompt], output: str, runtime: Ge
             checkpoints_dir=paths.w("checkpoints"),
             records_per_chunk=recipe.output.records_per_chunk,
             api_key=runtime.api_key,
+            routing=recipe.routing.model_dump() if recipe.routing else None,
         ),
     ], tasks, kind="inference"))
 
@@ -183,7 +186,7 @@ def build_stages(recipe: Recipe, prompts: list[Prompt], output: str, runtime: Ge
     if filters.language and filters.language.model != "auto":
         lid_model = filters.language.model
     add(Stage("rows", [
-        _intermediate_reader(paths.w("rephrased")),
+        _intermediate_reader(paths.w("rephrased"), compressed=False),
         FormatRows(prompts, model=runtime.model, lid_model_path=lid_model, on_fail=recipe.output_checks),
         ParquetWriter(paths.data, output_filename="${config}/${rank}.parquet", adapter=row_adapter, schema=ROW_SCHEMA),
     ], tasks))

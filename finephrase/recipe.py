@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -117,6 +118,14 @@ class GeneratorConfig(_Strict):
         return self
 
 
+class RoutingConfig(_Strict):
+    """Nemotron-CC-style routing: a document goes only to the prompts whose ``suits`` matches its quality
+    bucket (``suits: any`` prompts get every document)."""
+
+    by: Literal["quality_score"] = "quality_score"
+    threshold: float = Field(0.5, ge=0, le=1, description="score >= threshold: high-quality, else low-quality")
+
+
 class MixConfig(_Strict):
     synthetic: float = Field(0.5, gt=0, le=1, description="share of tokens that are synthetic")
     seed: int = 0
@@ -148,6 +157,9 @@ class Recipe(_Strict):
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     prompts: list[str] = Field(..., min_length=1)
+    context: Literal["truncate", "chunked"] | None = Field(
+        None, description="long documents: override every prompt's `context` (truncate, or chunked as in Kimi K2)")
+    routing: RoutingConfig | None = None
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     output_checks: Literal["drop", "flag"] = Field(
         "drop", description="generations breaking a prompt's output rules are dropped, or kept and flagged in `checks`")
@@ -166,9 +178,26 @@ class Recipe(_Strict):
             raise ValueError("prompts are listed twice")
         return v
 
+    @model_validator(mode="after")
+    def _check_routing(self):
+        if self.routing is not None:
+            q = self.filters.quality
+            if q is None:
+                raise ValueError("routing by quality_score needs filters.quality")
+            if q.threshold > self.routing.threshold:
+                raise ValueError(f"routing sends documents below {self.routing.threshold} to low-quality prompts, but "
+                                 f"filters.quality.threshold {q.threshold} drops them first: set it to 0")
+        return self
+
+    def apply(self, prompt: Prompt) -> Prompt:
+        """A prompt as this recipe runs it (the recipe's `context` overrides the prompt's)."""
+        if self.context and prompt.context != self.context:
+            return replace(prompt, context=self.context)
+        return prompt
+
     def resolved_prompts(self) -> list[Prompt]:
         base = Path(self.path).parent if self.path else None
-        return [load_prompt(ref, base_dir=base) for ref in self.prompts]
+        return [self.apply(load_prompt(ref, base_dir=base)) for ref in self.prompts]
 
 
 def _fmt_loc(loc: tuple) -> str:
@@ -264,7 +293,7 @@ def check_recipe(recipe: Recipe) -> list[Prompt]:
     prompts = []
     for i, ref in enumerate(recipe.prompts):
         try:
-            prompts.append(load_prompt(ref, base_dir=Path(path).parent))
+            prompts.append(recipe.apply(load_prompt(ref, base_dir=Path(path).parent)))
         except PromptError as e:
             raise _error(path, f"prompts[{i}]", str(e)) from None
     names = [p.config_name for p in prompts]

@@ -19,8 +19,9 @@ from test_end_to_end import llama_servers
 def _ids_in(folder) -> list[str]:
     ids = []
     for name in sorted(os.listdir(folder)):
-        if name.endswith(".jsonl.gz"):
-            with gzip.open(os.path.join(folder, name), "rt") as f:
+        opener = gzip.open if name.endswith(".gz") else open
+        if name.endswith((".jsonl", ".jsonl.gz")):
+            with opener(os.path.join(folder, name), "rt") as f:
                 ids += [json.loads(line)["id"] for line in f]
     return ids
 

@@ -206,6 +206,10 @@ class ReplicaPool(InferenceServer):
             await self._session.close()
         self._session = None
 
+    @property
+    def ready(self) -> bool:
+        return self._server_ready.done() and self._server_ready.exception() is None
+
     async def wait_ready(self) -> None:
         """Wait until the pool has answered its first health check (server info known)."""
         if not self._server_ready.done() or self._server_ready.exception() is not None:

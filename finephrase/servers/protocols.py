@@ -6,8 +6,11 @@ request and the answer back into an OpenAI-style response dict
 
 from __future__ import annotations
 
-import json
 import os
+
+import orjson
+
+JSON = {"Content-Type": "application/json"}
 
 
 class ProtocolError(Exception):
@@ -57,11 +60,11 @@ class OpenAIChat(Protocol):
         return True, info
 
     async def request(self, session, base_url: str, payload: dict) -> dict:
-        async with session.post(f"{base_url}/v1/chat/completions", json=payload) as r:
+        async with session.post(f"{base_url}/v1/chat/completions", data=orjson.dumps(payload), headers=JSON) as r:
             body = await r.read()
             if r.status != 200:
                 raise ProtocolError(r.status, body.decode("utf-8", "replace"))
-        return json.loads(body)
+        return orjson.loads(body)
 
 
 TGI_INFO_KEYS = ("model_id", "model_sha", "model_dtype", "max_input_tokens", "max_input_length", "max_total_tokens",
@@ -153,11 +156,11 @@ class TGIGenerate(Protocol):
 
     async def request(self, session, base_url: str, payload: dict) -> dict:
         body = self.to_request(payload)
-        async with session.post(f"{base_url}/generate", json=body) as r:
+        async with session.post(f"{base_url}/generate", data=orjson.dumps(body), headers=JSON) as r:
             raw = await r.read()
             if r.status != 200:
                 raise ProtocolError(r.status, raw.decode("utf-8", "replace"))
-        data = json.loads(raw)
+        data = orjson.loads(raw)
         if isinstance(data, list):  # TGI answers a list when `inputs` was a list
             data = data[0]
         details = data.get("details") or {}

@@ -59,6 +59,14 @@ def row_adapter(self, document: Document) -> dict:
     return row
 
 
+def _source_chars_seen(text: str, entry: dict) -> int:
+    """Characters of the source the model saw: all of it, or the used share of a truncated document."""
+    total, used = entry.get("source_tokens"), entry.get("source_tokens_used")
+    if entry.get("truncated") and total and used is not None:
+        return int(len(text) * min(1.0, used / total))
+    return len(text)
+
+
 class FormatRows(PipelineStep):
     """datatrove step: explode rephrased documents into per-prompt rows and apply output rules.
 
@@ -109,8 +117,10 @@ class FormatRows(PipelineStep):
                         finish_reason=entry.get("finish_reason"),
                         completion_tokens=entry.get("completion_tokens"),
                         source_text=doc.text,
+                        source_chars=_source_chars_seen(doc.text, entry),
                         source_language=doc.metadata.get("language"),
                         detect_language=self._detect_language,
+                        cleaned=entry.get("cleaned"),  # chunked rewriting cleaned each chunk already
                     )
                     for note in check.notes:
                         self.stat_update(f"cleaned/{name}/{note}")

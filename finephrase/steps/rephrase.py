@@ -24,10 +24,10 @@ from typing import Any
 
 from datatrove.data import Document
 from datatrove.pipeline.inference.run_inference import InferenceConfig, InferenceRunner
-from datatrove.pipeline.inference.types import InferenceError
-from datatrove.pipeline.writers.jsonl import JsonlWriter
+from datatrove.pipeline.inference.types import InferenceError, InferenceResult
 from loguru import logger
 
+from finephrase.inference_io import BatchedRequestCache, FastCheckpointManager, LeanJsonlWriter, jsonl_adapter
 from finephrase.prompts import Prompt, load_prompt
 from finephrase.tokens import TokenCounter
 
@@ -53,6 +53,8 @@ class Rephrase(InferenceRunner):
         records_per_chunk: documents per checkpoint chunk.
         embedded: dict of EmbeddedServers settings: when given, the step starts its own llama.cpp
             replicas for the duration of the task (used when running the step outside ``finephrase run``).
+        routing: ``{"by": "quality_score", "threshold": t}``: a document goes only to the prompts whose
+            ``suits`` is ``any`` or its bucket (score >= t: ``high-quality``, else ``low-quality``), as in Nemotron-CC.
     """
 
     name = "✍️ Rephrase"
@@ -76,6 +78,7 @@ class Rephrase(InferenceRunner):
         records_per_chunk: int = 100,
         api_key: str | None = None,
         embedded: dict | None = None,
+        routing: dict | None = None,
     ):
         self.prompts = [p if isinstance(p, Prompt) else load_prompt(p) for p in prompts]
         self.endpoints = list(endpoints or [])
@@ -87,6 +90,7 @@ class Rephrase(InferenceRunner):
         self.max_retries = max_retries
         self.api_key = api_key
         self.embedded = embedded
+        self.routing = routing
         self.tokens = TokenCounter(tokenizer)
         self._server = None
         config = InferenceConfig(
@@ -98,7 +102,9 @@ class Rephrase(InferenceRunner):
             request_timeout=request_timeout,
             metric_interval=60,
         )
-        writer = JsonlWriter(output_folder, output_filename="${rank}_chunk_${chunk_index}.jsonl.gz", expand_metadata=False)
+        # an intermediate file read once by the rows stage: no gzip, and no deep copy of each document
+        writer = LeanJsonlWriter(output_folder, output_filename="${rank}_chunk_${chunk_index}.jsonl", compression=None,
+                                 adapter=jsonl_adapter, expand_metadata=False)
         super().__init__(
             rollout_fn=self.rollout,
             config=config,
@@ -108,6 +114,10 @@ class Rephrase(InferenceRunner):
             metadata_key="rollout_results",
             skip_bad_requests=True,
         )
+        # same files and semantics as datatrove's, less work per document (see finephrase.inference_io)
+        self.request_cache = BatchedRequestCache(checkpoints_dir)
+        self.checkpoint_manager = FastCheckpointManager(checkpoints_dir, records_per_chunk, request_cache=self.request_cache)
+        self._budgets: dict[str, int] = {}
 
     # ------------------------------------------------------------------ server
     def _init_server(self, rank: int):
@@ -141,12 +151,67 @@ class Rephrase(InferenceRunner):
 
     def budget_for(self, prompt: Prompt, max_new_tokens: int) -> int:
         """Tokens of source text that fit: context - max_new_tokens - prompt overhead - margin."""
+        key = f"{prompt.sha256}:{max_new_tokens}"  # a str key: datatrove writes the step's attributes to executor.json
+        if key not in self._budgets:
+            self._budgets[key] = self._compute_budget(prompt, max_new_tokens)
+        return self._budgets[key]
+
+    def _compute_budget(self, prompt: Prompt, max_new_tokens: int) -> int:
         info = self._server.server_info if self._server is not None else {}
         context = self.context_length or info.get("max_total_tokens") or 4096
         if info.get("max_input_tokens"):
             context = min(context, info["max_input_tokens"] + max_new_tokens)
         overhead = self.tokens.count("\n".join(m["content"] for m in prompt.render(""))) + 16 * 2
         return max(64, context - max_new_tokens - overhead - PROMPT_MARGIN_TOKENS)
+
+    # ------------------------------------------------------------------ hot path
+    async def _send_request(self, server, payload: dict, semaphore: asyncio.Semaphore) -> InferenceResult:
+        """One request. Retries, back-off and replica choice live in ReplicaPool; the runner's
+        bookkeeping is kept to what the stats and the metrics report need."""
+        payload["model"] = self.config.model_name_or_path
+        async with semaphore:
+            try:
+                response = await server.make_request(payload)
+            except InferenceError:
+                self.metrics.add_metrics(failed_requests=1, requests=1)
+                self.stat_update("failed_requests", unit="request")
+                raise
+        choice = response["choices"][0]
+        usage = response.get("usage") or {}
+        prompt_tokens, completion_tokens = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+        self.metrics.add_metrics(tokens_input=prompt_tokens, tokens_output=completion_tokens, requests=1,
+                                 successful_requests=1)
+        self.stat_update("successful_requests", unit="request")
+        message = choice.get("message") or {}
+        return InferenceResult(text=message.get("content") or "", finish_reason=choice.get("finish_reason"),
+                               usage=usage, reasoning=message.get("reasoning_content") or "")
+
+    async def _async_data_gen(self, sync_gen):
+        """Documents from the (synchronous) reader, fetched in batches per thread hop rather than one by one."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        iterator = iter(sync_gen)
+        pool = ThreadPoolExecutor(max_workers=1)
+        batch_size = max(8, min(256, self.config.max_concurrent_documents))
+
+        def next_batch():
+            batch = []
+            for doc in iterator:
+                batch.append(doc)
+                if len(batch) >= batch_size:
+                    break
+            return batch
+
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                batch = await loop.run_in_executor(pool, next_batch)
+                if not batch:
+                    return
+                for doc in batch:
+                    yield doc
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ rollout
     def params_for(self, prompt: Prompt) -> dict:
@@ -155,10 +220,25 @@ class Rephrase(InferenceRunner):
         return params
 
     async def rollout(self, document: Document, generate) -> dict:
-        if self._server is not None:
+        if self._server is not None and not self._server.ready:
             await self._server.wait_ready()  # the token budget and provenance need the server's info
-        results = await asyncio.gather(*(self._rephrase_one(p, document, generate) for p in self.prompts))
-        return {p.name: r for p, r in zip(self.prompts, results)}
+        prompts = self.route(document)
+        if len(prompts) == 1:  # no extra task per request in the common one-prompt case
+            return {prompts[0].name: await self._rephrase_one(prompts[0], document, generate)}
+        results = await asyncio.gather(*(self._rephrase_one(p, document, generate) for p in prompts))
+        return {p.name: r for p, r in zip(prompts, results)}
+
+    def route(self, document: Document) -> list[Prompt]:
+        """The prompts a document goes to (all of them without routing)."""
+        if not self.routing:
+            return self.prompts
+        score = document.metadata.get(self.routing.get("by", "quality_score"))
+        if score is None:
+            self.stat_update("routed/unscored")
+            return [p for p in self.prompts if p.suits == "any"]
+        bucket = "high-quality" if float(score) >= self.routing.get("threshold", 0.5) else "low-quality"
+        self.stat_update(f"routed/{bucket}")
+        return [p for p in self.prompts if p.suits in ("any", bucket)]
 
     def _payload(self, prompt: Prompt, text: str, params: dict, **context: Any) -> dict:
         payload = {"messages": prompt.render(text, **context), "max_tokens": params["max_new_tokens"]}

@@ -1,0 +1,474 @@
+"""Publish an output folder as a Hugging Face Hub dataset: the library call behind ``finephrase push`` and
+``finephrase run --push-to``.
+
+What is uploaded: ``data/**`` (the parquet files of every config), ``README.md`` (the dataset card),
+``prompts/<set>/<name>.yaml`` (the prompts used, written from the recipe if missing) and ``recipe.yaml``
+(tokens and local absolute paths scrubbed as in the card: ``/home/me/x.jsonl`` -> ``<local>/x.jsonl``).
+The ``.finephrase/`` work folder is never uploaded.
+
+How:
+
+* The repository (and the branch, with ``revision``) is created if needed.
+* The remote tree is listed first and every local file is compared with it (sha256 for LFS files, the git blob
+  id for the others): only new or changed files are sent, so pushing the same output again makes no commit and
+  a push that was interrupted resumes where it stopped.
+* Files go in batches (at most ``max_files`` files / ``max_bytes`` bytes per commit), data first; the card,
+  prompts, recipe and the deletions go in the last commit, so the card only switches to the new configs once
+  their data is there.
+* Each commit names its parent. 412 (the branch moved), 408/429/5xx and network errors are retried with jittered
+  exponential back-off; before each retry the head is read again and the batch re-checked against it, so a
+  commit whose answer was lost is not made twice.
+* Pushing to a repository that has configs from an earlier push replaces the configs this output has (remote
+  files under ``data/<config>/`` that the output does not have are deleted) and keeps the others; the card is
+  written for the union: kept configs stay in the card's ``configs`` and in ``all``.
+
+The token is huggingface_hub's (``HF_TOKEN`` or the stored ``hf auth login``); it is never printed, logged
+or written. When ``HF_XET_CACHE`` is not set, each process gets its own Xet cache folder
+(``$HF_HOME/xet/finephrase-<pid>``, removed when the process ends) so several tasks can upload at once.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fnmatch
+import glob
+import hashlib
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+
+from loguru import logger
+
+MAX_FILES_PER_COMMIT = 100
+MAX_BYTES_PER_COMMIT = 2 * 1024**3
+MAX_RETRIES = 6
+RETRY_BASE_S = 1.0
+RETRY_MAX_S = 60.0
+CONFLICT_RETRIES = 30
+RETRY_STATUS = {408, 412, 429, 500, 502, 503, 504}
+REPO_TYPE = "dataset"
+
+
+class PushError(FileNotFoundError):
+    """The output folder has nothing to push (a FileNotFoundError, so the CLI reports it as a user error)."""
+
+
+_HASHES: dict[tuple, tuple[str, str]] = {}
+
+
+@dataclass
+class LocalFile:
+    path_in_repo: str
+    source: str | bytes  # a file path, or the content
+    size: int
+    sha256: str
+    git_oid: str
+
+    @classmethod
+    def from_path(cls, path_in_repo: str, path: str) -> "LocalFile":
+        st = os.stat(path)
+        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+        if key not in _HASHES:  # each file is read once per process
+            sha, git = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % st.st_size)
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    sha.update(block)
+                    git.update(block)
+            _HASHES[key] = (sha.hexdigest(), git.hexdigest())
+        return cls(path_in_repo, path, st.st_size, *_HASHES[key])
+
+    @classmethod
+    def from_bytes(cls, path_in_repo: str, data: bytes) -> "LocalFile":
+        return cls(path_in_repo, data, len(data), hashlib.sha256(data).hexdigest(),
+                   hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest())
+
+    def same_as(self, remote) -> bool:
+        """Whether a remote ``RepoFile`` has this content."""
+        if remote is None:
+            return False
+        lfs = getattr(remote, "lfs", None)
+        if lfs is not None:
+            return lfs.sha256 == self.sha256
+        return getattr(remote, "blob_id", None) == self.git_oid
+
+    def operation(self):
+        from huggingface_hub import CommitOperationAdd
+
+        return CommitOperationAdd(path_in_repo=self.path_in_repo, path_or_fileobj=self.source)
+
+
+# --- the output folder -----------------------------------------------------------------------------------------
+
+
+def _walk(folder: str, prefix: str) -> list[tuple[str, str]]:
+    out = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            full = os.path.join(root, name)
+            rel = os.path.relpath(full, folder).replace(os.sep, "/")
+            out.append((f"{prefix}/{rel}", full))
+    return out
+
+
+def output_configs(output: str) -> list[str]:
+    """The configs an output folder has: ``data/<config>/`` folders holding parquet files."""
+    data = os.path.join(output, "data")
+    if not os.path.isdir(data):
+        return []
+    return sorted(d for d in os.listdir(data) if not d.startswith(".") and os.path.isdir(os.path.join(data, d))
+                  and any(f.endswith(".parquet") for f in os.listdir(os.path.join(data, d))))
+
+
+def load_output_recipe(output: str):
+    """The recipe stored in the output folder (``recipe.yaml``), or None."""
+    path = os.path.join(output, "recipe.yaml")
+    if not os.path.exists(path):
+        return None
+    from finephrase.recipe import load_recipe
+
+    return load_recipe(path, check_files=False)
+
+
+def write_prompt_files(output: str, prompts) -> list[str]:
+    """Write each prompt to ``OUTPUT/prompts/<set>/<name>.yaml`` unless a file with the same prompt (same sha256)
+    is there: a copy of the prompt's file when it has one, else the prompt serialized. Returns the paths written."""
+    import yaml
+
+    from finephrase.prompts import load_prompt_file
+
+    written = []
+    for p in prompts:
+        dest = os.path.join(output, "prompts", p.set, f"{p.name}.yaml")
+        if os.path.exists(dest):
+            try:
+                if load_prompt_file(dest).sha256 == p.sha256:
+                    continue
+            except Exception:  # noqa: BLE001 - an unreadable file is replaced
+                pass
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        text = None
+        if p.path and os.path.isfile(p.path):
+            with open(p.path, encoding="utf-8") as f:
+                text = f.read()
+        if text is None:
+            data = {k: v for k, v in p.to_dict().items() if k != "sha256"}
+            text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        with open(dest, "w", encoding="utf-8") as f:
+            f.write(text)
+        written.append(dest)
+    return written
+
+
+def output_prompts(output: str, recipe) -> list | None:
+    """The recipe's prompts; a prompt file named relative to where the recipe was first written is looked up in
+    ``OUTPUT/prompts/`` too. None (with a warning) if one cannot be found."""
+    from finephrase.prompts import PromptError, load_prompt, load_prompt_file
+
+    prompts = []
+    for ref in recipe.prompts:
+        try:
+            prompts.append(load_prompt(ref, base_dir=output))
+            continue
+        except PromptError:
+            pass
+        stem = os.path.splitext(os.path.basename(ref))[0]
+        found = sorted(glob.glob(os.path.join(output, "prompts", "*", f"{stem}.yaml")))
+        if ref.count("/") == 1 and not ref.endswith((".yaml", ".yml")):
+            found = [f for f in found if f.endswith(os.path.join("prompts", ref) + ".yaml")] or found
+        if not found:
+            logger.warning(f"prompt {ref!r} of recipe.yaml not found: publishing OUTPUT/README.md as it is")
+            return None
+        prompts.append(load_prompt_file(found[0], origin=ref))
+    return prompts
+
+
+def _data_files(output: str) -> list[LocalFile]:
+    return [LocalFile.from_path(p, f) for p, f in _walk(os.path.join(output, "data"), "data")]
+
+
+def local_files(output: str, card: bytes | None = None) -> list[LocalFile]:
+    """What is published from ``output``: data/**, prompts/**, recipe.yaml and the card (``card`` overrides
+    ``OUTPUT/README.md``). Never ``.finephrase/`` or other files."""
+    from finephrase.card import scrub
+
+    files = _data_files(output)
+    files += [LocalFile.from_path(p, f) for p, f in _walk(os.path.join(output, "prompts"), "prompts")
+              if p.endswith((".yaml", ".yml"))]
+    recipe = os.path.join(output, "recipe.yaml")
+    if os.path.exists(recipe):
+        with open(recipe, encoding="utf-8") as f:
+            text = f.read()
+        clean = scrub(text)  # tokens and local absolute paths (`<local>/name`, as in the card)
+        files.append(LocalFile.from_path("recipe.yaml", recipe) if clean == text
+                     else LocalFile.from_bytes("recipe.yaml", clean.encode()))
+    if card is not None:
+        files.append(LocalFile.from_bytes("README.md", card))
+    elif os.path.exists(os.path.join(output, "README.md")):
+        with open(os.path.join(output, "README.md"), encoding="utf-8") as f:
+            files.append(LocalFile.from_bytes("README.md", scrub(f.read()).encode()))
+    return files
+
+
+# --- retries ---------------------------------------------------------------------------------------------------
+
+
+def _retryable(e: Exception) -> tuple[bool, float | None]:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(e, HfHubHTTPError):
+        response = getattr(e, "response", None)
+        status = getattr(response, "status_code", None)
+        retry_after = None
+        if response is not None:
+            with contextlib.suppress(TypeError, ValueError):
+                retry_after = float(response.headers.get("Retry-After"))
+        return status in RETRY_STATUS, retry_after
+    try:
+        import httpx2 as httpx
+    except ImportError:  # pragma: no cover - older huggingface_hub
+        import httpx
+    return isinstance(e, (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)), None
+
+
+def _status(e: Exception) -> str:
+    return str(getattr(getattr(e, "response", None), "status_code", None) or type(e).__name__)
+
+
+def with_retries(fn, what: str, max_retries: int | None = None):
+    """Call ``fn()``, retrying 408/429/5xx and network errors with jittered exponential back-off, and 412 (another
+    commit landed first: ``fn`` re-reads the head) up to ``CONFLICT_RETRIES`` times with a short jittered wait."""
+    max_retries = MAX_RETRIES if max_retries is None else max_retries
+    failures = conflicts = 0
+    while True:
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - filtered below
+            retry, retry_after = _retryable(e)
+            if not retry:
+                raise
+            if _status(e) == "412":
+                conflicts += 1
+                if conflicts > CONFLICT_RETRIES:
+                    raise
+                delay = RETRY_BASE_S * random.uniform(0.1, 1.0) * min(conflicts, 5)
+                logger.info(f"{what}: the branch moved (HTTP 412), retrying on the new head in {delay:.1f}s")
+            else:
+                failures += 1
+                if failures > max_retries:
+                    raise
+                delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (failures - 1)) * random.uniform(0.5, 1.5)
+                if retry_after is not None:
+                    delay = max(delay, min(retry_after, RETRY_MAX_S))
+                logger.warning(f"{what}: HTTP {_status(e)}, retrying in {delay:.1f}s ({failures}/{max_retries})")
+            time.sleep(delay)
+
+
+# --- remote state ----------------------------------------------------------------------------------------------
+
+
+def _head(api, repo_id: str, branch: str) -> str:
+    return api.repo_info(repo_id, repo_type=REPO_TYPE, revision=branch).sha
+
+
+def _remote_files(api, repo_id: str, revision: str) -> dict:
+    from huggingface_hub.hf_api import RepoFile
+
+    return {e.path: e for e in api.list_repo_tree(repo_id, repo_type=REPO_TYPE, revision=revision, recursive=True)
+            if isinstance(e, RepoFile)}
+
+
+def _remote_configs(api, repo_id: str, revision: str, remote: dict) -> list[dict]:
+    """The ``configs`` of the remote card (``[]`` if none or unreadable)."""
+    if "README.md" not in remote:
+        return []
+    from huggingface_hub import DatasetCard
+
+    try:
+        path = with_retries(lambda: api.hf_hub_download(repo_id, "README.md", repo_type=REPO_TYPE, revision=revision),
+                            "read the remote card")
+        data = DatasetCard.load(path, repo_type=REPO_TYPE).data.to_dict()
+    except Exception as e:  # noqa: BLE001 - a broken remote card is replaced, not a reason to stop
+        logger.warning(f"could not read the remote card's configs ({type(e).__name__}); writing this output's only")
+        return []
+    configs = data.get("configs") or []
+    return [c for c in configs if isinstance(c, dict) and isinstance(c.get("config_name"), str)]
+
+
+def kept_remote_configs(remote_configs: list[dict], local_configs: list[str], remote_paths) -> list[dict]:
+    """Remote card configs that stay: not produced by this output, not ``all``, and with files still there."""
+    from finephrase.card import config_paths
+
+    remote_paths = list(remote_paths)
+    kept = []
+    for c in remote_configs:
+        name = c["config_name"]
+        if name == "all" or name in local_configs:
+            continue
+        patterns = config_paths(c)
+        if any(fnmatch.fnmatchcase(p, pat) for pat in patterns for p in remote_paths):
+            kept.append(c)
+    return kept
+
+
+# --- the card --------------------------------------------------------------------------------------------------
+
+
+def card_for_push(output: str, repo_id: str, kept: list[dict]) -> bytes | None:
+    """The card to publish: regenerated from ``recipe.yaml`` + ``.finephrase/run.json`` with the repo id and the
+    kept configs; without a recipe, the local README.md with the kept configs merged into its metadata."""
+    from huggingface_hub import DatasetCard
+
+    from finephrase.card import build_card, config_paths, load_summary, scrub
+
+    recipe = load_output_recipe(output)
+    prompts = output_prompts(output, recipe) if recipe is not None else None
+    if prompts is not None:
+        write_prompt_files(output, prompts)
+        card = build_card(output, recipe, prompts, load_summary(output), repo_id=repo_id, kept_configs=kept)
+        return str(card).encode()
+    readme = os.path.join(output, "README.md")
+    if not os.path.exists(readme):
+        return None
+    card = DatasetCard.load(readme, repo_type=REPO_TYPE)
+    if kept:
+        configs = [dict(c) for c in (card.data.to_dict().get("configs") or [])]
+        names = {c.get("config_name") for c in configs}
+        added = [c for c in kept if c["config_name"] not in names]
+        configs += added
+        for c in configs:  # `all` gains the kept prompt configs
+            if c.get("config_name") == "all":
+                paths = config_paths(c) + [p for k in added if k["config_name"] != "mix" for p in config_paths(k)]
+                c["data_files"] = [{"split": "train", "path": list(dict.fromkeys(paths))}]
+        card.data.configs = configs
+    return scrub(str(card)).encode()
+
+
+# --- push ------------------------------------------------------------------------------------------------------
+
+
+_XET_FOLDERS: set[str] = set()
+
+
+@contextlib.contextmanager
+def _per_process_xet_cache():
+    """Give this process its own Xet cache unless HF_XET_CACHE is set (parallel uploads from several tasks)."""
+    if os.environ.get("HF_XET_CACHE"):
+        yield
+        return
+    from huggingface_hub import constants
+
+    folder = os.path.join(constants.HF_HOME, "xet", f"finephrase-{os.getpid()}")
+    if folder not in _XET_FOLDERS:  # removed when the process ends
+        _XET_FOLDERS.add(folder)
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["HF_XET_CACHE"] = folder
+    try:
+        yield
+    finally:
+        os.environ.pop("HF_XET_CACHE", None)
+
+
+def _batches(files: list[LocalFile], max_files: int, max_bytes: int) -> list[list[LocalFile]]:
+    batches: list[list[LocalFile]] = []
+    current: list[LocalFile] = []
+    size = 0
+    for f in files:
+        if current and (len(current) >= max_files or size + f.size > max_bytes):
+            batches.append(current)
+            current, size = [], 0
+        current.append(f)
+        size += f.size
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _commit(api, repo_id: str, branch: str, adds: list[LocalFile], deletes: list[str], message: str) -> bool:
+    """One commit, retried; returns whether a commit was made. Every attempt re-reads the head and drops what the
+    remote already has (a commit whose answer was lost is not made twice)."""
+    from huggingface_hub import CommitOperationDelete
+
+    def attempt() -> bool:
+        head = _head(api, repo_id, branch)
+        paths = [f.path_in_repo for f in adds] + list(deletes)
+        remote = {}
+        for i in range(0, len(paths), 500):
+            remote.update({e.path: e for e in api.get_paths_info(repo_id, paths[i:i + 500], repo_type=REPO_TYPE,
+                                                                 revision=head)})
+        todo = [f for f in adds if not f.same_as(remote.get(f.path_in_repo))]
+        gone = [p for p in deletes if p in remote]
+        if not todo and not gone:
+            return False
+        ops = [f.operation() for f in todo] + [CommitOperationDelete(path_in_repo=p) for p in gone]
+        api.create_commit(repo_id, ops, commit_message=message, repo_type=REPO_TYPE, revision=branch,
+                          parent_commit=head)
+        logger.info(f"{message}: {len(todo)} file(s) added, {len(gone)} deleted")
+        return True
+
+    return with_retries(attempt, f"commit '{message}'")
+
+
+def _final_commit(api, repo_id: str, branch: str, output: str, configs: list[str]) -> bool:
+    """The last commit: card, prompts, recipe, data still missing, stale data files deleted. Everything is worked
+    out from the current head (each retry too), so a concurrent push's configs are kept; returns whether a
+    commit was made."""
+    from huggingface_hub import CommitOperationDelete
+
+    head = _head(api, repo_id, branch)
+    remote = _remote_files(api, repo_id, head)
+    kept = kept_remote_configs(_remote_configs(api, repo_id, head, remote), configs, remote)
+    if kept:
+        logger.info(f"keeping configs of an earlier push: {', '.join(c['config_name'] for c in kept)}")
+    files = local_files(output, card_for_push(output, repo_id, kept))
+    local_paths = {f.path_in_repo for f in files}
+    stale = sorted(p for p in remote if p not in local_paths and any(p.startswith(f"data/{c}/") for c in configs))
+    todo = [f for f in files if not f.same_as(remote.get(f.path_in_repo))]
+    if not todo and not stale:
+        return False
+    what = ", ".join(sorted({f.path_in_repo.split("/")[0] for f in todo})) or "data"
+    message = f"finephrase: update {what}" + (f", remove {len(stale)} stale file(s)" if stale else "")
+    ops = [f.operation() for f in todo] + [CommitOperationDelete(path_in_repo=p) for p in stale]
+    api.create_commit(repo_id, ops, commit_message=message, repo_type=REPO_TYPE, revision=branch, parent_commit=head)
+    logger.info(f"{message}: {len(todo)} file(s) added, {len(stale)} deleted")
+    return True
+
+
+def push_output(output: str, repo_id: str, private: bool = False, revision: str | None = None, *,
+                token: str | None = None, max_files: int = MAX_FILES_PER_COMMIT,
+                max_bytes: int = MAX_BYTES_PER_COMMIT) -> str:
+    """Push an output folder to the Hub dataset ``repo_id`` (see the module docstring). Returns the dataset URL
+    (``.../tree/<branch>`` for a branch)."""
+    from huggingface_hub import HfApi
+
+    output = os.path.abspath(output)
+    configs = output_configs(output)
+    if not configs:
+        raise PushError(f"{output}: nothing to push (no data/<config>/*.parquet)")
+    branch = revision or "main"
+    api = HfApi(token=token)
+    with _per_process_xet_cache():
+        repo_url = with_retries(lambda: api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True),
+                                "create the repository")
+        if revision:
+            with_retries(lambda: api.create_branch(repo_id, repo_type=REPO_TYPE, branch=revision, exist_ok=True),
+                         f"create branch {revision}")
+        head = with_retries(lambda: _head(api, repo_id, branch), "read the branch head")
+        remote = with_retries(lambda: _remote_files(api, repo_id, head), "list the remote files")
+        data = [f for f in _data_files(output) if not f.same_as(remote.get(f.path_in_repo))]
+        batches = _batches(data, max_files, max_bytes)
+        for i, batch in enumerate(batches, 1):
+            _commit(api, repo_id, branch, batch, [], f"finephrase: upload data ({i}/{len(batches)})")
+        if not with_retries(lambda: _final_commit(api, repo_id, branch, output, configs), "commit the card") \
+                and not batches:
+            logger.info(f"{repo_id}@{branch} is up to date: nothing to push")
+    url = str(repo_url).rstrip("/")
+    return f"{url}/tree/{revision}" if revision else url
+
+
+__all__ = ["push_output", "write_prompt_files", "local_files", "output_configs", "PushError", "with_retries"]
