@@ -7,7 +7,9 @@ Measured in one run, each client in its own process pinned to CPU 0 (the server 
    - ``bare``: a bare asyncio load generator (one aiohttp session, a semaphore) — the ceiling,
    - ``finephrase``: the ``Rephrase`` step as ``finephrase run`` uses it (datatrove InferenceRunner,
      checkpoints + request cache, JsonlWriter),
-   - ``datatrove``: datatrove's own ``InferenceRunner`` with ``server_type="endpoint"``, same settings,
+   - ``finephrase-no-checkpoints``: the same step without checkpoints and request cache (no resume),
+   - ``datatrove``: datatrove's own ``InferenceRunner`` with ``server_type="endpoint"``, same settings
+     (checkpoints + request cache),
    at concurrency 16, 64 and 256;
 2. against the real embedded llama.cpp server (SmolLM2-135M, two replicas): completion tokens/s
    for finephrase vs. the bare generator with the same prompts and concurrency.
@@ -115,7 +117,7 @@ def _run_step(step, input_folder: str):
     return wall, cpu, step.stats.stats
 
 
-def client_finephrase(endpoints, n, concurrency, params, input_folder, work, out):
+def client_finephrase(endpoints, n, concurrency, params, input_folder, work, out, checkpoints=True):
     pin(0)
     from loguru import logger
 
@@ -123,11 +125,17 @@ def client_finephrase(endpoints, n, concurrency, params, input_folder, work, out
     from finephrase.steps.rephrase import Rephrase
 
     step = Rephrase([prompt()], output_folder=os.path.join(work, "out"), endpoints=endpoints,
-                    generation_params=params, concurrency=concurrency, checkpoints_dir=os.path.join(work, "ckpt"),
+                    generation_params=params, concurrency=concurrency,
+                    checkpoints_dir=os.path.join(work, "ckpt") if checkpoints else None,
                     records_per_chunk=6000, context_length=4096)
     wall, cpu, stats = _run_step(step, input_folder)
     tokens = int(sum(v.total for k, v in stats.items() if k.startswith("completion_tokens/")))
     out.put({"wall": wall, "cpu": cpu, "requests": n, "completion_tokens": tokens})
+
+
+def client_finephrase_no_checkpoints(endpoints, n, concurrency, params, input_folder, work, out):
+    """The same step without checkpoints / request cache (no resume): what resumability costs."""
+    client_finephrase(endpoints, n, concurrency, params, input_folder, work, out, checkpoints=False)
 
 
 def client_datatrove(endpoint, n, concurrency, params, input_folder, work, out):
@@ -183,7 +191,9 @@ def instant_section(n: int, concurrencies: list[int], lines: list[str]) -> None:
             for c in concurrencies:
                 res = {}
                 res["bare"] = measure(client_bare, [url], n, c, params, docs)
-                for name, fn, target in (("finephrase", client_finephrase, [url]), ("datatrove", client_datatrove, url)):
+                for name, fn, target in (("finephrase", client_finephrase, [url]),
+                                         ("finephrase-no-checkpoints", client_finephrase_no_checkpoints, [url]),
+                                         ("datatrove", client_datatrove, url)):
                     work = os.path.join(tmp, f"{name}-{c}")
                     res[name] = measure(fn, target, n, c, params, input_folder, work)
                     shutil.rmtree(work, ignore_errors=True)
@@ -196,7 +206,7 @@ def instant_section(n: int, concurrencies: list[int], lines: list[str]) -> None:
         server.kill()
     lines.append("")
     for c, res in ratios:
-        for name in ("finephrase", "datatrove"):
+        for name in ("finephrase", "finephrase-no-checkpoints", "datatrove"):
             lines.append(f"- ratio {name}/bare requests/s at concurrency {c}: {res[name]['rps'] / res['bare']['rps']:.2f}"
                          f" (client CPU {res[name]['us']:.0f} µs vs {res['bare']['us']:.0f} µs per request)")
     lines.append("")

@@ -101,9 +101,30 @@ class Prompt:
     def sha256(self) -> str:
         return prompt_sha256(self.system, self.template, self.generation)
 
+    @functools.cached_property
+    def _document_frame(self) -> tuple[str, str] | None:
+        """(text before, text after) the document when the template inserts it verbatim, else None.
+
+        Checked by rendering three different probe documents (short; multi-line with surrounding
+        whitespace and capitals; 20k characters);
+        a template that transforms or inspects the document keeps the full Jinja rendering.
+        """
+        probes = ["\x00fp\x00", " \n\x00fp\nline two\n\n  Indented\x00\n ", "\x00" + "fp " * 7000 + "\x00"]
+        rendered = [_compile(self.template).render(**{**CHUNK_VARIABLES, DOCUMENT_PLACEHOLDER: p}) for p in probes]
+        if rendered[0].count(probes[0]) != 1:
+            return None
+        prefix, suffix = rendered[0].split(probes[0])
+        if any(r != prefix + p + suffix for p, r in zip(probes, rendered)):
+            return None
+        return prefix, suffix
+
     def render(self, document: str, **context: Any) -> list[dict]:
         """Render the chat messages for one document."""
-        user = _compile(self.template).render(**{**CHUNK_VARIABLES, DOCUMENT_PLACEHOLDER: document, **context})
+        frame = None if context else self._document_frame
+        if frame is not None:  # same text as the Jinja rendering, without running the template per document
+            user = frame[0] + document + frame[1]
+        else:
+            user = _compile(self.template).render(**{**CHUNK_VARIABLES, DOCUMENT_PLACEHOLDER: document, **context})
         messages = []
         if self.system:
             messages.append({"role": "system", "content": self.system})
@@ -286,16 +307,21 @@ def validate_output_rules(rules: Any, path: str, text: str = "") -> dict:
     return dict(rules)
 
 
-def prompt_from_dict(data: Any, path: str, text: str = "", origin: str | None = None, check_location: bool = True) -> Prompt:
+def _check_fields(data: Any, path: str, text: str, what: str, allowed: set, required: set) -> None:
+    """A YAML mapping with only `allowed` fields and every `required` one; errors name file and line."""
     if not isinstance(data, dict):
-        raise _fail(path, "a prompt file must be a YAML mapping")
-    unknown = set(data) - ALLOWED_KEYS
+        raise _fail(path, f"{what} must be a YAML mapping")
+    unknown = set(data) - allowed
     if unknown:
         key = sorted(unknown)[0]
-        raise _fail(path, f"unknown field {key!r} (allowed: {', '.join(sorted(ALLOWED_KEYS))})", _line_of(text, key))
-    missing = REQUIRED_KEYS - set(data)
+        raise _fail(path, f"unknown field {key!r} (allowed: {', '.join(sorted(allowed))})", _line_of(text, key))
+    missing = required - set(data)
     if missing:
         raise _fail(path, f"missing required field(s): {', '.join(sorted(missing))}")
+
+
+def prompt_from_dict(data: Any, path: str, text: str = "", origin: str | None = None, check_location: bool = True) -> Prompt:
+    _check_fields(data, path, text, "a prompt file", ALLOWED_KEYS, REQUIRED_KEYS)
     for key in ("name", "set", "template", "description"):
         if not isinstance(data[key], str) or not data[key].strip():
             raise _fail(path, f"field {key!r} must be a non-empty string", _line_of(text, key))
@@ -445,15 +471,7 @@ class ChunkContext:
 
 
 def chunk_context_from_dict(data: Any, path: str, text: str = "") -> ChunkContext:
-    if not isinstance(data, dict):
-        raise _fail(path, "a chunk-context file must be a YAML mapping")
-    unknown = set(data) - CONTEXT_KEYS
-    if unknown:
-        key = sorted(unknown)[0]
-        raise _fail(path, f"unknown field {key!r} (allowed: {', '.join(sorted(CONTEXT_KEYS))})", _line_of(text, key))
-    missing = CONTEXT_REQUIRED - set(data)
-    if missing:
-        raise _fail(path, f"missing required field(s): {', '.join(sorted(missing))}")
+    _check_fields(data, path, text, "a chunk-context file", CONTEXT_KEYS, CONTEXT_REQUIRED)
     if data["kind"] != CONTEXT_KIND:
         raise _fail(path, f"field 'kind' must be {CONTEXT_KIND!r}", _line_of(text, "kind"))
     for key in ("name", "template", "description"):

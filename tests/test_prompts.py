@@ -273,3 +273,23 @@ def test_hf_prompt_with_its_own_chunk_context(tmp_path, hub_server, hub_repo_id)
     assert sorted(push["files"]) == ["glossary.yaml", "mywords.yaml"]
     prompt = load_prompt(f"hf://datasets/{hub_repo_id}/glossary@{push['commit']}")
     assert prompt.context == "chunked" and chunk_context_for(prompt).max_chunks == 3
+
+
+@pytest.mark.parametrize("prompt", PACKAGED, ids=[p.ref for p in PACKAGED])
+def test_render_fast_path_equals_jinja(prompt, real_doc):
+    """Prompt.render splices the document into a pre-rendered frame: it must equal the Jinja rendering."""
+    from finephrase.prompts import CHUNK_VARIABLES, _compile
+
+    assert prompt._document_frame is not None
+    for doc in (real_doc["text"], "", "{{ not a template }}", "a\n\n\nb  ", "x" * 50_000):
+        jinja = _compile(prompt.template).render(**{**CHUNK_VARIABLES, "document": doc})
+        assert prompt.render(doc)[-1]["content"] == jinja
+
+
+def test_render_keeps_jinja_for_templates_that_transform_the_document():
+    for template in ("Rewrite: {{ document | upper }}", "{{ document[:10] }}", "{{ document | trim }} ok",
+                     "{% if document | length > 30 %}long{% endif %} {{ document }}"):
+        p = replace(load_prompt("finephrase/faq"), template=template)
+        assert p._document_frame is None, template
+        doc = "  some Document text that is long enough  "
+        assert p.render(doc)[-1]["content"] != "" and p.render("x")[-1]["content"] != p.render(doc)[-1]["content"]
