@@ -11,8 +11,9 @@ subclasses keep the formats and the resume semantics of datatrove's ``Checkpoint
 - checkpoint chunks are appended through file handles kept open per chunk, flushed after
   every document (so a SIGKILL loses nothing that was acknowledged);
 - documents are serialized from their fields directly (no deep copy);
-- request-cache rows are committed in batches: everything queued while one commit runs goes
-  into the next commit.
+- request-cache rows are committed in batches — at most one commit per 20 ms window, in
+  sqlite's WAL mode (an answer received less than ~20 ms before a SIGKILL may be requested
+  again on resume; nothing is ever written twice).
 """
 
 from __future__ import annotations
@@ -101,13 +102,29 @@ class FastCheckpointManager(CheckpointManager):
 
 
 class BatchedRequestCache(RequestCache):
-    """datatrove's sqlite RequestCache, committing queued rows in batches instead of one by one."""
+    """datatrove's sqlite RequestCache, committing queued rows in batches instead of one by one.
+
+    The database runs in WAL mode with ``synchronous=NORMAL``: a commit is an append to the
+    write-ahead log instead of a rollback journal created, synced and deleted per transaction.
+    Committed rows survive the process being killed (SIGKILL); only an operating-system crash can
+    lose the last commits, which then costs re-sending those requests, never wrong output.
+    """
+
+    batch_window_s = 0.02
+
+    async def initialize(self, rank: int) -> None:
+        await super().initialize(rank)
+        if self._conn is not None:
+            await self._conn.execute("PRAGMA journal_mode=WAL")
+            await self._conn.execute("PRAGMA synchronous=NORMAL")
 
     async def _writer_loop(self) -> None:
         assert self._queue is not None
         stop = False
         while not stop:
             items = [await self._queue.get()]
+            if items[0] is not None:
+                await asyncio.sleep(self.batch_window_s)  # let a batch build up: one commit per window
             while True:
                 try:
                     items.append(self._queue.get_nowait())
