@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
 from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig, ExactDedupFilter, ExactDedupSignature, ExactFindDedups
 from datatrove.pipeline.dedup.minhash import MinhashConfig
-from datatrove.pipeline.filters import LambdaFilter
 from datatrove.pipeline.readers import JsonlReader, ParquetReader
 from datatrove.pipeline.writers import JsonlWriter, ParquetWriter
 
@@ -31,6 +30,7 @@ from finephrase.prompts import Prompt
 from finephrase.recipe import Recipe
 from finephrase.steps.format_rows import ROW_SCHEMA, FormatRows, row_adapter
 from finephrase.steps.language_filter import LanguageFilter
+from finephrase.steps.length_filter import MinCharsFilter
 from finephrase.steps.mix import Mix, mix_adapter
 from finephrase.steps.quality_filter import QualityFilter
 from finephrase.steps.read_jsonl import SafeJsonlReader
@@ -121,9 +121,7 @@ def build_stages(recipe: Recipe, prompts: list[Prompt], output: str, runtime: Ge
     filters = recipe.filters
     steps: list = [source_reader(recipe, limit)]
     if filters.min_chars > 1:
-        min_chars = LambdaFilter(lambda doc, n=filters.min_chars: len(doc.text.strip()) >= n)
-        min_chars.name = f"min {filters.min_chars} chars"
-        steps.append(min_chars)
+        steps.append(MinCharsFilter(filters.min_chars))
     if filters.language:
         lang = filters.language
         steps.append(LanguageFilter(lang.languages, lang.threshold, None if lang.model == "auto" else lang.model))
