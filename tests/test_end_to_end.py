@@ -141,3 +141,26 @@ def test_bad_input_is_counted_or_truncated(tmp_path, demo_data, make_recipe):
     assert huge["truncated"] is True
     assert huge["source_tokens"] > 1_000_000 and huge["source_tokens_used"] < 768
     assert summary["prompts"]["faq"]["truncated_inputs"] >= 1
+
+
+def test_rephrase_step_in_a_plain_datatrove_pipeline(tmp_path, demo_data):
+    """A datatrove user drops `Rephrase` into their own pipeline; with `embedded=` it starts and stops
+    its own llama.cpp server for the task."""
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.readers import JsonlReader
+
+    from finephrase import Rephrase
+
+    before = llama_servers()
+    LocalPipelineExecutor([
+        JsonlReader(str(demo_data), glob_pattern="docs.jsonl.gz", limit=2),
+        Rephrase(["finephrase/faq"], output_folder=str(tmp_path / "rephrased"), checkpoints_dir=str(tmp_path / "ckpt"),
+                 generation_params={"max_new_tokens": 16, "temperature": 0.0}, context_length=768,
+                 embedded={"replicas": 1, "threads": 2, "n_ctx": 1024}),
+    ], tasks=1, logging_dir=str(tmp_path / "logs")).run()
+    rows = [json.loads(line) for f in sorted((tmp_path / "rephrased").glob("*.jsonl")) for line in f.open()]
+    assert len(rows) == 2
+    for row in rows:
+        entry = row["metadata"]["rollout_results"][0]["faq"]
+        assert entry["text"].strip() and entry["model"] == DEFAULT_ALIAS and 0 < entry["completion_tokens"] <= 16
+    assert llama_servers() == before
