@@ -61,23 +61,27 @@ def collect_summary(output: str, stages: list[str], prompts: list[Prompt]) -> di
             summary["dedup"][label] = {"in": _value(steps[0]["stats"].get("documents")),
                                        "kept": _value(s.get("forwarded")), "dropped": _value(s.get("dropped"))}
     rephrase = _find(load_stage_stats(output, "rephrase"), "Rephrase")
-    rows = _find(load_stage_stats(output, "rows"), "Rows")
+    rows_steps = load_stage_stats(output, "rows")
+    rows = _find(rows_steps, "Rows")
+    # per-prompt counts come from the rows stage, which reads every rephrased document: the rephrase
+    # stage's stats only cover its last run when a killed run was resumed
     for p in prompts:
         n = p.name
         dropped = {k.split("/", 2)[2]: _value(v) for k, v in rows.items() if k.startswith(f"dropped/{n}/")}
+        failed = _value(rows.get(f"dropped/{n}/generation_failed"))
         summary["prompts"][n] = {
-            "rephrased": _value(rephrase.get(f"rephrased/{n}")),
-            "failed": _value(rephrase.get(f"failed/{n}")),
-            "truncated_inputs": _value(rephrase.get(f"truncated_inputs/{n}")),
-            "prompt_tokens": _value(rephrase.get(f"prompt_tokens/{n}")),
-            "completion_tokens": _value(rephrase.get(f"completion_tokens/{n}")),
+            "rephrased": _value(rows.get(f"generated/{n}")) - failed,
+            "failed": failed,
+            "truncated_inputs": _value(rows.get(f"generated_truncated/{n}")),
+            "prompt_tokens": _value(rows.get(f"generated_prompt_tokens/{n}")),
+            "completion_tokens": _value(rows.get(f"generated_completion_tokens/{n}")),
             "rows": _value(rows.get(f"rows/{n}")),
             "row_prompt_tokens": _value(rows.get(f"row_prompt_tokens/{n}")),
             "row_completion_tokens": _value(rows.get(f"row_completion_tokens/{n}")),
             "dropped": dropped,
             "flagged": {k.split("/", 2)[2]: _value(v) for k, v in rows.items() if k.startswith(f"flagged/{n}/")},
         }
-    summary["rephrase_documents"] = _value(rephrase.get("documents_processed"))
+    summary["rephrase_documents"] = _value(rows_steps[0]["stats"].get("documents")) if rows_steps else 0
     summary["inference_time_s"] = _value(rephrase.get("inference_time"))
     mix = _find(load_stage_stats(output, "mix"), "Mix")
     if mix:

@@ -72,3 +72,7 @@ def test_kill9_mid_rephrase_then_resume(tmp_path, demo_data, make_recipe):
         summary = json.loads((out / ".finephrase" / "run.json").read_text())["summary"]
         dropped = sum(summary["prompts"][config]["dropped"].values())
         assert len(ds) + dropped == len(expected)
+        # the summary (and the card) count every document, not only those of the resumed run
+        p = summary["prompts"][config]
+        assert p["rephrased"] + p["failed"] == len(expected) == summary["rephrase_documents"]
+        assert p["completion_tokens"] >= sum(ds["completion_tokens"])

@@ -111,6 +111,12 @@ class FormatRows(PipelineStep):
                     if entry.get("error"):
                         self.stat_update(f"dropped/{name}/generation_failed")
                         continue
+                    # counted here, over every rephrased document, because the rephrase stage's own stats
+                    # only cover what its last (possibly resumed) run processed
+                    self.stat_update(f"generated_prompt_tokens/{name}", value=entry.get("prompt_tokens") or 0)
+                    self.stat_update(f"generated_completion_tokens/{name}", value=entry.get("completion_tokens") or 0)
+                    if entry.get("truncated"):
+                        self.stat_update(f"generated_truncated/{name}")
                     check = check_output(
                         entry.get("text", ""),
                         prompt.output_rules,

@@ -13,7 +13,7 @@ retries that never end the task) and a rollout that
   failure for that prompt (counted in stats, logged with the document id) — one bad document
   never ends the task and never takes the other documents with it.
 
-Each written document keeps the source text and carries, under ``metadata["rephrased"]``,
+Each written document keeps the source text and carries, under ``metadata["rollout_results"][0]``,
 one entry per prompt: generated text or error, finish reason, token counts, truncation.
 """
 
