@@ -380,16 +380,7 @@ def prompt_from_dict(data: Any, path: str, text: str = "", origin: str | None = 
 
 def load_prompt_file(path: str | Path, origin: str | None = None) -> Prompt:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PromptError(f"{path}: prompt file not found") from None
-    except UnicodeDecodeError:
-        raise PromptError(f"{path}: prompt file is not UTF-8") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise _yaml_error(str(path), e) from None
+    data, text = _read_yaml(path, what="prompt file")
     prompt = prompt_from_dict(data, str(path), text, origin=origin)
     if path.parent.name != prompt.set and path.parent.resolve().parent == PACKAGED_PROMPTS_DIR:
         raise _fail(str(path), f"set {prompt.set!r} does not match its folder {path.parent.name!r}")
@@ -503,13 +494,14 @@ def chunk_context_from_dict(data: Any, path: str, text: str = "") -> ChunkContex
     )
 
 
-def _read_yaml(path: Path) -> tuple[Any, str]:
+def _read_yaml(path: Path, what: str = "file") -> tuple[Any, str]:
+    """(parsed YAML, raw text) of a UTF-8 file; PromptError naming the file (and line) otherwise."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise PromptError(f"{path}: file not found") from None
+        raise PromptError(f"{path}: {what} not found") from None
     except UnicodeDecodeError:
-        raise PromptError(f"{path}: file is not UTF-8") from None
+        raise PromptError(f"{path}: {what} is not UTF-8") from None
     try:
         return yaml.safe_load(text), text
     except yaml.YAMLError as e:
