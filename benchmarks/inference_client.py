@@ -5,19 +5,23 @@ Measured in one run, each client in its own process pinned to CPU 0 (the server 
 1. against an instant local server (``instant_server.py``: fixed completion, as fast as it can):
    requests/s and client CPU-µs per request for
    - ``bare``: a bare asyncio load generator (one aiohttp session, a semaphore) — the ceiling,
-   - ``finephrase``: the ``Rephrase`` step as ``finephrase run`` uses it (datatrove InferenceRunner,
-     checkpoints + request cache, JsonlWriter),
+   - ``bare-tuned``: the same generator with finephrase's aiohttp settings (no cookie jar, URL parsed
+     once, orjson, no per-request timer): the gap to it is finephrase's own bookkeeping,
+   - ``finephrase``: the ``Rephrase`` step as ``finephrase run`` uses it (``LeanInferenceRunner`` on
+     datatrove's InferenceRunner, checkpoints + request cache, JsonlWriter),
    - ``finephrase-no-checkpoints``: the same step without checkpoints and request cache (no resume),
    - ``datatrove``: datatrove's own ``InferenceRunner`` with ``server_type="endpoint"``, same settings
      (checkpoints + request cache),
-   at concurrency 16, 64 and 256;
+   at concurrency 16, 64 and 256, each the median of ``--rounds`` interleaved runs (this 2-core VM is
+   noisy: single runs move by ±15 %). Every client gets the same documents already in memory; the
+   reader's own CPU per document is reported on its own line;
 2. against the real embedded llama.cpp server (SmolLM2-135M, two replicas): completion tokens/s
    for finephrase vs. the bare generator with the same prompts and concurrency.
 
 Every comparison is printed on a line containing ``ratio`` and the table is written to
 ``benchmarks/results/inference_client.md``. Usage::
 
-    python benchmarks/inference_client.py [--requests 20000] [--concurrency 16 64 256] [--skip-real]
+    python benchmarks/inference_client.py [--requests 20000] [--concurrency 16 64 256] [--rounds 3] [--skip-real]
 """
 
 from __future__ import annotations
@@ -75,17 +79,28 @@ def prompt():
 
 
 # --------------------------------------------------------------------------- clients (run in subprocesses)
-def client_bare(endpoints: list[str], n: int, concurrency: int, params: dict, docs: list[str], out: mp.Queue):
-    """The ceiling: one aiohttp session, a semaphore, the same payloads finephrase sends."""
+def client_bare(endpoints: list[str], n: int, concurrency: int, params: dict, docs: list[str], out: mp.Queue,
+                tuned: bool = False):
+    """The ceiling: one aiohttp session, a semaphore, the same payloads finephrase sends.
+
+    ``tuned``: the same session settings finephrase uses (no cookie jar, URL parsed once, orjson, no
+    per-request timer) — what is left between it and finephrase is finephrase's own bookkeeping."""
     pin(0)
     import aiohttp
+    import orjson
+    from yarl import URL
 
     p = prompt()
 
     async def main():
         sem = asyncio.Semaphore(concurrency)
         completion_tokens = 0
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        kwargs = {"connector": aiohttp.TCPConnector(limit=0)}
+        if tuned:
+            kwargs.update(cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=None),
+                          headers={"Content-Type": "application/json"})
+        urls = [URL(f"{e}/v1/chat/completions") for e in endpoints]
+        async with aiohttp.ClientSession(**kwargs) as session:
             async def one(i):
                 nonlocal completion_tokens
                 payload = {"messages": p.render(docs[i % len(docs)]), "max_tokens": params["max_new_tokens"],
@@ -94,9 +109,13 @@ def client_bare(endpoints: list[str], n: int, concurrency: int, params: dict, do
                     if key in params:
                         payload[key] = params[key]
                 async with sem:
-                    url = endpoints[i % len(endpoints)]
-                    async with session.post(f"{url}/v1/chat/completions", json=payload) as r:
-                        data = await r.json(content_type=None)
+                    if tuned:
+                        async with session.post(urls[i % len(urls)], data=orjson.dumps(payload)) as r:
+                            data = orjson.loads(await r.read())
+                    else:
+                        url = endpoints[i % len(endpoints)]
+                        async with session.post(f"{url}/v1/chat/completions", json=payload) as r:
+                            data = await r.json(content_type=None)
                 completion_tokens += data["usage"]["completion_tokens"]
 
             await asyncio.gather(*(one(i) for i in range(n)))
@@ -107,14 +126,37 @@ def client_bare(endpoints: list[str], n: int, concurrency: int, params: dict, do
     out.put({"wall": time.perf_counter() - t0, "cpu": cpu_seconds() - c0, "requests": n, "completion_tokens": tokens})
 
 
-def _run_step(step, input_folder: str):
+def client_bare_tuned(endpoints, n, concurrency, params, docs, out):
+    client_bare(endpoints, n, concurrency, params, docs, out, tuned=True)
+
+
+def _load_documents(input_folder: str) -> list:
+    """The input documents, read before timing: reading is the reader's step, measured on its own."""
+    from finephrase.steps.read_jsonl import SafeJsonlReader
+
+    return list(SafeJsonlReader(input_folder, glob_pattern="*.jsonl.gz").run(None, 0, 1))
+
+
+def _run_step(step, input_folder: str, n: int):
+    docs = _load_documents(input_folder)[:n]
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    step.run(iter(docs), 0, 1)
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    return wall, cpu, step.stats.stats
+
+
+def client_reader(input_folder: str, out: mp.Queue):
+    """The reader alone (SafeJsonlReader over the gzipped JSONL input): CPU per document."""
+    pin(0)
+    from loguru import logger
+
+    logger.remove()
     from finephrase.steps.read_jsonl import SafeJsonlReader
 
     reader = SafeJsonlReader(input_folder, glob_pattern="*.jsonl.gz")
     t0, c0 = time.perf_counter(), cpu_seconds()
-    step.run(reader.run(None, 0, 1), 0, 1)
-    wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
-    return wall, cpu, step.stats.stats
+    count = sum(1 for _ in reader.run(None, 0, 1))
+    out.put({"wall": time.perf_counter() - t0, "cpu": cpu_seconds() - c0, "requests": count, "completion_tokens": 0})
 
 
 def client_finephrase(endpoints, n, concurrency, params, input_folder, work, out, checkpoints=True):
@@ -128,7 +170,7 @@ def client_finephrase(endpoints, n, concurrency, params, input_folder, work, out
                     generation_params=params, concurrency=concurrency,
                     checkpoints_dir=os.path.join(work, "ckpt") if checkpoints else None,
                     records_per_chunk=6000, context_length=4096)
-    wall, cpu, stats = _run_step(step, input_folder)
+    wall, cpu, stats = _run_step(step, input_folder, n)
     tokens = int(sum(v.total for k, v in stats.items() if k.startswith("completion_tokens/")))
     out.put({"wall": wall, "cpu": cpu, "requests": n, "completion_tokens": tokens})
 
@@ -158,7 +200,7 @@ def client_datatrove(endpoint, n, concurrency, params, input_folder, work, out):
     writer = JsonlWriter(os.path.join(work, "out"), output_filename="${rank}_chunk_${chunk_index}.jsonl.gz")
     step = InferenceRunner(rollout, config, writer, checkpoints_local_dir=os.path.join(work, "ckpt"),
                            records_per_chunk=6000)
-    wall, cpu, _ = _run_step(step, input_folder)
+    wall, cpu, _ = _run_step(step, input_folder, n)
     out.put({"wall": wall, "cpu": cpu, "requests": n, "completion_tokens": 0})
 
 
@@ -172,43 +214,71 @@ def measure(target, *args) -> dict:
     return result
 
 
+def median(values: list[float]) -> float:
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
 # --------------------------------------------------------------------------- runs
-def instant_section(n: int, concurrencies: list[int], lines: list[str]) -> None:
+CLIENTS = ("bare", "bare-tuned", "finephrase", "finephrase-no-checkpoints", "datatrove")
+
+
+def instant_section(n: int, concurrencies: list[int], rounds: int, datatrove_requests: int, lines: list[str]) -> None:
     port = free_port()
     server = subprocess.Popen([sys.executable, str(HERE / "instant_server.py"), str(port), "1"], stdout=subprocess.PIPE,
                               text=True)
     assert server.stdout.readline().strip() == "READY"
     url = f"http://127.0.0.1:{port}"
     params = {"max_new_tokens": 64, "temperature": 0.0, "seed": 0}
-    lines.append(f"## 1. Instant server, {n:,} requests per client (client pinned to CPU 0, server to CPU 1)\n")
-    lines.append("| concurrency | client | requests/s | client CPU µs/request |")
-    lines.append("|---:|---|---:|---:|")
+    lines.append(f"## 1. Instant server, {n:,} requests per run, median of {rounds} interleaved rounds "
+                 f"(client pinned to CPU 0, server to CPU 1)\n")
+    lines.append("All clients get the same documents already in memory (reading the input is the reader's step: "
+                 "its cost is on its own line below). `datatrove` runs once per concurrency with "
+                 f"{datatrove_requests:,} requests: it is far from the ceiling.\n")
+    lines.append("| concurrency | client | requests/s | client CPU µs/request | runs (requests/s) |")
+    lines.append("|---:|---|---:|---:|---|")
     ratios = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             input_folder = make_input(os.path.join(tmp, "input"), n)
             docs = [f"{i}. {DOC_TEXT}" for i in range(n)]
+            reader = measure(client_reader, input_folder)
             for c in concurrencies:
+                runs: dict[str, list[dict]] = {name: [] for name in CLIENTS}
+                for rnd in range(rounds):
+                    runs["bare"].append(measure(client_bare, [url], n, c, params, docs))
+                    runs["bare-tuned"].append(measure(client_bare_tuned, [url], n, c, params, docs))
+                    for name, fn in (("finephrase", client_finephrase),
+                                     ("finephrase-no-checkpoints", client_finephrase_no_checkpoints)):
+                        work = os.path.join(tmp, f"{name}-{c}-{rnd}")
+                        runs[name].append(measure(fn, [url], n, c, params, input_folder, work))
+                        shutil.rmtree(work, ignore_errors=True)
+                work = os.path.join(tmp, f"datatrove-{c}")
+                runs["datatrove"].append(measure(client_datatrove, url, datatrove_requests, c, params, input_folder,
+                                                 work))
+                shutil.rmtree(work, ignore_errors=True)
                 res = {}
-                res["bare"] = measure(client_bare, [url], n, c, params, docs)
-                for name, fn, target in (("finephrase", client_finephrase, [url]),
-                                         ("finephrase-no-checkpoints", client_finephrase_no_checkpoints, [url]),
-                                         ("datatrove", client_datatrove, url)):
-                    work = os.path.join(tmp, f"{name}-{c}")
-                    res[name] = measure(fn, target, n, c, params, input_folder, work)
-                    shutil.rmtree(work, ignore_errors=True)
-                for name, r in res.items():
-                    rps = r["requests"] / r["wall"]
-                    r["rps"], r["us"] = rps, r["cpu"] / r["requests"] * 1e6
-                    lines.append(f"| {c} | {name} | {rps:,.0f} | {r['us']:.0f} |")
+                for name, rs in runs.items():
+                    rps = [r["requests"] / r["wall"] for r in rs]
+                    us = [r["cpu"] / r["requests"] * 1e6 for r in rs]
+                    res[name] = {"rps": median(rps), "us": median(us)}
+                    lines.append(f"| {c} | {name} | {res[name]['rps']:,.0f} | {res[name]['us']:.0f} | "
+                                 f"{', '.join(f'{x:,.0f}' for x in rps)} |")
                 ratios.append((c, res))
     finally:
         server.kill()
+    lines.append("")
+    lines.append(f"Reading the input (SafeJsonlReader, gzipped JSONL, {reader['requests']:,} documents): "
+                 f"{reader['cpu'] / reader['requests'] * 1e6:.1f} µs CPU per document.")
     lines.append("")
     for c, res in ratios:
         for name in ("finephrase", "finephrase-no-checkpoints", "datatrove"):
             lines.append(f"- ratio {name}/bare requests/s at concurrency {c}: {res[name]['rps'] / res['bare']['rps']:.2f}"
                          f" (client CPU {res[name]['us']:.0f} µs vs {res['bare']['us']:.0f} µs per request)")
+        lines.append(f"- ratio finephrase/bare-tuned requests/s at concurrency {c}: "
+                     f"{res['finephrase']['rps'] / res['bare-tuned']['rps']:.2f} (client CPU "
+                     f"{res['finephrase']['us']:.0f} µs vs {res['bare-tuned']['us']:.0f} µs per request)")
     lines.append("")
 
 
@@ -252,13 +322,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[16, 64, 256])
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved runs per client; the median is reported")
+    ap.add_argument("--datatrove-requests", type=int, default=5000)
     ap.add_argument("--real-docs", type=int, default=24)
     ap.add_argument("--real-concurrency", type=int, default=4)
     ap.add_argument("--skip-real", action="store_true")
     args = ap.parse_args()
     lines = ["# Inference client benchmark", "",
              f"Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
-    instant_section(args.requests, args.concurrency, lines)
+    instant_section(args.requests, args.concurrency, args.rounds, args.datatrove_requests, lines)
     if not args.skip_real:
         real_section(args.real_docs, args.real_concurrency, lines)
     text = "\n".join(lines)

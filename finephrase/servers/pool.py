@@ -30,6 +30,9 @@ from datatrove.pipeline.inference.servers.base import InferenceServer
 from datatrove.pipeline.inference.types import InferenceError
 from loguru import logger
 
+import aiohttp
+from yarl import URL
+
 from finephrase.servers.protocols import Protocol, ProtocolError, make_protocol
 
 if TYPE_CHECKING:
@@ -65,6 +68,13 @@ class Replica:
     down_since: float | None = None
     probing: bool = False
     info: dict = field(default_factory=dict)
+    urls: dict = field(default_factory=dict)  # path -> parsed URL (parsed once, not per request)
+
+    def url_for(self, path: str) -> URL:
+        url = self.urls.get(path)
+        if url is None:
+            url = self.urls[path] = URL(self.url + path)
+        return url
 
 
 class ReplicaPool(InferenceServer):
@@ -102,6 +112,11 @@ class ReplicaPool(InferenceServer):
         self._available = asyncio.Event()
         self._last_refresh = 0.0
         self.server_info: dict = {}
+        # request deadlines, enforced by one watchdog task instead of a timer per request (see _watch)
+        self._inflight: dict[asyncio.Task, float] = {}
+        self._timed_out: set[asyncio.Task] = set()
+        self._watchdog: asyncio.Task | None = None
+        self.timeouts = 0  # requests that ran past request_timeout (each retried or counted as failed)
         self._refresh_endpoints()
 
     # ---------------------------------------------------------------- membership
@@ -124,13 +139,15 @@ class ReplicaPool(InferenceServer):
 
     async def _get_session(self):
         if self._session is None or self._session.closed:
-            import aiohttp
-
-            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            headers = {"Content-Type": "application/json"}
+            if self.api_key:
+                headers["Authorization"] = f"Bearer {self.api_key}"
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=3),
-                timeout=aiohttp.ClientTimeout(total=self.config.request_timeout),
+                # the whole-request deadline is the watchdog's (config.request_timeout); connecting gets its own
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
                 headers=headers,
+                cookie_jar=aiohttp.DummyCookieJar(),  # inference servers set no cookies: skip the jar per request
             )
         return self._session
 
@@ -200,7 +217,25 @@ class ReplicaPool(InferenceServer):
                 for r in down:
                     r.probing = False
 
+    async def _watch(self) -> None:
+        """Cancel requests past their deadline, as aiohttp's own timeout does (``task.cancel()``, turned into a
+        timeout by the request's ``except CancelledError``), but with one timer for all requests."""
+        timeout = self.config.request_timeout
+        interval = min(1.0, max(0.01, timeout / 20))
+        while True:
+            await asyncio.sleep(interval)
+            if not self._inflight:
+                continue
+            now = time.monotonic()
+            for task, deadline in list(self._inflight.items()):
+                if now >= deadline and task not in self._timed_out:
+                    self._timed_out.add(task)
+                    task.cancel()
+
     async def server_cleanup(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         await super().server_cleanup()
         if self._session is not None and not self._session.closed:
             await self._session.close()
@@ -216,13 +251,18 @@ class ReplicaPool(InferenceServer):
             await self._server_ready
 
     # ---------------------------------------------------------------- requests
-    def _pick(self, exclude: set[str]) -> Replica | None:
-        candidates = [r for r in self.replicas.values() if r.healthy and r.url not in exclude]
-        if not candidates:
-            candidates = [r for r in self.replicas.values() if r.healthy]
-        if not candidates:
-            return None
-        return min(candidates, key=lambda r: (r.in_flight, r.requests))
+    def _pick(self, exclude: set[str] | tuple = ()) -> Replica | None:
+        """The healthy replica with the fewest requests in flight (then the fewest sent), avoiding ``exclude``
+        when another one is healthy."""
+        best = None
+        for r in self.replicas.values():
+            if r.healthy and r.url not in exclude and (
+                    best is None or r.in_flight < best.in_flight
+                    or (r.in_flight == best.in_flight and r.requests < best.requests)):
+                best = r
+        if best is None and exclude:
+            return self._pick(())
+        return best
 
     def _mark_down(self, replica: Replica, why: str) -> None:
         if replica.healthy:
@@ -253,9 +293,16 @@ class ReplicaPool(InferenceServer):
 
     async def _make_request(self, payload: dict) -> dict:
         """Send one request; returns an OpenAI-style response dict. See module docstring for errors."""
-        import aiohttp
-
-        session = await self._get_session()
+        session = self._session
+        if session is None or session.closed:
+            session = await self._get_session()
+        protocol = self.protocol
+        body, context = protocol.prepare(payload)
+        timeout = self.config.request_timeout
+        task = asyncio.current_task() if timeout else None
+        if task is not None and self._watchdog is None:
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+        inflight = self._inflight
         tried: set[str] = set()
         last_error = ""
         for attempt in range(self.max_retries + 1):
@@ -268,10 +315,19 @@ class ReplicaPool(InferenceServer):
             tried.add(replica.url)
             replica.in_flight += 1
             replica.requests += 1
+            if task is not None:
+                inflight[task] = time.monotonic() + timeout
             try:
-                response = await self.protocol.request(session, replica.url, payload)
+                async with session.post(replica.url_for(protocol.path), data=body) as r:
+                    raw = await r.read()
+                    if r.status != 200:
+                        raise ProtocolError(r.status, raw.decode("utf-8", "replace"))
+                response = protocol.parse(raw, context)
                 replica.failures = 0
                 return response
+            except (ValueError, KeyError, TypeError, IndexError) as e:  # an answer that is not the protocol's JSON
+                last_error = f"malformed answer from {replica.url}: {type(e).__name__}: {str(e)[:200]}"
+                replica.failures += 1
             except ProtocolError as e:
                 last_error = f"HTTP {e.status} from {replica.url}: {e.body[:300]}"
                 if e.status in BAD_REQUEST_STATUS:
@@ -279,6 +335,16 @@ class ReplicaPool(InferenceServer):
                 if e.status not in RETRYABLE_STATUS:
                     raise InferenceError(None, last_error, payload=None) from None
                 replica.failures += 1
+            except asyncio.CancelledError:
+                if task is None or task not in self._timed_out:
+                    raise
+                self._timed_out.discard(task)
+                if task.uncancel() > 0:  # also cancelled from outside: that one wins
+                    raise
+                self.timeouts += 1
+                last_error = f"timeout after {timeout}s from {replica.url}"
+            except asyncio.TimeoutError:  # before OSError: TimeoutError is an OSError
+                last_error = f"timeout from {replica.url}"
             except (aiohttp.ClientConnectorError, ConnectionRefusedError) as e:
                 # nothing listens there (any more): out of rotation until a probe succeeds
                 last_error = f"{type(e).__name__} from {replica.url}: {e}"
@@ -290,10 +356,10 @@ class ReplicaPool(InferenceServer):
                 replica.failures += 1
                 if replica.failures >= 2:
                     self._mark_down(replica, last_error)
-            except asyncio.TimeoutError:
-                last_error = f"timeout after {self.config.request_timeout}s from {replica.url}"
             finally:
                 replica.in_flight -= 1
+                if task is not None:
+                    inflight.pop(task, None)
             if attempt < self.max_retries:
                 logger.debug(f"retrying request (attempt {attempt + 1}/{self.max_retries}): {last_error}")
                 await asyncio.sleep(self._backoff(attempt))

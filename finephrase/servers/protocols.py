@@ -21,7 +21,12 @@ class ProtocolError(Exception):
 
 
 class Protocol:
+    """A wire protocol, split so that the caller owns the one HTTP round trip:
+    ``prepare`` gives the URL path and body bytes (and a context), ``parse`` turns the answer
+    (status 200) into the OpenAI-style dict. ``request`` does both around one ``session.post``."""
+
     name = "base"
+    path = "/"
 
     def __init__(self, config=None):
         self.config = config
@@ -29,8 +34,20 @@ class Protocol:
     async def health(self, session, base_url: str) -> tuple[bool, dict]:
         raise NotImplementedError
 
-    async def request(self, session, base_url: str, payload: dict) -> dict:
+    def prepare(self, payload: dict) -> tuple[bytes, object]:
+        """Body bytes for ``POST {base}{path}``, and a context handed to ``parse``."""
         raise NotImplementedError
+
+    def parse(self, raw: bytes, context: object) -> dict:
+        raise NotImplementedError
+
+    async def request(self, session, base_url: str, payload: dict) -> dict:
+        body, context = self.prepare(payload)
+        async with session.post(f"{base_url}{self.path}", data=body, headers=JSON) as r:
+            raw = await r.read()
+            if r.status != 200:
+                raise ProtocolError(r.status, raw.decode("utf-8", "replace"))
+        return self.parse(raw, context)
 
 
 class OpenAIChat(Protocol):
@@ -40,6 +57,7 @@ class OpenAIChat(Protocol):
     """
 
     name = "openai"
+    path = "/v1/chat/completions"
 
     async def health(self, session, base_url: str) -> tuple[bool, dict]:
         async with session.get(f"{base_url}/v1/models", timeout=5) as r:
@@ -59,12 +77,11 @@ class OpenAIChat(Protocol):
                 info["n_ctx_train"] = meta["n_ctx_train"]
         return True, info
 
-    async def request(self, session, base_url: str, payload: dict) -> dict:
-        async with session.post(f"{base_url}/v1/chat/completions", data=orjson.dumps(payload), headers=JSON) as r:
-            body = await r.read()
-            if r.status != 200:
-                raise ProtocolError(r.status, body.decode("utf-8", "replace"))
-        return orjson.loads(body)
+    def prepare(self, payload: dict) -> tuple[bytes, object]:
+        return orjson.dumps(payload), None
+
+    def parse(self, raw: bytes, context: object) -> dict:
+        return orjson.loads(raw)
 
 
 TGI_INFO_KEYS = ("model_id", "model_sha", "model_dtype", "max_input_tokens", "max_input_length", "max_total_tokens",
@@ -108,6 +125,7 @@ class TGIGenerate(Protocol):
     """
 
     name = "tgi"
+    path = "/generate"
 
     def __init__(self, config=None, tokenizer: str | None = None):
         super().__init__(config)
@@ -154,18 +172,17 @@ class TGIGenerate(Protocol):
             self._counter = TokenCounter(spec)
         return self._counter.count(inputs)
 
-    async def request(self, session, base_url: str, payload: dict) -> dict:
+    def prepare(self, payload: dict) -> tuple[bytes, object]:
         body = self.to_request(payload)
-        async with session.post(f"{base_url}/generate", data=orjson.dumps(body), headers=JSON) as r:
-            raw = await r.read()
-            if r.status != 200:
-                raise ProtocolError(r.status, raw.decode("utf-8", "replace"))
+        return orjson.dumps(body), body["inputs"]
+
+    def parse(self, raw: bytes, context: object) -> dict:
         data = orjson.loads(raw)
         if isinstance(data, list):  # TGI answers a list when `inputs` was a list
             data = data[0]
         details = data.get("details") or {}
         completion = int(details.get("generated_tokens") or 0)
-        prompt = self.prompt_tokens(body["inputs"])
+        prompt = self.prompt_tokens(context)
         return {
             "choices": [{"message": {"content": data.get("generated_text", "")},
                          "finish_reason": FINISH_REASONS.get(details.get("finish_reason"), details.get("finish_reason"))}],

@@ -10,6 +10,7 @@ of the file.
 from __future__ import annotations
 
 import orjson
+from datatrove.pipeline.readers.base import BaseReader
 from datatrove.pipeline.readers.jsonl import JsonlReader
 from loguru import logger
 
@@ -18,6 +19,8 @@ class SafeJsonlReader(JsonlReader):
     name = "🐿 Jsonl (safe)"
 
     def read_file(self, filepath: str):
+        # the same for every line of the file: resolved once (datatrove resolves it per document)
+        file_path = self.data_folder.resolve_paths(filepath) if self.add_file_path else None
         with self.data_folder.open(filepath, "rb", compression=self.compression) as f:
             for li, raw in enumerate(f):
                 with self.track_time():
@@ -42,7 +45,9 @@ class SafeJsonlReader(JsonlReader):
                         self.stat_update("empty_documents")
                         logger.warning(f"{filepath}:{li + 1}: skipped document without text")
                         continue
-                    document = self.get_document_from_dict(data, filepath, li)
+                    document = BaseReader.get_document_from_dict(self, data, filepath, li)
                     if not document:
                         continue
+                    if file_path is not None:
+                        document.metadata.setdefault("file_path", file_path)
                 yield document

@@ -1,6 +1,7 @@
 """Rephrase: send each document through one or more prompts to an inference server.
 
-Built on datatrove's ``InferenceRunner`` — its chunked checkpoints, sqlite request cache
+Built on datatrove's ``InferenceRunner`` (through ``LeanInferenceRunner``, the same runner with a
+cheaper per-document path) — its chunked checkpoints, sqlite request cache
 (already-answered requests are not sent again after a crash), metrics and stats — with
 finephrase's ``ReplicaPool`` as the server (several replicas, TGI or OpenAI protocol,
 retries that never end the task) and a rollout that
@@ -23,18 +24,19 @@ import asyncio
 from typing import Any
 
 from datatrove.data import Document
-from datatrove.pipeline.inference.run_inference import InferenceConfig, InferenceRunner
+from datatrove.pipeline.inference.run_inference import InferenceConfig
 from datatrove.pipeline.inference.types import InferenceError, InferenceResult
 from loguru import logger
 
 from finephrase.inference_io import BatchedRequestCache, FastCheckpointManager, LeanJsonlWriter, jsonl_adapter
+from finephrase.inference_runner import LeanInferenceRunner
 from finephrase.prompts import Prompt, load_prompt
 from finephrase.tokens import TokenCounter
 
 PROMPT_MARGIN_TOKENS = 32
 
 
-class Rephrase(InferenceRunner):
+class Rephrase(LeanInferenceRunner):
     """datatrove step: rephrase documents with prompts through a pool of inference replicas.
 
     Args:
@@ -59,6 +61,7 @@ class Rephrase(InferenceRunner):
 
     name = "✍️ Rephrase"
     type = "Model call"
+    payloads_final = True  # payloads are built complete (model included) and never changed after sending
 
     def __init__(
         self,
@@ -118,6 +121,7 @@ class Rephrase(InferenceRunner):
         self.request_cache = BatchedRequestCache(checkpoints_dir)
         self.checkpoint_manager = FastCheckpointManager(checkpoints_dir, records_per_chunk, request_cache=self.request_cache)
         self._budgets: dict[str, int] = {}
+        self._params: dict[str, dict] = {}
 
     # ------------------------------------------------------------------ server
     def _init_server(self, rank: int):
@@ -165,22 +169,30 @@ class Rephrase(InferenceRunner):
         return max(64, context - max_new_tokens - overhead - PROMPT_MARGIN_TOKENS)
 
     # ------------------------------------------------------------------ hot path
-    async def _send_request(self, server, payload: dict, semaphore: asyncio.Semaphore) -> InferenceResult:
+    async def _send_request(self, server, payload: dict, semaphore) -> InferenceResult:
         """One request. Retries, back-off and replica choice live in ReplicaPool; the runner's
         bookkeeping is kept to what the stats and the metrics report need."""
-        payload["model"] = self.config.model_name_or_path
-        async with semaphore:
-            try:
+        if "model" not in payload:
+            payload["model"] = self.config.model_name_or_path
+        if semaphore._value > 0 and not semaphore._waiters:  # FastSemaphore, uncontended: no coroutine round trip
+            semaphore._value -= 1
+        else:
+            await semaphore.acquire()
+        try:
+            ready = server._server_ready
+            if ready.done() and ready.exception() is None:
+                response = await server._make_request(payload)
+            else:
                 response = await server.make_request(payload)
-            except InferenceError:
-                self.metrics.add_metrics(failed_requests=1, requests=1)
-                self.stat_update("failed_requests", unit="request")
-                raise
+        except InferenceError:
+            self.count_request(ok=False)
+            self.stat_update("failed_requests", unit="request")
+            raise
+        finally:
+            semaphore.release()
         choice = response["choices"][0]
         usage = response.get("usage") or {}
-        prompt_tokens, completion_tokens = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
-        self.metrics.add_metrics(tokens_input=prompt_tokens, tokens_output=completion_tokens, requests=1,
-                                 successful_requests=1)
+        self.count_request(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
         self.stat_update("successful_requests", unit="request")
         message = choice.get("message") or {}
         return InferenceResult(text=message.get("content") or "", finish_reason=choice.get("finish_reason"),
@@ -215,8 +227,12 @@ class Rephrase(InferenceRunner):
 
     # ------------------------------------------------------------------ rollout
     def params_for(self, prompt: Prompt) -> dict:
-        params = {**prompt.generation, **self.generation_params}
-        params.setdefault("max_new_tokens", 1024)
+        """The prompt's sampling parameters with the recipe's overrides (computed once per prompt; do not mutate)."""
+        params = self._params.get(prompt.sha256)
+        if params is None:
+            params = {**prompt.generation, **self.generation_params}
+            params.setdefault("max_new_tokens", 1024)
+            self._params[prompt.sha256] = params
         return params
 
     async def rollout(self, document: Document, generate) -> dict:
@@ -241,7 +257,8 @@ class Rephrase(InferenceRunner):
         return [p for p in self.prompts if p.suits in ("any", bucket)]
 
     def _payload(self, prompt: Prompt, text: str, params: dict, **context: Any) -> dict:
-        payload = {"messages": prompt.render(text, **context), "max_tokens": params["max_new_tokens"]}
+        payload = {"messages": prompt.render(text, **context), "max_tokens": params["max_new_tokens"],
+                   "model": self.config.model_name_or_path}
         for key in ("temperature", "top_p", "seed"):
             if params.get(key) is not None:
                 payload[key] = params[key]
