@@ -6,7 +6,8 @@ Measured in one run, each client in its own process pinned to CPU 0 (the server 
    requests/s and client CPU-µs per request for
    - ``bare``: a bare asyncio load generator (one aiohttp session, a semaphore) — the ceiling,
    - ``bare-tuned``: the same generator with finephrase's aiohttp settings (no cookie jar, URL parsed
-     once, orjson, no per-request timer): the gap to it is finephrase's own bookkeeping,
+     once, orjson, no per-request timer) and garbage-collector settings (see
+     ``LeanInferenceRunner.run``): the gap to it is finephrase's own bookkeeping,
    - ``finephrase``: the ``Rephrase`` step as ``finephrase run`` uses it (``LeanInferenceRunner`` on
      datatrove's InferenceRunner, checkpoints + request cache, JsonlWriter),
    - ``finephrase-no-checkpoints``: the same step without checkpoints and request cache (no resume),
@@ -84,8 +85,11 @@ def client_bare(endpoints: list[str], n: int, concurrency: int, params: dict, do
     """The ceiling: one aiohttp session, a semaphore, the same payloads finephrase sends.
 
     ``tuned``: the same session settings finephrase uses (no cookie jar, URL parsed once, orjson, no
-    per-request timer) — what is left between it and finephrase is finephrase's own bookkeeping."""
+    per-request timer) and the same garbage-collector settings (heap frozen, young collections every
+    10,000 allocations) — what is left between it and finephrase is finephrase's own bookkeeping."""
     pin(0)
+    import gc
+
     import aiohttp
     import orjson
     from yarl import URL
@@ -122,6 +126,11 @@ def client_bare(endpoints: list[str], n: int, concurrency: int, params: dict, do
         return completion_tokens
 
     t0, c0 = time.perf_counter(), cpu_seconds()
+    if tuned:
+        from finephrase.inference_runner import LeanInferenceRunner
+
+        gc.freeze()
+        gc.set_threshold(*LeanInferenceRunner.gc_threshold)
     tokens = asyncio.run(main())
     out.put({"wall": time.perf_counter() - t0, "cpu": cpu_seconds() - c0, "requests": n, "completion_tokens": tokens})
 
@@ -137,10 +146,17 @@ def _load_documents(input_folder: str) -> list:
     return list(SafeJsonlReader(input_folder, glob_pattern="*.jsonl.gz").run(None, 0, 1))
 
 
+def _drain(docs: list):
+    """Yield the documents and drop them: like a reader's stream, a processed document is not kept alive."""
+    docs.reverse()
+    while docs:
+        yield docs.pop()
+
+
 def _run_step(step, input_folder: str, n: int):
     docs = _load_documents(input_folder)[:n]
     t0, c0 = time.perf_counter(), cpu_seconds()
-    step.run(iter(docs), 0, 1)
+    step.run(_drain(docs), 0, 1)
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     return wall, cpu, step.stats.stats
 

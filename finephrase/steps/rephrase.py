@@ -169,9 +169,16 @@ class Rephrase(LeanInferenceRunner):
         return max(64, context - max_new_tokens - overhead - PROMPT_MARGIN_TOKENS)
 
     # ------------------------------------------------------------------ hot path
-    async def _send_request(self, server, payload: dict, semaphore) -> InferenceResult:
-        """One request. Retries, back-off and replica choice live in ReplicaPool; the runner's
-        bookkeeping is kept to what the stats and the metrics report need."""
+    async def _held_request(self, payload: dict, semaphore, server, doc_id: str | None = None, rollout_idx: int = 0,
+                            chunk_index: int = 0, request_counters: list[int] | None = None) -> InferenceResult:
+        """One request, in one coroutine: cache lookup (documents from an interrupted run only), a slot of the
+        request semaphore, the pool's request (retries, back-off and replica choice live in ReplicaPool), the
+        stats and metrics, and the answer held for the request cache (see ``BatchedRequestCache``)."""
+        if request_counters is not None:
+            request_counters[rollout_idx] += 1
+        cache = self.request_cache
+        if doc_id is not None and doc_id in cache._doc_ids_in_cache:
+            return await self._cached_request(payload, semaphore, server, doc_id, rollout_idx, chunk_index)
         if "model" not in payload:
             payload["model"] = self.config.model_name_or_path
         if semaphore._value > 0 and not semaphore._waiters:  # FastSemaphore, uncontended: no coroutine round trip
@@ -195,8 +202,15 @@ class Rephrase(LeanInferenceRunner):
         self.count_request(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
         self.stat_update("successful_requests", unit="request")
         message = choice.get("message") or {}
-        return InferenceResult(text=message.get("content") or "", finish_reason=choice.get("finish_reason"),
-                               usage=usage, reasoning=message.get("reasoning_content") or "")
+        result = InferenceResult(text=message.get("content") or "", finish_reason=choice.get("finish_reason"),
+                                 usage=usage, reasoning=message.get("reasoning_content") or "")
+        if doc_id is not None and cache.enabled:
+            cache.hold_result(chunk_index, doc_id, rollout_idx, payload, result)
+        return result
+
+    async def _send_request(self, server, payload: dict, semaphore) -> InferenceResult:
+        """datatrove's hook (used by ``_cached_request``): the request without the request cache."""
+        return await self._held_request(payload, semaphore, server)
 
     async def _async_data_gen(self, sync_gen):
         """Documents from the (synchronous) reader, fetched in batches per thread hop rather than one by one."""
@@ -235,12 +249,21 @@ class Rephrase(LeanInferenceRunner):
             self._params[prompt.sha256] = params
         return params
 
-    async def rollout(self, document: Document, generate) -> dict:
+    def rollout(self, document: Document, generate):
+        """datatrove's rollout function: returns a coroutine of ``{prompt name: entry}``. With one prompt it is
+        ``_rephrase_one``'s own coroutine (no extra frame per document on the hot path)."""
         if self._server is not None and not self._server.ready:
-            await self._server.wait_ready()  # the token budget and provenance need the server's info
+            return self._rollout(document, generate)  # the token budget and provenance need the server's info
         prompts = self.route(document)
-        if len(prompts) == 1:  # no extra task per request in the common one-prompt case
-            return {prompts[0].name: await self._rephrase_one(prompts[0], document, generate)}
+        if len(prompts) == 1:
+            return self._rephrase_one(prompts[0], document, generate, keyed=True)
+        return self._rephrase_all(prompts, document, generate)
+
+    async def _rollout(self, document: Document, generate) -> dict:
+        await self._server.wait_ready()
+        return await self.rollout(document, generate)
+
+    async def _rephrase_all(self, prompts: list[Prompt], document: Document, generate) -> dict:
         results = await asyncio.gather(*(self._rephrase_one(p, document, generate) for p in prompts))
         return {p.name: r for p, r in zip(prompts, results)}
 
@@ -264,7 +287,8 @@ class Rephrase(LeanInferenceRunner):
                 payload[key] = params[key]
         return payload
 
-    async def _rephrase_one(self, prompt: Prompt, document: Document, generate) -> dict:
+    async def _rephrase_one(self, prompt: Prompt, document: Document, generate, keyed: bool = False) -> dict:
+        """One prompt for one document: the row entry (``{prompt.name: entry}`` when ``keyed``)."""
         params = self.params_for(prompt)
         info = self._server.server_info if self._server is not None else {}
         entry = {
@@ -281,43 +305,39 @@ class Rephrase(LeanInferenceRunner):
                 from finephrase.steps.chunked import rephrase_chunked
 
                 entry.update(await rephrase_chunked(self, prompt, document.text, params, generate))
-            else:
-                entry.update(await self._rephrase_truncated(prompt, document.text, params, generate))
-            self.stat_update(f"rephrased/{prompt.name}")
-            self.stat_update(f"prompt_tokens/{prompt.name}", value=entry["prompt_tokens"])
-            self.stat_update(f"completion_tokens/{prompt.name}", value=entry["completion_tokens"])
+            else:  # truncated to the token budget (inline: this is the hot path)
+                source = document.text
+                budget = self.budget_for(prompt, params["max_new_tokens"])
+                text, source_tokens, truncated = self.tokens.truncate(source, budget)
+                try:
+                    result = await generate(self._payload(prompt, text, params))
+                except InferenceError as e:
+                    if "BadRequestError" not in str(e.error):
+                        raise
+                    # the server says the input is too long / invalid (400/413/422): cut to half the budget and
+                    # retry once; a second refusal fails this prompt for this document (counted below)
+                    text, source_tokens, truncated = self.tokens.truncate(source, budget // 2)
+                    self.stat_update(f"retried_truncated/{prompt.name}")
+                    result = await generate(self._payload(prompt, text, params))
+                usage = result.usage or {}
+                entry["text"] = result.text
+                entry["finish_reason"] = result.finish_reason
+                entry["prompt_tokens"] = int(usage.get("prompt_tokens", 0))
+                entry["completion_tokens"] = int(usage.get("completion_tokens", 0))
+                entry["truncated"] = truncated
+                entry["source_tokens"] = source_tokens
+                entry["source_tokens_used"] = self.tokens.count(text) if truncated else source_tokens
+                entry["tokens_estimated"] = not self.tokens.exact
+                entry["chunks"] = 1
+            name = prompt.name
+            self.stat_update(f"rephrased/{name}")
+            self.stat_update(f"prompt_tokens/{name}", value=entry["prompt_tokens"])
+            self.stat_update(f"completion_tokens/{name}", value=entry["completion_tokens"])
             if entry.get("truncated"):
-                self.stat_update(f"truncated_inputs/{prompt.name}")
+                self.stat_update(f"truncated_inputs/{name}")
         except InferenceError as e:
             message = str(e.error)[:500]
             logger.warning(f"rephrase failed for document {document.id} with prompt {prompt.ref}: {message}")
             self.stat_update(f"failed/{prompt.name}")
             entry["error"] = message
-        return entry
-
-    async def _rephrase_truncated(self, prompt: Prompt, source: str, params: dict, generate) -> dict:
-        budget = self.budget_for(prompt, params["max_new_tokens"])
-        text, source_tokens, truncated = self.tokens.truncate(source, budget)
-        try:
-            result = await generate(self._payload(prompt, text, params))
-        except InferenceError as e:
-            if "BadRequestError" not in str(e.error):
-                raise
-            # the server says the input is too long / invalid (400/413/422): cut to half the budget and
-            # retry once; a second refusal fails this prompt for this document (counted by the caller)
-            budget //= 2
-            text, source_tokens, truncated = self.tokens.truncate(source, budget)
-            self.stat_update(f"retried_truncated/{prompt.name}")
-            result = await generate(self._payload(prompt, text, params))
-        usage = result.usage or {}
-        return {
-            "text": result.text,
-            "finish_reason": result.finish_reason,
-            "prompt_tokens": int(usage.get("prompt_tokens", 0)),
-            "completion_tokens": int(usage.get("completion_tokens", 0)),
-            "truncated": truncated,
-            "source_tokens": source_tokens,
-            "source_tokens_used": self.tokens.count(text) if truncated else source_tokens,
-            "tokens_estimated": not self.tokens.exact,
-            "chunks": 1,
-        }
+        return {prompt.name: entry} if keyed else entry
