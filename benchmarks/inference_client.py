@@ -298,7 +298,7 @@ def instant_section(n: int, concurrencies: list[int], rounds: int, datatrove_req
     lines.append("")
 
 
-def real_section(n_docs: int, concurrency: int, lines: list[str]) -> None:
+def real_section(n_docs: int, concurrency: int, rounds: int, lines: list[str]) -> None:
     from finephrase.servers.embedded import EmbeddedServers
 
     demo = ROOT / "data" / "demo" / "docs.jsonl.gz"
@@ -310,7 +310,7 @@ def real_section(n_docs: int, concurrency: int, lines: list[str]) -> None:
                 break
     params = {"max_new_tokens": 64, "temperature": 0.0, "seed": 0}
     lines.append(f"## 2. Real embedded server (SmolLM2-135M on llama.cpp, 2 replicas x 1 thread), "
-                 f"{n_docs} documents, concurrency {concurrency}\n")
+                 f"{n_docs} documents, concurrency {concurrency}, median of {rounds} alternating rounds\n")
     with tempfile.TemporaryDirectory() as tmp, EmbeddedServers(replicas=2, threads=1, n_ctx=2048) as servers:
         folder = os.path.join(tmp, "input")
         os.makedirs(folder)
@@ -318,19 +318,27 @@ def real_section(n_docs: int, concurrency: int, lines: list[str]) -> None:
             for i, d in enumerate(docs):
                 f.write(json.dumps({"id": f"doc-{i}", "text": d}) + "\n")
         params_model = {**params, "model": servers.alias}
-        # warm-up both replicas, then alternate the order to share any drift
+        # warm-up both replicas, then alternate the order (bare first, then finephrase first) to share any drift
         measure(client_bare, servers.endpoints, 2, 2, params_model, docs)
-        bare = measure(client_bare, servers.endpoints, n_docs, concurrency, params_model, docs)
-        fp = measure(client_finephrase, servers.endpoints, n_docs, concurrency, params, folder, os.path.join(tmp, "fp"))
+        runs: dict[str, list[dict]] = {"bare": [], "finephrase": []}
+        for rnd in range(rounds):
+            order = ("bare", "finephrase") if rnd % 2 == 0 else ("finephrase", "bare")
+            for name in order:
+                if name == "bare":
+                    runs[name].append(measure(client_bare, servers.endpoints, n_docs, concurrency, params_model, docs))
+                else:
+                    runs[name].append(measure(client_finephrase, servers.endpoints, n_docs, concurrency, params, folder,
+                                              os.path.join(tmp, f"fp{rnd}")))
     # finephrase sends `model` from its config; the bare client sends the alias: same server-side work
-    for name, r in (("bare", bare), ("finephrase", fp)):
-        r["tps"] = r["completion_tokens"] / r["wall"]
-    lines.append("| client | completion tokens | wall s | completion tokens/s |")
-    lines.append("|---|---:|---:|---:|")
-    for name, r in (("bare", bare), ("finephrase", fp)):
-        lines.append(f"| {name} | {r['completion_tokens']} | {r['wall']:.1f} | {r['tps']:.1f} |")
+    lines.append("| client | completion tokens per run | wall s per run | completion tokens/s (median) |")
+    lines.append("|---|---:|---|---:|")
+    tps = {}
+    for name, rs in runs.items():
+        tps[name] = median([r["completion_tokens"] / r["wall"] for r in rs])
+        walls = ", ".join(f"{r['wall']:.1f}" for r in rs)
+        lines.append(f"| {name} | {rs[0]['completion_tokens']} | {walls} | {tps[name]:.1f} |")
     lines.append("")
-    lines.append(f"- ratio finephrase/bare completion tokens/s (real server): {fp['tps'] / bare['tps']:.2f}")
+    lines.append(f"- ratio finephrase/bare completion tokens/s (real server): {tps['finephrase'] / tps['bare']:.2f}")
     lines.append("")
 
 
@@ -342,13 +350,14 @@ def main():
     ap.add_argument("--datatrove-requests", type=int, default=5000)
     ap.add_argument("--real-docs", type=int, default=24)
     ap.add_argument("--real-concurrency", type=int, default=4)
+    ap.add_argument("--real-rounds", type=int, default=2)
     ap.add_argument("--skip-real", action="store_true")
     args = ap.parse_args()
     lines = ["# Inference client benchmark", "",
              f"Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
     instant_section(args.requests, args.concurrency, args.rounds, args.datatrove_requests, lines)
     if not args.skip_real:
-        real_section(args.real_docs, args.real_concurrency, lines)
+        real_section(args.real_docs, args.real_concurrency, args.real_rounds, lines)
     text = "\n".join(lines)
     print(text)
     (HERE / "results").mkdir(exist_ok=True)
