@@ -14,8 +14,10 @@ with less work. Profiling datatrove's runner against an instant server
   ``MetricsKeeper.add_metrics`` (a deque entry and two dict loops) — buffered here and folded
   into the same ``MetricStats`` / ``MetricsKeeper`` in batches (at most every
   ``flush_interval_s``, before every metrics report and when the step ends);
-- a coroutine round trip to the request cache for every request of a fresh run — the cache is
-  only queried for documents it holds rows for (exactly datatrove's own condition);
+- a hash, a queue entry and an sqlite row for every answer — with final payloads
+  (``payloads_final``) answers are held per document and only written for documents still in
+  progress at a flush (see ``BatchedRequestCache``); the cache is only queried for documents it
+  holds rows for (datatrove's own condition);
 - checkpoint lines flushed one by one — written in one ``write`` per chunk per flush interval
   (see ``FastCheckpointManager``).
 
@@ -215,35 +217,6 @@ class LeanInferenceRunner(InferenceRunner):
                 gc.unfreeze()
 
     # ------------------------------------------------------------------ requests
-    async def _cached_request(self, payload: dict, semaphore, server, doc_id: str,
-                              rollout_idx: int, chunk_index: int, request_counters: list[int] | None = None
-                              ) -> InferenceResult:
-        if request_counters is not None:
-            request_counters[rollout_idx] += 1
-        cache = self.request_cache
-        if not cache.enabled:
-            return await self._send_request(server, payload, semaphore)
-        payload_hash = cache.prepare_payload(payload)
-        if doc_id in cache._doc_ids_in_cache:  # datatrove's own condition for a lookup
-            cached_result, cached_error = await cache.get_cached_response(doc_id, rollout_idx, payload_hash=payload_hash)
-            if cached_error is not None and self._is_bad_request_error(cached_error):
-                raise InferenceError(None, cached_error, payload=payload)
-            if cached_result is not None:
-                return InferenceResult(text=cached_result["text"], finish_reason=cached_result["finish_reason"],
-                                       usage=cached_result["usage"], reasoning=cached_result.get("reasoning", ""))
-        try:
-            result = await self._send_request(server, payload, semaphore)
-        except InferenceError as e:
-            if self._is_bad_request_error(e):
-                await cache.store_error(chunk_index=chunk_index, doc_id=doc_id, rollout_idx=rollout_idx,
-                                        error_message=str(e), payload_hash=payload_hash)
-            raise
-        if cache._queue is not None:
-            cache._queue.put_nowait(("result", (chunk_index, doc_id, rollout_idx, payload_hash, {
-                "text": result.text, "finish_reason": result.finish_reason, "usage": result.usage,
-                "reasoning": result.reasoning})))
-        return result
-
     async def _held_request(self, payload: dict, semaphore, server, doc_id: str, rollout_idx: int, chunk_index: int,
                             request_counters: list[int] | None = None) -> InferenceResult:
         """``_cached_request`` for final payloads and a cache that can hold answers: nothing is hashed or

@@ -10,7 +10,6 @@ import os
 
 import orjson
 
-JSON = {"Content-Type": "application/json"}
 
 
 class ProtocolError(Exception):
@@ -21,9 +20,9 @@ class ProtocolError(Exception):
 
 
 class Protocol:
-    """A wire protocol, split so that the caller owns the one HTTP round trip:
-    ``prepare`` gives the URL path and body bytes (and a context), ``parse`` turns the answer
-    (status 200) into the OpenAI-style dict. ``request`` does both around one ``session.post``."""
+    """A wire protocol, split so that the caller (``ReplicaPool``) owns the one HTTP round trip:
+    ``prepare`` gives the body bytes for ``POST {base}{path}`` (and a context), ``parse`` turns the
+    answer (status 200) into the OpenAI-style dict."""
 
     name = "base"
     path = "/"
@@ -40,14 +39,6 @@ class Protocol:
 
     def parse(self, raw: bytes, context: object) -> dict:
         raise NotImplementedError
-
-    async def request(self, session, base_url: str, payload: dict) -> dict:
-        body, context = self.prepare(payload)
-        async with session.post(f"{base_url}{self.path}", data=body, headers=JSON) as r:
-            raw = await r.read()
-            if r.status != 200:
-                raise ProtocolError(r.status, raw.decode("utf-8", "replace"))
-        return self.parse(raw, context)
 
 
 class OpenAIChat(Protocol):
