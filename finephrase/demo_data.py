@@ -26,13 +26,15 @@ import tempfile
 
 from loguru import logger
 
+from finephrase.errors import FinephraseError
+
 DEB_PACKAGE = "python3.11-doc"
 HTML_ROOT = "usr/share/doc/python3.11/html"
 LOW_QUALITY_PARTS = ("genindex", "py-modindex", "whatsnew/changelog", "whatsnew/", "glossary", "bugs", "copyright",
                      "license", "about", "contents", "search")
 
 
-class DemoDataError(RuntimeError):
+class DemoDataError(FinephraseError, RuntimeError):
     pass
 
 

@@ -8,7 +8,9 @@ The ``.finephrase/`` work folder is never uploaded.
 
 How:
 
-* The repository (and the branch, with ``revision``) is created if needed.
+* The repository is created if needed (``private`` applies to a new repository; pushing with ``private=True`` to
+  an existing public repository is refused rather than publishing the data). With ``revision``, the branch is
+  created from ``main`` if it does not exist (a tag or a commit id is refused: commits go to branches).
 * The remote tree is listed first and every local file is compared with it (sha256 for LFS files, the git blob
   id for the others): only new or changed files are sent, so pushing the same output again makes no commit and
   a push that was interrupted resumes where it stopped.
@@ -21,6 +23,10 @@ How:
 * Pushing to a repository that has configs from an earlier push replaces the configs this output has (remote
   files under ``data/<config>/`` that the output does not have are deleted) and keeps the others; the card is
   written for the union: kept configs stay in the card's ``configs`` and in ``all``.
+
+Expected failures (no token, a rejected token, no write access, a missing repository, an unreachable Hub, a Hub
+that keeps failing after the retries) raise :class:`HubError`, a ``FinephraseError`` whose message says the cause
+and the fix in one or two lines; the huggingface_hub / network error is its ``__cause__``.
 
 The token is huggingface_hub's (``HF_TOKEN`` or the stored ``hf auth login``); it is never printed, logged
 or written. When ``HF_XET_CACHE`` is not set, each process gets its own Xet cache folder
@@ -36,11 +42,14 @@ import glob
 import hashlib
 import os
 import random
+import re
 import shutil
 import time
 from dataclasses import dataclass
 
 from loguru import logger
+
+from finephrase.errors import FinephraseError
 
 MAX_FILES_PER_COMMIT = 100
 MAX_BYTES_PER_COMMIT = 2 * 1024**3
@@ -48,12 +57,21 @@ MAX_RETRIES = 6
 RETRY_BASE_S = 1.0
 RETRY_MAX_S = 60.0
 CONFLICT_RETRIES = 30
+BRANCH_WAIT_TRIES = 5
 RETRY_STATUS = {408, 412, 429, 500, 502, 503, 504}
 REPO_TYPE = "dataset"
 
 
-class PushError(FileNotFoundError):
-    """The output folder has nothing to push (a FileNotFoundError, so the CLI reports it as a user error)."""
+class PushError(FinephraseError, FileNotFoundError):
+    """The output folder has nothing to push."""
+
+
+class HubError(FinephraseError):
+    """The Hub refused or failed the push (or cannot be reached). The message has the cause and the fix; the
+    huggingface_hub / network error is ``__cause__``. Exit code 5: the local output is intact, only the push
+    failed (pushing again resumes)."""
+
+    exit_code = 5
 
 
 _HASHES: dict[tuple, tuple[str, str]] = {}
@@ -240,6 +258,94 @@ def _status(e: Exception) -> str:
     return str(getattr(getattr(e, "response", None), "status_code", None) or type(e).__name__)
 
 
+def _network_error_types() -> tuple[type, ...]:
+    types: list[type] = []
+    for name in ("httpx2", "httpx"):
+        with contextlib.suppress(ImportError):
+            types.append(__import__(name).TransportError)
+    return tuple(types)
+
+
+def _first_line(text: object, limit: int = 200) -> str:
+    line = next((x.strip() for x in str(text or "").splitlines() if x.strip()), "")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def describe_hub_error(e: BaseException, repo_id: str | None = None, revision: str | None = None,
+                       pushing: bool = False, network: bool = True) -> str | None:
+    """One or two lines (the cause, then the fix) for an expected failure talking to the Hub, or None when ``e``
+    is not one (a bug keeps its traceback). ``pushing`` adds that a push resumes where it stopped; ``network``:
+    ``e`` came from a Hub call, so a network error (connection refused, timeout) means the Hub is unreachable."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (DisabledRepoError, GatedRepoError, HfHubHTTPError, HFValidationError,
+                                        LocalTokenNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    repo = repo_id or getattr(e, "repo_id", None)
+    kind = getattr(e, "repo_type", None) or REPO_TYPE
+    name = f"{kind} repository {repo}" if repo else f"the {kind} repository"
+    again = " (pushing again resumes where it stopped)" if pushing else ""
+    if isinstance(e, LocalTokenNotFoundError):
+        return "no Hugging Face token found.\nrun `hf auth login`, or set HF_TOKEN to a token with write access"
+    if isinstance(e, OfflineModeIsEnabled):
+        return "HF_HUB_OFFLINE is set, so the Hub cannot be reached.\nunset HF_HUB_OFFLINE to talk to the Hub"
+    if isinstance(e, HFValidationError):
+        return f"invalid repository id: {_first_line(e)}\nuse NAMESPACE/NAME, e.g. my-user/my-dataset"
+    if isinstance(e, HfHubHTTPError):
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        server = _first_line(getattr(e, "server_message", None))
+        said = f"HTTP {status}" + (f": {server}" if server else "")
+        namespace = repo.split("/")[0] if repo and "/" in repo else None
+        if isinstance(e, GatedRepoError):
+            return (f"{name} is gated and your token is not on its access list ({said}).\n"
+                    f"ask for access on {constants.ENDPOINT}/{'datasets/' if kind == 'dataset' else ''}{repo}")
+        if isinstance(e, DisabledRepoError):
+            return f"{name} is disabled on the Hub ({said}).\nuse another repository"
+        if isinstance(e, RevisionNotFoundError):
+            what = f"branch {revision!r}" if revision else "the revision"
+            fix = ("push again: the branch is created if missing" if pushing else
+                   f"check the name (`hf repos branch create {repo or 'REPO'} BRANCH --repo-type {kind}` creates one)")
+            return f"{what} of {name} does not exist ({said}).\n{fix}"
+        if isinstance(e, RepositoryNotFoundError):
+            return (f"{name} not found, or your token cannot see it ({said}).\n"
+                    "check the id and your token (`hf auth whoami`); a push creates a missing repository only "
+                    f"when the token may create repositories in {namespace or 'its namespace'!r}")
+        if status == 401:
+            return (f"the Hub rejected your token ({said}).\n"
+                    "run `hf auth login`, or set HF_TOKEN to a valid token (HF_TOKEN wins over the stored login)")
+        if status == 403:
+            return (f"your token may not write to {name} ({said}).\n"
+                    "use a write token (not read-only) of an account that may write to "
+                    + (f"{namespace!r}" if namespace else "it") + ": `hf auth login` or HF_TOKEN")
+        if status == 402:
+            return f"the Hub wants a paid plan for this ({said}).\ncheck your plan, or push somewhere else"
+        if status == 429:
+            return f"the Hub is rate-limiting your requests ({said}).\nwait a few minutes and try again{again}"
+        if status in (408, 500, 502, 503, 504) or (status or 0) >= 500:
+            return (f"the Hub is failing ({said}" + (f", {MAX_RETRIES} retries" if pushing else "")
+                    + f").\ntry again later{again}")
+        return f"the Hub refused the request on {name} ({said})."
+    if network and isinstance(e, _network_error_types()):
+        return (f"cannot reach the Hub at {constants.ENDPOINT} ({type(e).__name__}: {_first_line(e) or 'no answer'}).\n"
+                f"check the network, a proxy, or HF_ENDPOINT{again}")
+    return None
+
+
+@contextlib.contextmanager
+def hub_errors(repo_id: str | None = None, revision: str | None = None, pushing: bool = True):
+    """Turn expected Hub failures raised inside the block into :class:`HubError` (the original is ``__cause__``);
+    anything else (a bug) passes through unchanged."""
+    try:
+        yield
+    except FinephraseError:
+        raise
+    except Exception as e:  # noqa: BLE001 - only the failures describe_hub_error knows are converted
+        message = describe_hub_error(e, repo_id, revision, pushing=pushing)
+        if message is None:
+            raise
+        raise HubError(message) from e
+
+
 def with_retries(fn, what: str, max_retries: int | None = None):
     """Call ``fn()``, retrying 408/429/5xx and network errors with jittered exponential back-off, and 412 (another
     commit landed first: ``fn`` re-reads the head) up to ``CONFLICT_RETRIES`` times with a short jittered wait."""
@@ -265,7 +371,8 @@ def with_retries(fn, what: str, max_retries: int | None = None):
                 delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (failures - 1)) * random.uniform(0.5, 1.5)
                 if retry_after is not None:
                     delay = max(delay, min(retry_after, RETRY_MAX_S))
-                logger.warning(f"{what}: HTTP {_status(e)}, retrying in {delay:.1f}s ({failures}/{max_retries})")
+                cause = f"HTTP {_status(e)}" if _status(e).isdigit() else f"{type(e).__name__}: {_first_line(e)}"
+                logger.warning(f"{what}: {cause}, retrying in {delay:.1f}s ({failures}/{max_retries})")
             time.sleep(delay)
 
 
@@ -439,25 +546,105 @@ def _final_commit(api, repo_id: str, branch: str, output: str, configs: list[str
     return True
 
 
+def _has_token(token: str | None) -> bool:
+    from huggingface_hub import get_token
+
+    return bool(token or get_token())
+
+
+def check_push_access(repo_id: str, token: str | None = None) -> None:
+    """Fail fast, before a long run, when a push to ``repo_id`` cannot work: no token, a token the Hub rejects, a
+    read-only token, a namespace that is neither the user's nor one of their organizations, or no way to reach the
+    Hub. Raises :class:`HubError`; the repository itself is not touched (one ``whoami`` call)."""
+    from huggingface_hub import HfApi
+
+    with hub_errors(repo_id, pushing=False):
+        if not _has_token(token):
+            from huggingface_hub.errors import LocalTokenNotFoundError
+
+            raise LocalTokenNotFoundError("no token")
+        who = with_retries(lambda: HfApi(token=token).whoami(), "check the Hub token")
+    role = ((who.get("auth") or {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise HubError(f"your Hugging Face token is read-only: it cannot push to {repo_id}.\n"
+                       "create a token with write access (https://huggingface.co/settings/tokens), then "
+                       "`hf auth login` or HF_TOKEN")
+    namespace = repo_id.split("/")[0] if "/" in repo_id else None
+    user = who.get("name")
+    orgs = [o.get("name") for o in who.get("orgs") or [] if isinstance(o, dict)]
+    if namespace and user and namespace.lower() not in {n.lower() for n in [user, *orgs] if n}:
+        raise HubError(f"cannot push to {repo_id}: {namespace!r} is neither your user ({user!r}) nor one of your "
+                       f"organizations ({', '.join(map(repr, orgs)) or 'none'}).\n"
+                       f"push to {user}/{repo_id.split('/', 1)[1]}, or join {namespace!r} on the Hub")
+
+
+def _ensure_repo(api, repo_id: str, private: bool) -> str:
+    url = with_retries(lambda: api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True),
+                       "create the repository")
+    if private:  # an existing repository keeps its visibility: never publish "private" data in a public repo
+        info = with_retries(lambda: api.repo_info(repo_id, repo_type=REPO_TYPE, expand=["private"]),
+                            "read the repository visibility")
+        if info.private is False:
+            raise HubError(f"dataset repository {repo_id} exists and is public, and the push is private "
+                           "(--private / output.private); nothing was pushed.\n"
+                           f"make it private first (`hf repos settings {repo_id} --private --repo-type dataset`), "
+                           "or push without --private")
+    return url
+
+
+_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+def _ensure_branch(api, repo_id: str, branch: str) -> None:
+    """Create ``branch`` from ``main`` when it does not exist, and wait until the Hub serves it."""
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    if branch.startswith("refs/pr/"):  # a pull request ref: it exists or the Hub says so
+        return
+    refs = with_retries(lambda: api.list_repo_refs(repo_id, repo_type=REPO_TYPE), "list the branches")
+    if branch in {b.name for b in refs.branches}:
+        return
+    if branch in {t.name for t in refs.tags} or _SHA_RE.match(branch):
+        what = "a tag" if branch in {t.name for t in refs.tags} else "a commit id"
+        raise HubError(f"revision {branch!r} is {what} of {repo_id}, not a branch: a push commits to a branch.\n"
+                       "name a branch (--revision NAME; a new name is created from main)")
+    with_retries(lambda: api.create_branch(repo_id, repo_type=REPO_TYPE, branch=branch, exist_ok=True),
+                 f"create branch {branch}")
+    logger.info(f"created branch {branch} of {repo_id} (from main)")
+    for attempt in range(BRANCH_WAIT_TRIES):  # a new branch can take a moment to show everywhere
+        try:
+            with_retries(lambda: _head(api, repo_id, branch), "read the new branch")
+            return
+        except RevisionNotFoundError:
+            if attempt == BRANCH_WAIT_TRIES - 1:
+                raise
+            time.sleep(RETRY_BASE_S * 2 ** attempt * random.uniform(0.5, 1.0))
+
+
 def push_output(output: str, repo_id: str, private: bool = False, revision: str | None = None, *,
                 token: str | None = None, max_files: int = MAX_FILES_PER_COMMIT,
                 max_bytes: int = MAX_BYTES_PER_COMMIT) -> str:
     """Push an output folder to the Hub dataset ``repo_id`` (see the module docstring). Returns the dataset URL
-    (``.../tree/<branch>`` for a branch)."""
+    (``.../tree/<branch>`` for a branch). Raises :class:`PushError` (nothing to push) or :class:`HubError`."""
     from huggingface_hub import HfApi
 
     output = os.path.abspath(output)
+    if not os.path.isdir(output):
+        raise PushError(f"{output}: no such folder\nname the output folder of a `finephrase run`")
     configs = output_configs(output)
     if not configs:
-        raise PushError(f"{output}: nothing to push (no data/<config>/*.parquet)")
+        raise PushError(f"{output}: nothing to push (no data/<config>/*.parquet).\n"
+                        "run the recipe first (`finephrase run RECIPE`), or name the run's output folder")
     branch = revision or "main"
     api = HfApi(token=token)
-    with _per_process_xet_cache():
-        repo_url = with_retries(lambda: api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True),
-                                "create the repository")
+    with _per_process_xet_cache(), hub_errors(repo_id, branch):
+        if not _has_token(token):
+            from huggingface_hub.errors import LocalTokenNotFoundError
+
+            raise LocalTokenNotFoundError("no token")
+        repo_url = _ensure_repo(api, repo_id, private)
         if revision:
-            with_retries(lambda: api.create_branch(repo_id, repo_type=REPO_TYPE, branch=revision, exist_ok=True),
-                         f"create branch {revision}")
+            _ensure_branch(api, repo_id, revision)
         head = with_retries(lambda: _head(api, repo_id, branch), "read the branch head")
         remote = with_retries(lambda: _remote_files(api, repo_id, head), "list the remote files")
         data = [f for f in _data_files(output) if not f.same_as(remote.get(f.path_in_repo))]
@@ -471,4 +658,5 @@ def push_output(output: str, repo_id: str, private: bool = False, revision: str 
     return f"{url}/tree/{revision}" if revision else url
 
 
-__all__ = ["push_output", "write_prompt_files", "local_files", "output_configs", "PushError", "with_retries"]
+__all__ = ["push_output", "check_push_access", "describe_hub_error", "hub_errors", "write_prompt_files",
+           "local_files", "output_configs", "PushError", "HubError", "with_retries"]

@@ -42,6 +42,8 @@ from datatrove.pipeline.inference.types import InferenceError, InferenceResult, 
 from datatrove.utils.stats import MetricStats, TimingStats
 from loguru import logger
 
+from finephrase.errors import GeneratorError
+
 
 class FastSemaphore:
     """An ``asyncio.Semaphore`` with O(1) ``acquire``/``release`` (Python 3.11's checks every waiter for
@@ -284,8 +286,8 @@ class LeanInferenceRunner(InferenceRunner):
                 await self._finish_document(doc, rank, chunk_index, output_writer_context, count_processed_stat=False)
                 return
             raise
-        except (ServerError, asyncio.CancelledError):
-            raise
+        except (ServerError, GeneratorError, asyncio.CancelledError):
+            raise  # the task cannot go on (no replica, a refused configuration): the document stays unprocessed
         except Exception as e:
             raise InferenceError(doc, e) from e
 
@@ -306,12 +308,13 @@ class LeanInferenceRunner(InferenceRunner):
             def document_done(task: asyncio.Task) -> None:
                 pending.discard(task)
                 slots.release()
+                error = None if task.cancelled() else task.exception()  # retrieved even when not the first
                 if failed:
                     return
                 if task.cancelled():  # nothing but the shutdown below cancels a document: never lose one silently
                     failed.append(RuntimeError("a document task was cancelled"))
-                elif task.exception() is not None:
-                    failed.append(task.exception())
+                elif error is not None:
+                    failed.append(error)
 
             chunk_index: int | None = None
             completed_successfully = False

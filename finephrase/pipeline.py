@@ -77,7 +77,8 @@ class GeneratorRuntime:
     model: str = "default"
     tokenizer: str | None = None
     context_length: int | None = None
-    api_key: str | None = None
+    api_key_env: str | None = None  # the variable's name only: the key never travels with the steps
+    state_file: str | None = None  # the embedded replicas' supervisor state (see finephrase.servers.embedded)
 
 
 def source_reader(recipe: Recipe, limit: int = -1):
@@ -174,7 +175,9 @@ def build_stages(recipe: Recipe, prompts: list[Prompt], output: str, runtime: Ge
             tokenizer=runtime.tokenizer,
             checkpoints_dir=paths.w("checkpoints"),
             records_per_chunk=recipe.output.records_per_chunk,
-            api_key=runtime.api_key,
+            api_key_env=runtime.api_key_env,
+            unavailable_timeout=g.unavailable_timeout,
+            server_state_file=runtime.state_file,
             routing=recipe.routing.model_dump() if recipe.routing else None,
         ),
     ], tasks, kind="inference"))
@@ -205,9 +208,16 @@ def build_stages(recipe: Recipe, prompts: list[Prompt], output: str, runtime: Ge
 
 
 def run_local(stages: list[Stage], output: str, workers: int = 1, tasks_override: dict | None = None) -> None:
-    """Run the stages with datatrove's LocalPipelineExecutor, chained with `depends`."""
+    """Run the stages with datatrove's LocalPipelineExecutor, chained with `depends`.
+
+    Every process this starts (datatrove's per-stage ``multiprocess.Manager`` server, the forkserver's pool
+    workers) is killed when this process dies, even by SIGKILL: see :mod:`finephrase.lifetime`.
+    """
     from datatrove.executor import LocalPipelineExecutor
 
+    from finephrase.lifetime import children_die_with_this_process
+
+    children_die_with_this_process()
     paths = RunPaths(output)
     executors = {}
     for stage in stages:
@@ -218,5 +228,7 @@ def run_local(stages: list[Stage], output: str, workers: int = 1, tasks_override
             logging_dir=paths.logs(stage.name),
             depends=executors.get(stage.depends) if stage.depends else None,
             skip_completed=True,
+            # workers are forked by a forkserver (not by this process, which has threads by then)
+            start_method="forkserver",
         )
     executors[stages[-1].name].run()

@@ -21,7 +21,10 @@ import jinja2
 import yaml
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-PACKAGED_PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+from finephrase.errors import FinephraseError
+from finephrase.resources import prompts_dir
+
+PACKAGED_PROMPTS_DIR = prompts_dir()  # the wheel's package data, or prompts/ of a source checkout
 DOCUMENT_PLACEHOLDER = "document"
 ALLOWED_KEYS = {
     "name",
@@ -66,7 +69,7 @@ _ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trai
 _compile = functools.lru_cache(maxsize=512)(_ENV.from_string)
 
 
-class PromptError(ValueError):
+class PromptError(FinephraseError, ValueError):
     """A prompt file is missing, malformed or fails validation. The message names the file."""
 
 

@@ -16,10 +16,11 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from finephrase.errors import FinephraseError
 from finephrase.prompts import Prompt, PromptError, load_prompt
 
 
-class RecipeError(ValueError):
+class RecipeError(FinephraseError, ValueError):
     """A recipe is invalid. The message names the recipe file and the offending key."""
 
 
@@ -102,11 +103,17 @@ class GeneratorConfig(_Strict):
     replicas: int | None = Field(None, ge=1, description="embedded: llama.cpp server processes (default: one per core)")
     threads: int = Field(1, ge=1, description="embedded: threads per server process")
     n_ctx: int = Field(2048, ge=256, description="embedded: context window")
+    command: list[str] | None = Field(
+        None, description="embedded: the server command instead of llama-cpp-python's, e.g. llama.cpp's own "
+        "[llama-server, -m, '{gguf}', --port, '{port}', --host, '{host}', -c, '{n_ctx}', -t, '{threads}', --alias, "
+        "'{alias}']; it must serve the OpenAI API")
     # request settings
     params: GenerationParams = Field(default_factory=GenerationParams)
     concurrency: int = Field(8, ge=1, description="max requests in flight")
     request_timeout: float = Field(600, gt=0)
     max_retries: int = Field(4, ge=0)
+    unavailable_timeout: float = Field(600, gt=0, description="seconds with no replica reachable before the run "
+                                       "stops (work done is kept; a rerun resumes)")
     context_length: int | None = Field(None, ge=256, description="override the server's context window")
 
     @model_validator(mode="after")

@@ -90,6 +90,49 @@ def collect_summary(output: str, stages: list[str], prompts: list[Prompt]) -> di
     return summary
 
 
+def first_generation_error(output: str, prompt: str, limit_files: int = 64) -> str | None:
+    """The first recorded generation error for ``prompt`` in the rephrase stage's output (None if none)."""
+    folder = RunPaths(output).w("rephrased")
+    if not os.path.isdir(folder):
+        return None
+    for name in sorted(os.listdir(folder))[:limit_files]:
+        with open(os.path.join(folder, name), encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    results = json.loads(line).get("metadata", {}).get("rollout_results") or []
+                except ValueError:
+                    continue
+                entry = (results[0] if results else {}).get(prompt) or {}
+                if entry.get("error"):
+                    return entry["error"]
+    return None
+
+
+def empty_output_problem(summary: dict, output: str) -> str | None:
+    """Why a run produced nothing (cause and fix), or None when every prompt that got documents has rows."""
+    read = summary["documents_read"]
+    if not read:
+        return "the source gave no documents: check source.path, source.kind and source.text_key in the recipe"
+    if not summary.get("rephrase_documents"):
+        funnel = [f"{f['name']} kept {f['kept']} of {f['in']}" for f in summary["filters"]]
+        funnel += [f"{k} dedup kept {d['kept']} of {d['in']}" for k, d in summary["dedup"].items()]
+        return (f"none of the {read} documents read reached the rephrase stage ({'; '.join(funnel) or 'no filter'}): "
+                "loosen the recipe's filters")
+    problems = []
+    for name, p in summary["prompts"].items():
+        if p["rows"] or not (p["rephrased"] or p["failed"]):
+            continue
+        if not p["rephrased"]:
+            error = first_generation_error(output, name)
+            problems.append(f"prompt {name}: all {p['failed']} generations failed"
+                            + (f"; the first error: {error}" if error else ""))
+        else:
+            dropped = ", ".join(f"{k} {v}" for k, v in p["dropped"].items())
+            problems.append(f"prompt {name}: the output checks dropped all {p['rephrased']} generations ({dropped}); "
+                            "set output_checks: flag to keep them with a flag, or fix the prompt")
+    return "\n".join(problems) or None
+
+
 def summary_rows(summary: dict) -> list[tuple[str, str]]:
     """(label, value) lines for the end-of-run table."""
     rows = [("documents read", str(summary["documents_read"]))]

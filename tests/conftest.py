@@ -72,3 +72,109 @@ def run_cli(*args: str, timeout: float = 900, env: dict | None = None, check: bo
 
 # a fast generation setting for tests that run the real embedded model
 FAST_GENERATOR = {"params": {"max_new_tokens": 48, "temperature": 0.0, "seed": 0}, "context_length": 768}
+
+
+# ---------------------------------------------------------------- the processes of one run
+# A test that starts a run gives it a marker (an environment variable every process of the run inherits,
+# read back from /proc/PID/environ) and its own session, and records the run's process tree before
+# killing it; "no survivor" is checked over those only, never over every process of the machine.
+
+RUN_MARKER_ENV = "FINEPHRASE_TEST_RUN_ID"
+
+
+def run_marker() -> tuple[str, dict]:
+    """A fresh marker and the environment (os.environ + marker) to start a run with."""
+    import uuid
+
+    marker = uuid.uuid4().hex
+    return marker, {**os.environ, RUN_MARKER_ENV: marker}
+
+
+def _proc_stat(pid: int) -> dict | None:
+    """ppid, process group, session and state of a live process (None if gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    fields = raw.rpartition(")")[2].split()  # the command name (in parentheses) may contain spaces
+    return {"state": fields[0], "ppid": int(fields[1]), "pgid": int(fields[2]), "sid": int(fields[3])}
+
+
+def _proc_cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _proc_has_marker(pid: int, marker: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f"{RUN_MARKER_ENV}={marker}".encode() in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def _live_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def process_tree(root: int) -> set[int]:
+    """`root` and its live (not zombie) descendants (by parent pid, from /proc)."""
+    children: dict[int, list[int]] = {}
+    for pid in _live_pids():
+        st = _proc_stat(pid)
+        if st is not None and st["state"] not in ("Z", "X"):
+            children.setdefault(st["ppid"], []).append(pid)
+    tree, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid not in tree:
+            tree.add(pid)
+            todo += children.get(pid, [])
+    return tree
+
+
+def run_processes(marker: str | None = None, pids=(), session: int | None = None) -> dict[int, str]:
+    """Live (not zombie) processes of a run: those carrying `marker` in their environment, those in `pids`
+    (its tree recorded before a kill) and those in session `session`. {pid: command line}."""
+    pids = set(pids)
+    found = {}
+    for pid in _live_pids():
+        if pid == os.getpid():
+            continue
+        st = _proc_stat(pid)
+        if st is None or st["state"] in ("Z", "X"):
+            continue
+        if pid in pids or (session is not None and st["sid"] == session) or (marker and _proc_has_marker(pid, marker)):
+            found[pid] = _proc_cmdline(pid)
+    return found
+
+
+def assert_no_survivors(marker: str | None = None, pids=(), session: int | None = None, timeout: float = 10.0) -> None:
+    """Within `timeout` seconds, no process of the run is left (see `run_processes`)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        left = run_processes(marker, pids, session)
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            details = "\n".join(f"  {pid} ({_proc_stat(pid)}): {cmd}" for pid, cmd in sorted(left.items()))
+            raise AssertionError(f"{len(left)} process(es) of the run still alive {timeout:.0f}s after it ended:\n"
+                                 f"{details}")
+        time.sleep(0.1)
+
+
+def child_processes(pattern: str, root: int | None = None) -> dict[int, str]:
+    """Live descendants of `root` (default: this process) whose command line contains `pattern`."""
+    root = os.getpid() if root is None else root
+    out = {}
+    for pid in process_tree(root) - {root}:
+        st = _proc_stat(pid)
+        if st is not None and st["state"] not in ("Z", "X") and pattern in (cmd := _proc_cmdline(pid)):
+            out[pid] = cmd
+    return out

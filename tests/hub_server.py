@@ -72,6 +72,15 @@ Routes (``{t}`` = models|datasets|spaces|kernels, ``{p}`` = ``""``|``datasets/``
 * Test-only admin routes: ``GET /_test/stats``, ``GET /_test/log``, ``GET|POST|DELETE /_test/faults``,
   ``GET|POST /_test/config``, ``POST /_test/reset``
 
+Tokens and permissions (config keys, settable per server or through ``POST /_test/config``)
+------------------------------------------------------------------------------------------
+* ``known_tokens``: ``{token: user}``; any other token gets 401 ``Invalid credentials in Authorization header``
+  (default: any ``hf_*`` token is ``testuser``'s). No token: 401 on writes and on private repositories.
+* ``token_roles``: ``{token: "read" | "write"}``; a read token gets 403 on every write, and ``whoami`` reports
+  its role, as on the Hub (default: write).
+* ``allowed_namespaces``: namespaces (besides the user's own) a token may write to; others get 403
+  (default: anywhere). A private repository outside the user's namespace and orgs answers 404 ``RepoNotFound``.
+
 Fault injection
 ---------------
 ``POST /_test/faults`` with ``{"route": "commit", "status": 503, "count": 1}`` makes the next matching request
@@ -197,6 +206,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "lfs_multipart_chunk_size": 5 * 1024 * 1024,
     "allowed_namespaces": None,  # None => an authenticated user may write anywhere
     "known_tokens": None,  # None => any token starting with "hf_" is valid (and belongs to DEFAULT_USER)
+    "token_roles": None,  # {token: "read" | "write"}; None / a token not listed => "write" (like a classic token)
 }
 
 
@@ -835,8 +845,15 @@ class _Ctx:
     def orgs(self) -> list[str]:
         return list(self.state.config.get("orgs") or DEFAULT_ORGS)
 
+    def token_role(self) -> str:
+        roles = self.state.config.get("token_roles") or {}
+        return roles.get(self.token(), "write")
+
     def check_write(self, namespace: str) -> str:
         user = self.user(required=True)
+        if self.token_role() == "read":  # the Hub refuses any write made with a read token
+            raise HubError(403, "You don't have the rights to write with a read token: use a token with write "
+                                "access (https://huggingface.co/settings/tokens)")
         allowed = self.state.config.get("allowed_namespaces")
         if allowed is not None and namespace not in set(allowed) | {user}:
             raise HubError(403, f"You don't have the rights to write to the namespace {namespace}")
@@ -851,6 +868,8 @@ class _Ctx:
             user = self.user(required=False)
             if user is None:
                 raise HubError(401, "Repository not found", "RepoNotFound")
+            if repo_id.split("/")[0] not in {user, *self.orgs()}:  # someone else's private repo: not found
+                raise HubError(404, "Repository not found", "RepoNotFound")
         return repo
 
 
@@ -1173,7 +1192,7 @@ def _whoami(ctx: _Ctx) -> Response:
         "avatarUrl": "",
         "orgs": [{"type": "org", "name": o, "fullname": o, "roleInOrg": "admin", "isEnterprise": False,
                   "id": hashlib.sha1(o.encode()).hexdigest()[:24]} for o in ctx.orgs()],
-        "auth": {"type": "access_token", "accessToken": {"displayName": "test token", "role": "write",
+        "auth": {"type": "access_token", "accessToken": {"displayName": "test token", "role": ctx.token_role(),
                                                           "createdAt": "2024-01-01T00:00:00.000Z"}},
     })
 
@@ -2115,60 +2134,67 @@ def client_env(endpoint: str, token: str = DEFAULT_TOKEN, hf_home: str | os.Path
     return env
 
 
+def client_patches(endpoint: str, token: str = DEFAULT_TOKEN, hf_home: str | os.PathLike | None = None
+                   ) -> tuple[dict[str, str], list[str], list[tuple[Any, str, Any]]]:
+    """What pointing the *current process* at ``endpoint`` takes: (env vars to set, env vars to unset,
+    ``(object, attribute, value)`` patches of huggingface_hub / datasets module state read at import time).
+    huggingface_hub is imported first, so that every patch can be undone (a module imported while the patches
+    are in place would keep the test endpoint after they are undone); so is ``datasets``, when installed."""
+    import huggingface_hub.hf_api  # noqa: F401 - see the docstring
+    import huggingface_hub.utils._http  # noqa: F401
+    from huggingface_hub import constants as hc
+
+    with contextlib.suppress(ImportError):
+        import datasets.config  # noqa: F401
+
+    env = client_env(endpoint, token=token, base={}, hf_home=hf_home)
+    unset = ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"]
+    attrs: list[tuple[Any, str, Any]] = [
+        (hc, "ENDPOINT", endpoint),
+        (hc, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}"),
+        (hc, "HF_HUB_DISABLE_XET", True),
+        (hc, "HF_HUB_OFFLINE", False),
+        (hc, "HF_HUB_DISABLE_TELEMETRY", True),
+        (hc, "HF_HUB_DISABLE_UPDATE_CHECK", True),
+    ]
+    if hf_home is not None:
+        home = str(hf_home)
+        attrs += [(hc, "HF_HOME", home), (hc, "HF_HUB_CACHE", os.path.join(home, "hub")),
+                  (hc, "HF_ASSETS_CACHE", os.path.join(home, "assets")), (hc, "HF_XET_CACHE", os.path.join(home, "xet")),
+                  (hc, "CHECK_FOR_UPDATE_DONE_PATH", os.path.join(home, ".check_for_update_done"))]
+    attrs.append((sys.modules["huggingface_hub.hf_api"].api, "endpoint", endpoint))
+    http_mod = sys.modules["huggingface_hub.utils._http"]
+    if hasattr(http_mod, "_HUB_ORIGINS"):
+        attrs.append((http_mod, "_HUB_ORIGINS", frozenset(http_mod._HUB_ORIGINS | {http_mod._url_origin(endpoint)})))
+    dc = sys.modules.get("datasets.config")
+    if dc is not None:
+        attrs += [(dc, "HF_ENDPOINT", endpoint),
+                  (dc, "HUB_DATASETS_URL", endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}"),
+                  (dc, "HF_HUB_OFFLINE", False)]
+        if hf_home is not None:
+            home_p = Path(hf_home)
+            attrs += [(dc, "HF_CACHE_HOME", str(home_p)), (dc, "HF_DATASETS_CACHE", home_p / "datasets"),
+                      (dc, "DOWNLOADED_DATASETS_PATH", home_p / "datasets" / "downloads"),
+                      (dc, "EXTRACTED_DATASETS_PATH", home_p / "datasets" / "downloads" / "extracted")]
+    return env, unset, [(obj, attr, value) for obj, attr, value in attrs if hasattr(obj, attr)]
+
+
 @contextlib.contextmanager
 def hf_client_env(endpoint: str, token: str = DEFAULT_TOKEN,
                   hf_home: str | os.PathLike | None = None) -> Iterator[None]:
-    """Point the *current process* at ``endpoint``: sets the env vars and, if ``huggingface_hub`` / ``datasets``
-    were already imported (they read ``HF_ENDPOINT`` at import time), patches their module-level state too.
-    With ``hf_home``, the default caches (hub + datasets) are redirected there as well.
-    Everything is restored on exit."""
-    env = client_env(endpoint, token=token, base={}, hf_home=hf_home)
-    saved_env = {k: os.environ.get(k) for k in [*env, "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"]}
+    """Point the *current process* at ``endpoint`` (see :func:`client_patches`): sets the env vars and patches
+    huggingface_hub / datasets module state; with ``hf_home``, the default caches (hub + datasets) are redirected
+    there as well. Everything is restored on exit."""
+    env, unset, attrs = client_patches(endpoint, token=token, hf_home=hf_home)
+    saved_env = {k: os.environ.get(k) for k in [*env, *unset]}
     patches: list[tuple[Any, str, Any]] = []
-
-    def _patch(obj: Any, attr: str, value: Any) -> None:
-        if hasattr(obj, attr):
+    try:
+        for var in unset:
+            os.environ.pop(var, None)
+        os.environ.update(env)
+        for obj, attr, value in attrs:
             patches.append((obj, attr, getattr(obj, attr)))
             setattr(obj, attr, value)
-
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-        os.environ.pop(var, None)
-    os.environ.update(env)
-    try:
-        if "huggingface_hub" in sys.modules:
-            from huggingface_hub import constants as hc
-
-            _patch(hc, "ENDPOINT", endpoint)
-            _patch(hc, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
-            _patch(hc, "HF_HUB_DISABLE_XET", True)
-            _patch(hc, "HF_HUB_OFFLINE", False)
-            _patch(hc, "HF_HUB_DISABLE_TELEMETRY", True)
-            _patch(hc, "HF_HUB_DISABLE_UPDATE_CHECK", True)
-            if hf_home is not None:
-                home = str(hf_home)
-                _patch(hc, "HF_HOME", home)
-                _patch(hc, "HF_HUB_CACHE", os.path.join(home, "hub"))
-                _patch(hc, "HF_ASSETS_CACHE", os.path.join(home, "assets"))
-                _patch(hc, "HF_XET_CACHE", os.path.join(home, "xet"))
-                _patch(hc, "CHECK_FOR_UPDATE_DONE_PATH", os.path.join(home, ".check_for_update_done"))
-            if "huggingface_hub.hf_api" in sys.modules:
-                hf_api_mod = sys.modules["huggingface_hub.hf_api"]
-                _patch(hf_api_mod.api, "endpoint", endpoint)
-            http_mod = sys.modules.get("huggingface_hub.utils._http")
-            if http_mod is not None and hasattr(http_mod, "_HUB_ORIGINS"):
-                _patch(http_mod, "_HUB_ORIGINS", frozenset(http_mod._HUB_ORIGINS | {http_mod._url_origin(endpoint)}))
-        if "datasets" in sys.modules:
-            dc = sys.modules.get("datasets.config")
-            if dc is not None:
-                _patch(dc, "HF_ENDPOINT", endpoint)
-                _patch(dc, "HUB_DATASETS_URL", endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}")
-                _patch(dc, "HF_HUB_OFFLINE", False)
-                if hf_home is not None:
-                    home = Path(hf_home)
-                    _patch(dc, "HF_CACHE_HOME", str(home))
-                    _patch(dc, "HF_DATASETS_CACHE", home / "datasets")
-                    _patch(dc, "DOWNLOADED_DATASETS_PATH", home / "datasets" / "downloads")
-                    _patch(dc, "EXTRACTED_DATASETS_PATH", home / "datasets" / "downloads" / "extracted")
         yield
     finally:
         for obj, attr, old in reversed(patches):
@@ -2187,17 +2213,37 @@ except ImportError:  # pragma: no cover
 
 if pytest is not None:
 
-    @pytest.fixture(scope="session")
-    def hub_server(tmp_path_factory: Any) -> Iterator[HubTestServer]:
-        """Session-wide offline test Hub (thread mode). The current process is pointed at it (env vars +
-        patched huggingface_hub/datasets state) for the whole session; subprocesses should use
-        ``hub_server.client_env()``. Use unique repo ids per test (see ``hub_repo_id``)."""
-        root = tmp_path_factory.mktemp("hub_server_root")
-        hf_home = tmp_path_factory.mktemp("hf_home")
-        with HubTestServer(root) as server, \
-                hf_client_env(server.url, token=server.token, hf_home=hf_home):  # type: ignore[arg-type]
-            server.hf_home = hf_home  # type: ignore[attr-defined]
-            yield server
+    _SESSION_SERVER: dict[str, HubTestServer] = {}
+
+    def _session_server(tmp_path_factory: Any) -> HubTestServer:
+        """One test Hub (thread mode) per test session, started on first use and stopped at exit. (A module-level
+        singleton rather than a session fixture: test modules import ``hub_server`` alone, and a fixture it
+        depends on would have to be imported everywhere too.)"""
+        server = _SESSION_SERVER.get("server")
+        if server is None:
+            server = HubTestServer(tmp_path_factory.mktemp("hub_server_root")).start()
+            server.hf_home = tmp_path_factory.mktemp("hf_home")  # type: ignore[attr-defined]
+            _SESSION_SERVER["server"] = server
+            import atexit
+
+            atexit.register(server.stop)
+        return server
+
+    @pytest.fixture
+    def hub_server(tmp_path_factory: Any, monkeypatch: Any) -> Iterator[HubTestServer]:
+        """The session's offline test Hub. For the duration of the test only, the current process is pointed at
+        it (env vars + patched huggingface_hub/datasets state, through ``monkeypatch``: undone in order with the
+        test's own ``monkeypatch`` changes); subprocesses should use ``hub_server.client_env()``. Use unique repo
+        ids per test (see ``hub_repo_id``)."""
+        server = _session_server(tmp_path_factory)
+        env, unset, attrs = client_patches(server.url, token=server.token, hf_home=server.hf_home)  # type: ignore
+        for var in unset:
+            monkeypatch.delenv(var, raising=False)
+        for var, value in env.items():
+            monkeypatch.setenv(var, value)
+        for obj, attr, value in attrs:
+            monkeypatch.setattr(obj, attr, value)
+        yield server
 
     @pytest.fixture
     def hub_repo_id(hub_server: HubTestServer) -> Iterator[str]:

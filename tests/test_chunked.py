@@ -3,7 +3,8 @@
 End to end through `finephrase run` against a protocol-faithful fake OpenAI server written here
 (it echoes which source paragraphs each request carried, so the order of the parts can be
 checked exactly), plus unit tests of the splitter and of the failure rules. The real-model run
-is tests/test_recipes.py::test_recipe_runs[kimi-k2].
+is tests/test_recipes.py::test_kimi_k2_rewrites_long_documents_in_chunks; the embedded server's
+max_tokens limit is checked on a real server at the end.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import re
 import threading
 import time
+import urllib.request
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -23,6 +25,7 @@ from datatrove.pipeline.inference.types import InferenceError, InferenceResult
 
 from conftest import DEMO_DATA, run_cli
 from finephrase.prompts import load_chunk_context, load_prompt
+from finephrase.servers.pool import InputTooLong
 from finephrase.steps.chunked import split_chunks
 from finephrase.tokens import TokenCounter
 
@@ -48,7 +51,8 @@ class FakeOpenAI:
     """A small OpenAI-compatible server: GET /v1/models, POST /v1/chat/completions.
 
     The answer names the paragraph markers found in the document part of the request
-    ("Rewritten [P001] [P002]."); a document part containing POISON gets HTTP 500.
+    ("Rewritten [P001] [P002]."); a document part containing POISON gets HTTP 500. A request without a
+    document part (the pool's 1-token health generation) gets "OK" and is not recorded.
     """
 
     def __init__(self):
@@ -77,17 +81,20 @@ class FakeOpenAI:
                 if self.path != "/v1/chat/completions":
                     return self._send(404, {"error": {"message": "not found"}})
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append(body)
                 user = body["messages"][-1]["content"]
-                part = user.split("Document:\n", 1)[1]
-                if POISON in part:
-                    return self._send(500, {"error": {"message": "injected failure", "type": "server_error"}})
-                marks = MARK_RE.findall(part)
-                text = "Rewritten " + " ".join(f"[P{m}]" for m in marks) + "."
+                if self.headers.get("X-Finephrase-Health") or "Document:\n" not in user:  # the pool's health check
+                    text, finish = "OK", "length"
+                else:
+                    outer.requests.append(body)
+                    part = user.split("Document:\n", 1)[1]
+                    if POISON in part:
+                        return self._send(500, {"error": {"message": "injected failure", "type": "server_error"}})
+                    marks = MARK_RE.findall(part)
+                    text, finish = "Rewritten " + " ".join(f"[P{m}]" for m in marks) + ".", "stop"
                 self._send(200, {
                     "id": f"chatcmpl-{len(outer.requests)}", "object": "chat.completion", "created": int(time.time()),
                     "model": body.get("model", "echo"),
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
                     "usage": {"prompt_tokens": len(user) // 4, "completion_tokens": len(text) // 4,
                               "total_tokens": (len(user) + len(text)) // 4},
                 })
@@ -242,7 +249,7 @@ def test_rejected_chunk_is_split_and_retried_once():
     doc = marked_document(30)
     prompt = replace(load_prompt("wrap/medium"), context="chunked")
     step = _step()
-    entry, requests = _run(step, prompt, doc, lambda i, p: InferenceError(None, "BadRequestError 400: too long")
+    entry, requests = _run(step, prompt, doc, lambda i, p: InputTooLong("BadRequestError 400: too long", 400, "too long")
                            if i == 1 else f"part {i}")
     assert "error" not in entry
     parts = [r["messages"][-1]["content"].split("as in sentences on Wikipedia:\n\n", 1)[1] for r in requests]
@@ -276,3 +283,84 @@ def test_template_with_its_own_chunk_variables_gets_no_extra_wording(tmp_path):
     assert entry["chunks"] > 1
     assert "part 2 of" not in requests[1]["messages"][-1]["content"]
     assert requests[1]["messages"][-1]["content"].startswith("Continue after: answer 1")
+
+
+def test_row_tokens_are_the_answered_requests_tokens():
+    """A chunked row's token counts are the sums of its requests' ``usage``, one request per chunk."""
+    doc = marked_document(30)
+    prompt = replace(load_prompt("wrap/medium"), context="chunked")
+    step = _step()
+    usages = []
+
+    async def generate(payload):
+        n = len(usages) + 1
+        usages.append({"prompt_tokens": 1000 + n, "completion_tokens": n})
+        return InferenceResult(text=f"part {n}", finish_reason="length" if n == 2 else "stop", usage=usages[-1])
+
+    entry = asyncio.run(step._rephrase_one(prompt, Document(text=doc, id="d"), generate))
+    assert entry["chunks"] == len(usages) > 2
+    assert entry["completion_tokens"] == sum(u["completion_tokens"] for u in usages)
+    assert entry["prompt_tokens"] == sum(u["prompt_tokens"] for u in usages)
+    assert entry["finish_reason"] == "length", "one chunk cut at max_new_tokens makes the row a cut one"
+
+
+# ------------------------------------------------------------------ the real server: max_tokens is a hard limit
+# Issue 11: on a portable llama.cpp build the kimi-k2 recipe wrote a 3-chunk row with 145 completion tokens for
+# max_new_tokens 48. One chunk's 48th generated token was byte 0xC2, the first half of "¶" (U+00B6: two byte-level
+# tokens in SmolLM2's vocabulary, 141 and 131). llama-cpp-python 0.3.36 (Llama._create_completion) `continue`s past
+# its `len(completion_tokens) >= max_tokens` check while the text ends inside a UTF-8 character, so it generated a
+# 49th token (0xB6) and reported completion_tokens 49. chunked.py summed what the server reported, correctly
+# (test above); the embedded server has to stop at max_tokens, as the OpenAI API (and vLLM, TGI) do.
+FEW_SHOT_PILCROW = [  # SmolLM2-135M copies this pattern: "Hashable¶" = Hash, able, 0xC2, 0xB6
+    {"role": "user", "content": "Say: a¶"}, {"role": "assistant", "content": "a¶"},
+    {"role": "user", "content": "Say: Sized¶"}, {"role": "assistant", "content": "Sized¶"},
+    {"role": "user", "content": "Say: Hashable¶"},
+]
+CHINESE = [{"role": "user", "content": "Write a short sentence in Chinese."}]  # characters of 2-3 tokens each
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory):
+    """One real embedded llama.cpp server, as finephrase starts it."""
+    from finephrase.servers.embedded import EmbeddedServers
+
+    with EmbeddedServers(replicas=1, threads=1, n_ctx=1024, log_dir=str(tmp_path_factory.mktemp("llama"))) as servers:
+        yield servers
+
+
+def _chat(url: str, messages: list[dict], max_tokens: int) -> dict:
+    body = {"messages": messages, "max_tokens": max_tokens, "temperature": 0.0, "seed": 0}
+    req = urllib.request.Request(f"{url}/v1/chat/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as r:
+        return json.loads(r.read())
+
+
+def _cuts_inside_a_character(vocab, text: str) -> list[int]:
+    """The token counts n after which ``text``'s first n tokens end inside a UTF-8 character."""
+    ids = vocab.tokenize(text.encode(), add_bos=False, special=False)
+    cuts = []
+    for n in range(1, len(ids) + 1):
+        try:
+            vocab.detokenize(ids[:n]).decode("utf-8")
+        except UnicodeDecodeError:
+            cuts.append(n)
+    return cuts
+
+
+def test_embedded_server_stops_at_max_tokens_inside_a_character(llama_server):
+    from llama_cpp import Llama
+
+    vocab = Llama(llama_server.gguf, vocab_only=True, verbose=False)
+    url = llama_server.endpoints[0]
+    exercised = []
+    for messages in (FEW_SHOT_PILCROW, CHINESE):
+        full = _chat(url, messages, 24)["choices"][0]["message"]["content"]
+        for n in _cuts_inside_a_character(vocab, full)[:3]:  # max_tokens that ends the answer inside a character
+            answer = _chat(url, messages, n)
+            text, generated = answer["choices"][0]["message"]["content"], answer["usage"]["completion_tokens"]
+            assert generated <= n, f"max_tokens={n} but the server generated {generated} tokens: {text!r}"
+            assert answer["choices"][0]["finish_reason"] == "length"
+            if len(vocab.tokenize(text.encode(), add_bos=False, special=False)) < n:
+                exercised.append((n, text))  # the cut character was left out of the text, not completed
+    assert exercised, "no answer was cut inside a character: the case was not exercised"

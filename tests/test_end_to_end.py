@@ -1,8 +1,9 @@
 """End to end on the real embedded generator (llama.cpp serving SmolLM2-135M-Instruct).
 
 Runs `finephrase run` on the demo recipe (few documents, short generations), checks the rows'
-schema and provenance, the stats, the dataset card, that `datasets.load_dataset` reads every
-config, that bad input is skipped-and-counted or truncated, and that no server process is left.
+schema and provenance, the stats (documents read, kept and dropped by each filter and by the dedup,
+the mix's achieved share), the dataset card, that `datasets.load_dataset` reads every config, that
+bad input is skipped-and-counted or truncated, and that no process of the run is left.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import subprocess
 
 import pytest
+import yaml
 from datasets import load_dataset
 
-from conftest import FAST_GENERATOR, run_cli
+from conftest import FAST_GENERATOR, assert_no_survivors, child_processes, run_cli, run_marker
 from finephrase.prompts import load_prompt
 from finephrase.servers.embedded import DEFAULT_ALIAS
 
@@ -24,20 +25,47 @@ REQUIRED_COLUMNS = {"id", "text", "source_id", "source_text", "prompt", "prompt_
                     "language", "language_score", "quality_score"}
 
 
-def llama_servers() -> list[str]:
-    out = subprocess.run(["pgrep", "-af", "llama_cpp.server"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "pgrep" not in line]
+N_ORIGINALS = 5
+# two documents the filters must drop: too short for min_chars, and not English
+TOO_SHORT = {"id": "too-short", "text": "Too short to keep."}
+NOT_ENGLISH = {"id": "not-english", "text": (
+    "Die Stadtbibliothek öffnet am Montag wieder ihre Türen. Nach einer umfangreichen Renovierung stehen den "
+    "Besucherinnen und Besuchern neue Leseräume, ein erweitertes Angebot an Zeitschriften und mehrere "
+    "Arbeitsplätze mit Internetzugang zur Verfügung. Die Öffnungszeiten bleiben unverändert.")}
+
+
+def _read_jsonl_gz(folder) -> list[dict]:
+    docs = []
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".jsonl.gz"):
+            with gzip.open(os.path.join(folder, name), "rt") as f:
+                docs += [json.loads(line) for line in f]
+    return docs
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory, demo_data):
+    """The demo recipe on the first 5 pages of the demo corpus, an exact copy of each (new ids: every copy
+    that passes the filters must be removed by the MinHash dedup), and two documents the filters drop."""
     from conftest import write_recipe
 
     tmp = tmp_path_factory.mktemp("e2e")
-    recipe = write_recipe(tmp / "demo.yaml", {"generator": FAST_GENERATOR})
-    before = llama_servers()
-    proc = run_cli("run", str(recipe), "--limit", "5", "--output", str(tmp / "out"))
-    return {"out": tmp / "out", "proc": proc, "servers_before": before}
+    originals = []
+    with gzip.open(demo_data / "docs.jsonl.gz", "rt") as f:
+        for line in f:
+            originals.append(json.loads(line))
+            if len(originals) == N_ORIGINALS:
+                break
+    copies = [{**d, "id": f"{d['id']}-copy"} for d in originals]
+    src = tmp / "src"
+    src.mkdir()
+    with gzip.open(src / "docs.jsonl.gz", "wt") as f:
+        for d in originals + [TOO_SHORT, NOT_ENGLISH] + copies:
+            f.write(json.dumps(d) + "\n")
+    recipe = write_recipe(tmp / "demo.yaml", {"generator": FAST_GENERATOR, "source": {"path": str(src)}})
+    marker, env = run_marker()
+    proc = run_cli("run", str(recipe), "--output", str(tmp / "out"), env=env)
+    return {"out": tmp / "out", "proc": proc, "marker": marker, "originals": originals, "recipe": recipe}
 
 
 def test_rows_schema_and_provenance(demo_run):
@@ -69,22 +97,110 @@ def test_rows_schema_and_provenance(demo_run):
 
 def test_stats_and_summary_table(demo_run):
     out, proc = demo_run["out"], demo_run["proc"]
-    summary = json.loads((out / ".finephrase" / "run.json").read_text())["summary"]
-    assert summary["documents_read"] == 5
+    work = out / ".finephrase"
+    summary = json.loads((work / "run.json").read_text())["summary"]
+    assert summary["documents_read"] == 2 * N_ORIGINALS + 2
     names = [f["name"] for f in summary["filters"]]
-    assert any("Language" in n for n in names) and any("quality" in n for n in names)
-    assert "minhash" in summary["dedup"]
-    assert "documents read" in proc.stdout and "rephrased [faq]" in proc.stdout and "wall time" in proc.stdout
+    assert len(names) == 3 and "min chars" in names[0] and "Language" in names[1] and "quality" in names[2], names
+    # every filter: in = kept + dropped; each one reads what the previous one kept
+    n_in = summary["documents_read"]
+    for f in summary["filters"]:
+        assert f["in"] == n_in and f["kept"] + f["dropped"] == f["in"], summary["filters"]
+        n_in = f["kept"]
+    min_chars, language, _ = summary["filters"]
+    assert min_chars["dropped"] >= 1 and language["dropped"] >= 1, summary["filters"]
+    filtered = _read_jsonl_gz(work / "filtered")
+    assert len(filtered) == n_in
+    assert not {TOO_SHORT["id"], NOT_ENGLISH["id"]} & {d["id"] for d in filtered}
+    # what the filters keep, they keep for a page and for its exact copy alike
+    kept_ids = {d["id"] for d in filtered}
+    originals = {d["id"] for d in demo_run["originals"]}
+    assert kept_ids == (kept_ids & originals) | {f"{i}-copy" for i in kept_ids & originals}
+    n_unique = len(kept_ids & originals)
+    assert n_unique >= 2, "too few pages pass the demo filters for the checks below"
+    # MinHash dedup: reads what the filters kept, removes exactly one page of each pair
+    dedup = summary["dedup"]["minhash"]
+    assert dedup == {"in": 2 * n_unique, "kept": n_unique, "dropped": n_unique}
+    deduped = [d["id"] for d in _read_jsonl_gz(work / "deduped")]
+    assert len(deduped) == n_unique and {i.removesuffix("-copy") for i in deduped} == kept_ids & originals
+    # the rephrase stage got every deduplicated page
+    assert summary["rephrase_documents"] == n_unique
+    for line in ("documents read", "kept by", "kept by minhash dedup", "rephrased [faq]", "mix", "wall time"):
+        assert line in proc.stdout, line
 
 
 def test_mix_config(demo_run):
     out = demo_run["out"]
+    summary = json.loads((out / ".finephrase" / "run.json").read_text())["summary"]
+    share = yaml.safe_load(demo_run["recipe"].read_text())["mix"]["synthetic"]
     ds = load_dataset("parquet", data_dir=str(out / "data" / "mix"), split="train")
-    kinds = set(ds["kind"])
-    assert kinds == {"real", "synthetic"}
-    synth = sum(t for t, k in zip(ds["tokens"], ds["kind"]) if k == "synthetic")
-    real = sum(t for t, k in zip(ds["tokens"], ds["kind"]) if k == "real")
-    assert synth > 0 and real > 0
+    assert set(ds["kind"]) == {"real", "synthetic"}
+    synth = [t for t, k in zip(ds["tokens"], ds["kind"]) if k == "synthetic"]
+    real = [t for t, k in zip(ds["tokens"], ds["kind"]) if k == "real"]
+    # the mix's stats are the mix's rows
+    m = summary["mix"]
+    assert (m["synthetic_documents"], m["synthetic_tokens"]) == (len(synth), sum(synth))
+    assert (m["real_documents"], m["real_tokens"]) == (len(real), sum(real))
+    # every generated row is in the mix, with its completion tokens
+    rows = {p: load_dataset("parquet", data_dir=str(out / "data" / p), split="train") for p in summary["prompts"]}
+    assert len(synth) == sum(len(ds_p) for ds_p in rows.values()) == sum(p["rows"] for p in summary["prompts"].values())
+    assert sum(synth) == sum(sum(ds_p["completion_tokens"]) for ds_p in rows.values())
+    # real pages are added until the real share of tokens reaches 1 - synthetic: the achieved synthetic
+    # share is the recipe's, up to the last real page added (or the real pages ran out, and all are used)
+    target_real = sum(synth) * (1 - share) / share
+    real_ids = [i for i, k in zip(ds["id"], ds["kind"]) if k == "real"]
+    deduped = {d["id"] for d in _read_jsonl_gz(out / ".finephrase" / "deduped")}
+    assert len(set(real_ids)) == len(real_ids) and set(real_ids) <= deduped
+    if m.get("real_tokens_short"):
+        assert len(real) == summary["dedup"]["minhash"]["kept"], "real pages left unused while short of the target"
+        assert abs(m["real_tokens_short"] - (target_real - sum(real))) <= 1
+    else:
+        assert sum(real) >= target_real > sum(real) - max(real)
+        achieved = sum(synth) / (sum(synth) + sum(real))
+        assert abs(achieved - share) <= max(real) / (sum(synth) + sum(real)), (achieved, share)
+
+
+def test_mix_reaches_the_recipe_share():
+    """The Mix step on many small documents: the achieved synthetic share of tokens is the requested one,
+    up to one real document; when real documents run out, all are used and the shortfall is counted."""
+    import random
+
+    from datatrove.data import Document
+
+    from finephrase.steps.mix import Mix
+
+    class Docs:
+        def __init__(self, docs):
+            self.docs = docs
+
+        def run(self, data=None, rank=0, world_size=1):
+            yield from self.docs
+
+    rng = random.Random(0)
+    synthetic = [Document(text="s" * 10, id=f"s{i}", metadata={"completion_tokens": rng.randint(20, 400),
+                                                                  "source_id": f"r{i}", "prompt": "faq"})
+                 for i in range(60)]
+    real = [Document(text="word " * rng.randint(5, 150), id=f"r{i}") for i in range(400)]
+    for share in (0.5, 0.7, 0.9):
+        step = Mix([Docs(synthetic)], Docs(real), synthetic=share)
+        out = list(step.run())
+        synth = sum(d.metadata["tokens"] for d in out if d.metadata["kind"] == "synthetic")
+        real_tokens = [d.metadata["tokens"] for d in out if d.metadata["kind"] == "real"]
+        assert synth == sum(d.metadata["completion_tokens"] for d in synthetic)
+        target = synth * (1 - share) / share
+        assert sum(real_tokens) >= target > sum(real_tokens) - real_tokens[-1]
+        achieved = synth / (synth + sum(real_tokens))
+        assert abs(achieved - share) <= max(real_tokens) / (synth + sum(real_tokens)) < 0.02, (share, achieved)
+        stats = step.stats.stats  # {name: MetricStats} (datatrove's Stats has no __contains__)
+        assert stats["real_tokens"].total == sum(real_tokens) and "real_tokens_short" not in stats
+    # not enough real text for 10 % synthetic: every real document is used, the shortfall is counted
+    step = Mix([Docs(synthetic)], Docs(real[:20]), synthetic=0.1)
+    out = list(step.run())
+    real_out = [d for d in out if d.metadata["kind"] == "real"]
+    assert len(real_out) == 20
+    synth = sum(d.metadata["completion_tokens"] for d in synthetic)
+    short = synth * (1 - 0.1) / 0.1 - sum(d.metadata["tokens"] for d in real_out)
+    assert abs(step.stats.stats["real_tokens_short"].total - short) <= 1
 
 
 def test_card_written_and_parsable(demo_run):
@@ -99,7 +215,8 @@ def test_card_written_and_parsable(demo_run):
 
 
 def test_no_server_left_behind(demo_run):
-    assert llama_servers() == demo_run["servers_before"]
+    """Nothing the run started (llama.cpp servers, datatrove's managers) is left once it has ended."""
+    assert_no_survivors(demo_run["marker"], timeout=5)
 
 
 def test_bad_input_is_counted_or_truncated(tmp_path, demo_data, make_recipe):
@@ -151,7 +268,7 @@ def test_rephrase_step_in_a_plain_datatrove_pipeline(tmp_path, demo_data):
 
     from finephrase import Rephrase
 
-    before = llama_servers()
+    assert not child_processes("llama_cpp.server")
     LocalPipelineExecutor([
         JsonlReader(str(demo_data), glob_pattern="docs.jsonl.gz", limit=2),
         Rephrase(["finephrase/faq"], output_folder=str(tmp_path / "rephrased"), checkpoints_dir=str(tmp_path / "ckpt"),
@@ -163,4 +280,5 @@ def test_rephrase_step_in_a_plain_datatrove_pipeline(tmp_path, demo_data):
     for row in rows:
         entry = row["metadata"]["rollout_results"][0]["faq"]
         assert entry["text"].strip() and entry["model"] == DEFAULT_ALIAS and 0 < entry["completion_tokens"] <= 16
-    assert llama_servers() == before
+    # the step stopped the server it started (this test's own child processes, not the machine's)
+    assert not child_processes("llama_cpp.server")

@@ -1,7 +1,7 @@
 """Publishing an output folder with the real huggingface_hub client against the offline test Hub
 (tests/hub_server.py): push -> `hf download` -> `datasets.load_dataset` gives back exactly the local rows;
 re-push is a no-op; an interrupted push resumes; a second run replaces its configs and keeps the others;
-branches; the token never shows up anywhere.
+branches (created when missing); --private; the token never shows up anywhere.
 """
 
 from __future__ import annotations
@@ -109,11 +109,14 @@ def test_push_download_load_roundtrip_and_noop_repush(tmp_path, hub_server, hub_
 
 
 def test_cli_push_to_a_branch(tmp_path, hub_server, hub_repo_id):  # noqa: F811
+    from huggingface_hub import HfApi
+
     out = make_output(tmp_path / "out", prompts=("finephrase/faq",), mix=False)
     env = hub_server.client_env(token=SECRET, hf_home=tmp_path / "hf-home")
     proc = run_cli("push", str(out), hub_repo_id, "--revision", "dev", "--private", env=env, timeout=300)
     assert f"{hub_repo_id}/tree/dev" in proc.stdout
     assert SECRET not in proc.stdout + proc.stderr
+    assert HfApi().repo_info(hub_repo_id, repo_type=REPO_TYPE).private is True
     assert remote_files(hub_repo_id) == [".gitattributes"]  # main untouched
     assert remote_files(hub_repo_id, revision="dev") == expected_files(out)
     commits = hub_server.repo_stats(hub_repo_id)["commits"]
@@ -127,7 +130,7 @@ def test_interrupted_push_resumes_without_duplicates(tmp_path, hub_server, hub_r
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    from finephrase.hub import push_output
+    from finephrase.hub import HubError, push_output
 
     out = make_output(tmp_path / "out", files_per_config=2)  # 7 parquet files -> 4 data commits of <= 2 files
     original = HfApi.create_commit
@@ -141,8 +144,10 @@ def test_interrupted_push_resumes_without_duplicates(tmp_path, hub_server, hub_r
         return info
 
     monkeypatch.setattr(HfApi, "create_commit", failing_after_first)
-    with pytest.raises(HfHubHTTPError):
+    with pytest.raises(HubError) as exc:  # the Hub kept answering 503: one message, the HTTP error as its cause
         push_output(str(out), hub_repo_id, max_files=2)
+    assert isinstance(exc.value.__cause__, HfHubHTTPError) and exc.value.__cause__.response.status_code == 503
+    assert str(exc.value).startswith("the Hub is failing (HTTP 503") and "pushing again resumes" in str(exc.value)
     partial = remote_files(hub_repo_id)
     assert len([f for f in partial if f.startswith("data/")]) == 2 and "README.md" not in partial
     monkeypatch.setattr(HfApi, "create_commit", original)
@@ -194,6 +199,49 @@ def test_second_run_replaces_its_configs_and_keeps_others(tmp_path, hub_server, 
     commits = hub_server.repo_stats(hub_repo_id)["commits"]
     push_output(str(second), hub_repo_id)
     assert hub_server.repo_stats(hub_repo_id)["commits"] == commits
+
+
+def test_push_creates_a_missing_branch_of_an_existing_repo(tmp_path, hub_server, hub_repo_id):  # noqa: F811
+    """`--revision` names a branch to push to, created from main when missing (as users expect from the README's
+    "created if needed"; huggingface_hub's upload_folder(revision=...) alone fails on a missing branch)."""
+    from huggingface_hub import HfApi
+
+    from finephrase.hub import push_output
+
+    first = make_output(tmp_path / "first", prompts=("finephrase/table",), mix=False, tag="run1")
+    push_output(str(first), hub_repo_id)
+    out = make_output(tmp_path / "out", prompts=("finephrase/faq",), mix=False, tag="run2")
+    env = hub_server.client_env(hf_home=tmp_path / "hf-home")
+    proc = run_cli("push", str(out), hub_repo_id, "--revision", "exp/faq-v2", env=env, timeout=300)
+    assert f"{hub_repo_id}/tree/exp/faq-v2" in proc.stdout and "Traceback" not in proc.stderr
+    branches = {b.name for b in HfApi().list_repo_refs(hub_repo_id, repo_type=REPO_TYPE).branches}
+    assert branches == {"main", "exp/faq-v2"}
+    on_branch = remote_files(hub_repo_id, revision="exp/faq-v2")
+    assert "data/faq/000_00000.parquet" in on_branch and "data/table/000_00000.parquet" in on_branch  # from main
+    assert "data/faq/000_00000.parquet" not in remote_files(hub_repo_id)  # main untouched
+
+    # a tag is not a branch: refused with one line, nothing committed
+    HfApi().create_tag(hub_repo_id, tag="v1", repo_type=REPO_TYPE)
+    commits = hub_server.repo_stats(hub_repo_id)["commits"]
+    proc = run_cli("push", str(out), hub_repo_id, "--revision", "v1", env=env, timeout=300, check=False)
+    assert proc.returncode == 5 and "Traceback" not in proc.stderr
+    assert "error: revision 'v1' is a tag of" in proc.stderr and "name a branch" in proc.stderr
+    assert hub_server.repo_stats(hub_repo_id)["commits"] == commits
+
+
+def test_private_push_never_lands_in_a_public_repo(tmp_path, hub_server, hub_repo_id):  # noqa: F811
+    from huggingface_hub import HfApi
+
+    from finephrase.hub import HubError, push_output
+
+    HfApi().create_repo(hub_repo_id, repo_type=REPO_TYPE)  # public
+    out = make_output(tmp_path / "out", prompts=("finephrase/faq",), mix=False)
+    with pytest.raises(HubError, match="exists and is public, and the push is private"):
+        push_output(str(out), hub_repo_id, private=True)
+    assert remote_files(hub_repo_id) == [".gitattributes"]
+    HfApi().update_repo_settings(hub_repo_id, repo_type=REPO_TYPE, private=True)
+    push_output(str(out), hub_repo_id, private=True)
+    assert "data/faq/000_00000.parquet" in remote_files(hub_repo_id)
 
 
 def test_nothing_to_push(tmp_path):

@@ -505,3 +505,42 @@ def test_subprocess_mode_and_persistence(tmp_path):
         path = hf_hub_download("testuser/persist", "p.txt", repo_type="dataset", endpoint=server.url,
                                cache_dir=tmp_path / "cache")
         assert Path(path).read_bytes() == b"persisted\n"
+
+
+def test_tokens_roles_and_namespaces(tmp_path):
+    """Permissions as on the Hub: an unknown token -> 401, a read token -> 403 on writes (and whoami says "read"),
+    a namespace the token may not write to -> 403, someone else's private repo -> 404 RepoNotFound."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    tokens = {"hf_alice": "alice", "hf_alice_read": "alice", "hf_bob": "bob"}
+    with HubTestServer(tmp_path / "root", known_tokens=tokens, token_roles={"hf_alice_read": "read"},
+                       allowed_namespaces=[], orgs=[]) as server:
+        alice, reader, bob = (HfApi(endpoint=server.url, token=t) for t in ("hf_alice", "hf_alice_read", "hf_bob"))
+        assert alice.whoami()["auth"]["accessToken"]["role"] == "write"
+        assert reader.whoami()["auth"]["accessToken"]["role"] == "read"
+        with pytest.raises(HfHubHTTPError) as exc:
+            HfApi(endpoint=server.url, token="hf_nobody").whoami()
+        assert exc.value.response.status_code == 401
+
+        alice.create_repo("alice/private", repo_type="dataset", private=True)
+        alice.create_repo("alice/public", repo_type="dataset")
+        with pytest.raises(HfHubHTTPError) as exc:  # a read token cannot create, even in its own namespace
+            reader.create_repo("alice/other", repo_type="dataset")
+        assert exc.value.response.status_code == 403
+        with pytest.raises(HfHubHTTPError) as exc:  # nor commit
+            reader.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id="alice/public", repo_type="dataset")
+        assert exc.value.response.status_code == 403
+        assert reader.dataset_info("alice/private").private is True  # but it reads
+
+        with pytest.raises(HfHubHTTPError) as exc:  # bob may not write to alice's namespace
+            bob.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id="alice/public", repo_type="dataset")
+        assert exc.value.response.status_code == 403
+        assert bob.dataset_info("alice/public").id == "alice/public"
+        with pytest.raises(RepositoryNotFoundError):  # alice's private repo does not exist for bob
+            bob.dataset_info("alice/private")
+        # create_repo(exist_ok=True) in a namespace one may not write: huggingface_hub checks that the repo exists
+        assert bob.create_repo("alice/public", repo_type="dataset", exist_ok=True).repo_id == "alice/public"
+        with pytest.raises(HfHubHTTPError) as exc:
+            bob.create_repo("alice/new", repo_type="dataset", exist_ok=True)
+        assert exc.value.response.status_code == 403

@@ -18,7 +18,7 @@ import pytest
 from datasets import load_dataset
 
 import tgi_server
-from conftest import ROOT, run_cli
+from conftest import ROOT, assert_no_survivors, process_tree, run_cli, run_marker, run_processes
 from finephrase.servers.embedded import default_gguf_path
 
 
@@ -132,20 +132,56 @@ def test_retryable_faults_are_retried_across_replicas(tmp_path, demo_data, make_
     assert _summary(out)["prompts"]["faq"]["failed"] == 0
 
 
-def test_422_truncates_and_retries_once_then_skips(tmp_path, demo_data, make_recipe, tgi):
+def test_real_over_length_422_is_retried_with_half_the_input(tmp_path, demo_data, make_recipe, tgi):
+    # a replica whose /info states a larger input limit (700) than it enforces (500): every long document is
+    # sent at a budget that does not fit, TGI answers its real 422, and the retry with half the budget fits
+    _, url = tgi(max_input_tokens=500, max_total_tokens=768, advertise_max_input_tokens=700)
+    recipe = tgi_recipe(make_recipe, endpoints=[url], concurrency=1)
+    out = tmp_path / "out"
+    run_cli("run", str(recipe), "--limit", "4", "--output", str(out))
+    ids = _source_ids(out)
+    ds = _rows(out)
+    assert sorted(ds["source_id"]) == sorted(ids)
+    stats = _get(f"{url}/_test/stats")
+    retried = [row for row in ds if row["source_tokens"] > 700]  # long documents: sent at the full budget first
+    assert retried, "the demo pages used here are long"
+    assert stats["generate:422"] == len(retried) and stats["generate:200"] == len(ids)
+    rephrase = next(v for s in _summary(out)["steps"] if s["stage"] == "rephrase" and "Rephrase" in s["step"]
+                    for v in [s["stats"]])
+    assert rephrase.get("retried_truncated/faq") == len(retried)
+    for row in retried:
+        # about half of the budget computed from /info's 700 (700 - 24 new tokens - prompt - margin ~ 560), and
+        # small enough that prompt + input fit the enforced 500
+        assert row["truncated"] and 200 < row["source_tokens_used"] < 300, row["source_tokens_used"]
+        assert row["prompt_tokens"] <= 500
+
+
+def test_input_too_long_twice_fails_the_document_and_other_422s_are_not_retried(tmp_path, demo_data, make_recipe,
+                                                                              tgi):
     _, url = tgi()
-    # 1st document: one 422 -> retried once with half the input; 2nd document: two 422 -> skipped and counted
-    _post(f"{url}/_test/faults", {"status": 422, "count": 3, "route": "generate"})
+    too_long = "Input validation error: `inputs` must have less than 10 tokens. Given: 400"
+    # 1st document: too long once -> retried with half the input; 2nd: too long twice -> failed and counted
+    _post(f"{url}/_test/faults", {"status": 422, "count": 3, "route": "generate", "message": too_long})
     recipe = tgi_recipe(make_recipe, endpoints=[url], concurrency=1)
     out = tmp_path / "out"
     run_cli("run", str(recipe), "--limit", "4", "--output", str(out))
     ids = _source_ids(out)
     summary = _summary(out)
-    steps = {s["step"]: s["stats"] for s in summary["steps"] if s["stage"] == "rephrase"}
-    rephrase_stats = next(v for k, v in steps.items() if "Rephrase" in k)
-    assert rephrase_stats.get("retried_truncated/faq") == 2
+    rephrase = next(s["stats"] for s in summary["steps"] if s["stage"] == "rephrase" and "Rephrase" in s["step"])
+    assert rephrase.get("retried_truncated/faq") == 2
     assert summary["prompts"]["faq"]["failed"] == 1
     assert len(_rows(out)) == len(ids) - 1
+    assert _get(f"{url}/_test/stats")["generate:422"] == 3
+
+    # a 422 that is not about length (a parameter) is not retried: one request, then a counted failure
+    _, url2 = tgi()
+    _post(f"{url2}/_test/faults", {"status": 422, "count": 1, "route": "generate",
+                                   "message": "Input validation error: `top_k` must be strictly positive"})
+    out2 = tmp_path / "out2"
+    run_cli("run", str(tgi_recipe(make_recipe, endpoints=[url2], concurrency=1)), "--limit", "3", "--output", str(out2))
+    stats2 = _get(f"{url2}/_test/stats")
+    assert stats2["generate:422"] == 1 and stats2["generate:200"] == len(_source_ids(out2)) - 1
+    assert _summary(out2)["prompts"]["faq"]["failed"] == 1
 
 
 def test_replica_killed_mid_run(tmp_path, demo_data, make_recipe, tgi):
@@ -197,21 +233,36 @@ def test_killed_pipeline_does_not_resend_answered_requests(tmp_path, demo_data, 
     data["output"]["records_per_chunk"] = 3
     recipe.write_text(__import__("yaml").safe_dump(data))
     out = tmp_path / "out"
+    marker, env = run_marker()
     cmd = [sys.executable, "-m", "finephrase.cli", "run", str(recipe), "--limit", "8", "--output", str(out)]
-    run = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                           start_new_session=True)
     deadline = time.time() + 300
-    while time.time() < deadline and len(_get(f"{url}/_test/requests")["completed"]) < 7:
+    while len(_get(f"{url}/_test/requests")["completed"]) < 7:
+        assert run.poll() is None, "the run ended before 7 requests were answered"
+        assert time.time() < deadline, "7 requests were not answered within 300 s"
         time.sleep(0.1)
     # hold every further request at the server, let the answered ones reach the request cache, then SIGKILL
     _post(f"{url}/_test/faults", {"status": 0, "delay_s": 60, "count": 1000})
     time.sleep(2)
-    answered_before = set(_get(f"{url}/_test/requests")["completed"])
+    first = _get(f"{url}/_test/requests")
+    answered_before = set(first["completed"])
+    held_before = set(first["received"]) - answered_before  # sent, never answered: must be sent again
+    assert held_before, "no request was in flight at the kill"
+    tree = process_tree(run.pid)
+    assert run.pid in run_processes(marker)  # positive control for the check below
     run.send_signal(signal.SIGKILL)
     run.wait()
+    # nothing of the killed run survives it
+    assert_no_survivors(marker, pids=tree - {run.pid}, session=run.pid, timeout=10)
     _post(f"{url}/_test/reset", {})
     run_cli("run", str(recipe), "--limit", "8", "--output", str(out))
-    resent = set(_get(f"{url}/_test/requests")["received"]) & answered_before
+    received_after = _get(f"{url}/_test/requests")["received"]
+    # positive control: request bodies are comparable across runs — the unanswered ones are seen again
+    assert held_before <= set(received_after), "requests unanswered at the kill were not recognised when re-sent"
+    resent = set(received_after) & answered_before
     assert not resent, f"{len(resent)} answered requests were sent again"
+    assert len(received_after) == len(set(received_after)), "a request was sent twice in the resumed run"
     ids = _source_ids(out)
     for config in ("faq", "table"):
         assert sorted(_rows(out, config)["source_id"]) == sorted(ids)

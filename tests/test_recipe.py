@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from conftest import DEMO_RECIPE, ROOT, run_cli
@@ -11,8 +9,8 @@ from finephrase.pipeline import GeneratorRuntime, build_stages
 from finephrase.recipe import RecipeError, load_recipe
 
 
-def test_demo_recipe_is_valid(demo_data):
-    os.chdir(ROOT)
+def test_demo_recipe_is_valid(demo_data, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the demo recipe's paths are relative to the repository (restored after the test)
     recipe = load_recipe(DEMO_RECIPE)
     assert recipe.generator.server == "embedded"
     assert [p for p in recipe.prompts] == ["finephrase/faq", "finephrase/table", "finephrase/math"]

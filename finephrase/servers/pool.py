@@ -7,12 +7,20 @@ datatrove's ``EndpointServer`` knows one URL and treats HTTP 500 as fatal for th
   that server jobs append to; the file is re-read while running),
 - sends each request to the healthy replica with the fewest requests in flight,
 - keeps one keep-alive HTTP session (aiohttp) for all requests,
-- retries 424/429/500/502/503/504, timeouts and connection errors with jittered exponential
+- retries 408/424/425/429/5xx, timeouts and dropped connections with jittered exponential
   back-off on another replica, taking a replica that refuses connections out of rotation and
-  probing it until it answers again,
-- reports 400/413/422 (bad request, input too long) as a datatrove ``InferenceError`` whose
-  message contains ``BadRequestError`` so the caller can truncate/skip the document,
-- never raises ``ServerError`` for a single failed request, so one bad document cannot end a task.
+  probing it (``/health`` or ``/v1/models`` plus a real 1-token generation) until it answers again,
+- reads a refusal instead of assuming it: an answer saying the input is too long (413, or a
+  400/422 whose message says so) is :class:`InputTooLong` (the caller retries with half the
+  input); any other 4xx is :class:`RequestRejected` (a configuration problem: the caller counts
+  it and stops the run when nothing but rejections come back); both are datatrove
+  ``InferenceError`` instances whose message starts with ``BadRequestError`` so datatrove's request cache
+  records them,
+- when no replica is reachable, requests wait (they are not failed: nothing was wrong with the
+  document) until one comes back or ``unavailable_timeout`` has passed since the last one went
+  away; then :class:`~finephrase.errors.GeneratorUnavailable` ends the task and a rerun resumes.
+  Where the replicas' supervisor writes a state file, a supervisor that gave up ends the task
+  at once with its reason (:class:`~finephrase.errors.ReplicasCrashed`).
 
 The wire protocol is pluggable (``finephrase.servers.protocols``): OpenAI chat completions
 (vLLM, SGLang, llama.cpp, TGI's Messages API) or TGI's native ``/generate``.
@@ -21,7 +29,10 @@ The wire protocol is pluggable (``finephrase.servers.protocols``): OpenAI chat c
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -33,13 +44,85 @@ from loguru import logger
 import aiohttp
 from yarl import URL
 
+from finephrase.errors import GeneratorRejected, GeneratorUnavailable, ReplicasCrashed
 from finephrase.servers.protocols import Protocol, ProtocolError, make_protocol
 
 if TYPE_CHECKING:
     from datatrove.pipeline.inference.run_inference import InferenceConfig
 
 RETRYABLE_STATUS = {408, 424, 425, 429, 500, 502, 503, 504}
-BAD_REQUEST_STATUS = {400, 413, 422}
+# how servers say "the input is too long" (TGI validation.rs, vLLM, SGLang, llama.cpp, OpenAI error codes)
+TOO_LONG = re.compile(
+    r"context[ _]length|context window|maximum model length|max_total_tokens|longer than|too long|too large"
+    r"|`inputs` tokens|must have less than \d+ tokens|exceed", re.IGNORECASE)
+
+
+# the health check's generation (see ReplicaPool._generates)
+PROBE_PAYLOAD = {"messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 1, "temperature": 0.0}
+# marks the health generation (servers ignore it; test servers count it apart from the work)
+HEALTH_HEADERS = {"X-Finephrase-Health": "generation"}
+
+
+class RequestFailed(InferenceError):
+    """A request that failed for good (retries spent, or refused). ``status`` is the last HTTP status, if any."""
+
+    def __init__(self, message: str, status: int | None = None, body: str = ""):
+        super().__init__(None, message, payload=None)
+        self.status = status
+        self.body = body
+
+
+class InputTooLong(RequestFailed):
+    """The server says the input (with ``max_tokens``) does not fit: retry with less of the document."""
+
+
+class RequestRejected(RequestFailed):
+    """The server refuses the request for another reason (a parameter, the model name, auth): not the document's
+    fault and not fixed by retrying."""
+
+
+def server_message(body: str) -> str:
+    """The human part of an error body: ``error`` / ``message`` / ``detail`` of a JSON body, else the text."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body.strip()[:500]
+    if isinstance(data, dict):
+        for key in ("error", "message", "detail"):
+            value = data.get(key)
+            if isinstance(value, dict):
+                value = value.get("message") or value
+            if value:
+                return str(value)[:500]
+    return body.strip()[:500]
+
+
+# words of a refusal -> the recipe key that sets what the server refused
+REJECTION_HINTS = (
+    ("top_p", "generator.params.top_p"), ("temperature", "generator.params.temperature"),
+    ("max_new_tokens", "generator.params.max_new_tokens"), ("max_tokens", "generator.params.max_new_tokens"),
+    ("seed", "generator.params.seed"), ("model", "generator.model"),
+)
+
+
+def rejection_hint(status: int | None, message: str) -> str:
+    """Which recipe key to change for a refusal (best effort, from the status and the server's words)."""
+    if status in (401, 403):
+        return "check the API key: generator.api_key_env names the environment variable that holds it"
+    if status in (404, 405):
+        return "check generator.endpoints, generator.server / generator.api (the route) and generator.model"
+    lowered = message.lower()
+    for word, key in REJECTION_HINTS:
+        if word in lowered:
+            return f"change {key} in the recipe (or in the prompt's generation defaults)"
+    return "check the generator section of the recipe against what this server accepts"
+
+
+def refusal(status: int, body: str, url: str) -> RequestFailed:
+    """The typed error for a 4xx that is not worth retrying as it is."""
+    message = server_message(body)
+    kind = InputTooLong if status == 413 or (status in (400, 422) and TOO_LONG.search(message)) else RequestRejected
+    return kind(f"BadRequestError {status} from {url}: {message}", status=status, body=message)
 
 
 def normalize_endpoint(e: str) -> str:
@@ -69,6 +152,7 @@ class Replica:
     probing: bool = False
     info: dict = field(default_factory=dict)
     urls: dict = field(default_factory=dict)  # path -> parsed URL (parsed once, not per request)
+    refused: "RequestFailed | None" = None  # the health generation's refusal (4xx), if the last one was refused
 
     def url_for(self, path: str) -> URL:
         url = self.urls.get(path)
@@ -92,9 +176,10 @@ class ReplicaPool(InferenceServer):
         backoff_max: float = 20.0,
         probe_interval: float = 1.0,
         refresh_interval: float = 5.0,
-        api_key: str | None = None,
-        ready_timeout: float = 600.0,
+        api_key_env: str | None = None,
+        unavailable_timeout: float = 600.0,
         tokenizer: str | None = None,
+        state_file: str | None = None,
     ):
         super().__init__(config, rank)
         self.static_endpoints = [normalize_endpoint(e) for e in (endpoints or [])]
@@ -105,8 +190,10 @@ class ReplicaPool(InferenceServer):
         self.backoff_max = backoff_max
         self.probe_interval = probe_interval
         self.refresh_interval = refresh_interval
-        self.api_key = api_key
-        self.ready_timeout = ready_timeout
+        self.api_key_env = api_key_env  # the variable's name: the key itself is read when the session is made
+        self.unavailable_timeout = unavailable_timeout
+        self.state_file = state_file  # written by the replicas' supervisor (embedded servers)
+        self._unavailable_since: float | None = time.monotonic()
         self.replicas: dict[str, Replica] = {}
         self._session = None
         self._available = asyncio.Event()
@@ -140,8 +227,9 @@ class ReplicaPool(InferenceServer):
     async def _get_session(self):
         if self._session is None or self._session.closed:
             headers = {"Content-Type": "application/json"}
-            if self.api_key:
-                headers["Authorization"] = f"Bearer {self.api_key}"
+            key = os.environ.get(self.api_key_env) if self.api_key_env else None
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=3),
                 # the whole-request deadline is the watchdog's (config.request_timeout); connecting gets its own
@@ -155,14 +243,31 @@ class ReplicaPool(InferenceServer):
     async def start_server(self):
         return None  # replicas are started elsewhere (embedded pool, Slurm jobs, external servers)
 
+    async def bg_start_server(self) -> None:
+        """datatrove's start hook: nothing to start here; wait for a replica, then keep probing the others.
+        The reason the pool could not become ready (:class:`GeneratorUnavailable`, :class:`ReplicasCrashed`)
+        reaches every waiting request as it is."""
+        try:
+            await self._wait_until_ready()
+        except Exception as e:  # noqa: BLE001 - handed to every waiter
+            if not self._server_ready.done():
+                self._server_ready.set_exception(e)
+            return
+        if not self._server_ready.done():
+            self._server_ready.set_result(True)
+        self._server_monitoring_task = asyncio.create_task(self.monitor_health())
+
     def get_base_url(self) -> str:
         healthy = [r for r in self.replicas.values() if r.healthy]
         return (healthy or list(self.replicas.values()) or [Replica("http://unset")])[0].url
 
     async def _probe(self, replica: Replica) -> bool:
+        """Healthy means it generated: the protocol's health route, then a real 1-token generation."""
         session = await self._get_session()
         try:
             ok, info = await self.protocol.health(session, replica.url)
+            # generate even when the health route failed: a refusal (401, 404, 422) says why it will not work
+            ok = await self._generates(session, replica) and ok
         except Exception:
             ok, info = False, {}
         if ok:
@@ -172,35 +277,72 @@ class ReplicaPool(InferenceServer):
             if not replica.healthy:
                 logger.info(f"replica healthy: {replica.url}")
             replica.healthy, replica.failures, replica.down_since = True, 0, None
+            self._unavailable_since = None
             self._available.set()
         return ok
 
+    async def _generates(self, session, replica: Replica) -> bool:
+        """One real 1-token generation through the pool's own protocol: a server that loads but crashes or
+        fails on generation (a CPU instruction it cannot run, a broken model) is not healthy."""
+        body, context = self.protocol.prepare({**PROBE_PAYLOAD, "model": self.config.model_name_or_path})
+        timeout = aiohttp.ClientTimeout(total=min(self.config.request_timeout or 120, 120))
+        async with session.post(replica.url_for(self.protocol.path), data=body, timeout=timeout,
+                                headers=HEALTH_HEADERS) as r:
+            raw = await r.read()
+            if r.status != 200:
+                text = raw.decode("utf-8", "replace")
+                logger.debug(f"health generation on {replica.url}: HTTP {r.status}: {server_message(text)}")
+                if r.status not in RETRYABLE_STATUS and 400 <= r.status < 500:
+                    replica.refused = refusal(r.status, text, replica.url)
+                return False
+        self.protocol.parse(raw, context)
+        replica.refused = None
+        return True
+
     async def is_ready(self) -> bool:
         self._refresh_endpoints()
-        results = await asyncio.gather(*(self._probe(r) for r in list(self.replicas.values())))
-        return any(results)
+        results = await asyncio.gather(*(self._probe(r) for r in list(self.replicas.values()) if not r.healthy))
+        return any(results) or any(r.healthy for r in self.replicas.values())
 
-    async def _wait_until_ready(self, max_attempts: int = 300, delay_sec: float = 5.0) -> None:
-        deadline = time.monotonic() + self.ready_timeout
+    async def _wait_until_ready(self, max_attempts: int = 0, delay_sec: float = 1.0) -> None:
         attempt = 0
-        while True:
+        while not await self.is_ready():
             attempt += 1
-            if await self.is_ready():
-                healthy = [r.url for r in self.replicas.values() if r.healthy]
-                logger.info(f"inference replicas ready: {healthy}")
-                return
-            if time.monotonic() > deadline:
-                from datatrove.pipeline.inference.types import ServerError
-
-                raise ServerError(
-                    f"no inference replica answered within {self.ready_timeout:.0f}s "
-                    f"(endpoints: {list(self.replicas) or 'none yet'}"
-                    + (f", endpoints file {self.endpoints_file}" if self.endpoints_file else "")
-                    + ")"
-                )
+            self._check_unavailable()
             if attempt % 10 == 1:
-                logger.warning(f"waiting for inference replicas {list(self.replicas)} ...")
-            await asyncio.sleep(min(delay_sec, 1.0))
+                logger.warning(f"waiting for inference replicas {list(self.replicas) or self.endpoints_file} ...")
+            await asyncio.sleep(self.probe_interval)
+        healthy = [r.url for r in self.replicas.values() if r.healthy]
+        logger.info(f"inference replicas ready: {healthy}")
+
+    def _check_unavailable(self) -> None:
+        """Raise when the supervisor gave up or no replica has answered for ``unavailable_timeout``."""
+        state = self._supervisor_state()
+        if state.get("failed"):
+            raise ReplicasCrashed(state["failed"])
+        refused = [r.refused for r in self.replicas.values()]
+        if refused and all(refused):
+            e = refused[0]
+            raise GeneratorRejected(f"every replica refused a 1-token test generation with HTTP {e.status}: {e.body[:300]}"
+                                    f"\nfix: {rejection_hint(e.status, e.body)}")
+        since = self._unavailable_since
+        if since is not None and time.monotonic() - since > self.unavailable_timeout:
+            where = ", ".join(self.replicas) or "none yet"
+            if self.endpoints_file:
+                where += f"; endpoints file {self.endpoints_file}"
+            raise GeneratorUnavailable(
+                f"no inference replica answered for {self.unavailable_timeout:.0f}s (endpoints: {where}). "
+                "Work done so far is kept: start or fix the servers and run the same command again to resume "
+                "(generator.unavailable_timeout sets the wait).")
+
+    def _supervisor_state(self) -> dict:
+        if not self.state_file:
+            return {}
+        try:
+            with open(self.state_file) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
 
     async def monitor_health(self) -> None:
         """Background: re-read the endpoints file and probe replicas that are out of rotation."""
@@ -246,9 +388,15 @@ class ReplicaPool(InferenceServer):
         return self._server_ready.done() and self._server_ready.exception() is None
 
     async def wait_ready(self) -> None:
-        """Wait until the pool has answered its first health check (server info known)."""
-        if not self._server_ready.done() or self._server_ready.exception() is not None:
+        """Wait until the pool has answered its first health check (server info known); raises why it never will."""
+        if not self.ready:
             await self._server_ready
+
+    async def request(self, payload: dict) -> dict:
+        """The one public way to send a request: waits for the pool to be ready, then :meth:`_make_request`."""
+        if not self.ready:
+            await self._server_ready
+        return await self._make_request(payload)
 
     # ---------------------------------------------------------------- requests
     def _pick(self, exclude: set[str] | tuple = ()) -> Replica | None:
@@ -271,28 +419,38 @@ class ReplicaPool(InferenceServer):
         replica.down_since = replica.down_since or time.monotonic()
         if not any(r.healthy for r in self.replicas.values()):
             self._available.clear()
+            if self._unavailable_since is None:
+                self._unavailable_since = time.monotonic()
 
-    async def _wait_for_replica(self, timeout: float) -> Replica | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+    async def _wait_for_replica(self) -> Replica:
+        """A healthy replica, waiting while none is (probes run in ``monitor_health``, or here when the pool is
+        driven directly); raises :class:`GeneratorUnavailable` / :class:`ReplicasCrashed` (see ``_check_unavailable``)."""
+        while True:
             if self.endpoints_file and time.monotonic() - self._last_refresh > self.refresh_interval:
                 self._refresh_endpoints()
-            r = self._pick(set())
+            r = self._pick(())
             if r is not None:
                 return r
-            # probe ourselves too: the monitor may not run when a caller drives the pool directly
-            await asyncio.gather(*(self._probe(r) for r in list(self.replicas.values()) if not r.probing))
-            r = self._pick(set())
-            if r is not None:
-                return r
-            await asyncio.sleep(self.probe_interval)
-        return None
+            self._check_unavailable()
+            monitor = self._server_monitoring_task
+            if monitor is None or monitor.done():
+                await asyncio.gather(*(self._probe(r) for r in list(self.replicas.values()) if not r.probing))
+                if self._pick(()) is not None:
+                    continue
+            try:
+                await asyncio.wait_for(self._available.wait(), timeout=self.probe_interval)
+            except asyncio.TimeoutError:
+                pass
 
     def _backoff(self, attempt: int) -> float:
         return min(self.backoff_max, self.backoff_base * 2**attempt) * (0.5 + random.random() * 0.5)
 
     async def _make_request(self, payload: dict) -> dict:
-        """Send one request; returns an OpenAI-style response dict. See module docstring for errors."""
+        """Send one request; returns an OpenAI-style response dict. See the module docstring for errors.
+
+        Attempts that reached a replica (an error status, a timeout, a dropped connection, a malformed answer)
+        count against ``max_retries``; a replica that refuses connections is taken out of rotation and the request
+        goes elsewhere or waits for one, without spending an attempt: nothing was wrong with the request."""
         session = self._session
         if session is None or session.closed:
             session = await self._get_session()
@@ -305,13 +463,9 @@ class ReplicaPool(InferenceServer):
         inflight = self._inflight
         tried: set[str] = set()
         last_error = ""
-        for attempt in range(self.max_retries + 1):
-            replica = self._pick(tried)
-            if replica is None:
-                replica = await self._wait_for_replica(timeout=max(30.0, self._backoff(attempt) * 4))
-                if replica is None:
-                    last_error = "no healthy replica"
-                    continue
+        attempt = 0
+        while attempt <= self.max_retries:
+            replica = self._pick(tried) or await self._wait_for_replica()
             tried.add(replica.url)
             replica.in_flight += 1
             replica.requests += 1
@@ -329,11 +483,9 @@ class ReplicaPool(InferenceServer):
                 last_error = f"malformed answer from {replica.url}: {type(e).__name__}: {str(e)[:200]}"
                 replica.failures += 1
             except ProtocolError as e:
-                last_error = f"HTTP {e.status} from {replica.url}: {e.body[:300]}"
-                if e.status in BAD_REQUEST_STATUS:
-                    raise InferenceError(None, f"BadRequestError {e.status}: {e.body[:500]}", payload=None) from None
+                last_error = f"HTTP {e.status} from {replica.url}: {server_message(e.body)[:300]}"
                 if e.status not in RETRYABLE_STATUS:
-                    raise InferenceError(None, last_error, payload=None) from None
+                    raise refusal(e.status, e.body, replica.url) from None
                 replica.failures += 1
             except asyncio.CancelledError:
                 if task is None or task not in self._timed_out:
@@ -346,9 +498,9 @@ class ReplicaPool(InferenceServer):
             except asyncio.TimeoutError:  # before OSError: TimeoutError is an OSError
                 last_error = f"timeout from {replica.url}"
             except (aiohttp.ClientConnectorError, ConnectionRefusedError) as e:
-                # nothing listens there (any more): out of rotation until a probe succeeds
-                last_error = f"{type(e).__name__} from {replica.url}: {e}"
-                self._mark_down(replica, last_error)
+                # nothing listens there (any more): out of rotation until a probe succeeds; not an attempt
+                self._mark_down(replica, f"{type(e).__name__}: {e}")
+                continue
             except (aiohttp.ClientConnectionError, ConnectionError, OSError) as e:
                 # reset / disconnected mid-request (a dying server, or a keep-alive race): retry elsewhere,
                 # and take the replica out after consecutive failures
@@ -360,10 +512,11 @@ class ReplicaPool(InferenceServer):
                 replica.in_flight -= 1
                 if task is not None:
                     inflight.pop(task, None)
-            if attempt < self.max_retries:
-                logger.debug(f"retrying request (attempt {attempt + 1}/{self.max_retries}): {last_error}")
-                await asyncio.sleep(self._backoff(attempt))
-        raise InferenceError(None, f"gave up after {self.max_retries + 1} tries: {last_error}", payload=None)
+            attempt += 1
+            if attempt <= self.max_retries:
+                logger.debug(f"retrying request (attempt {attempt}/{self.max_retries}): {last_error}")
+                await asyncio.sleep(self._backoff(attempt - 1))
+        raise RequestFailed(f"gave up after {self.max_retries + 1} tries: {last_error}")
 
     def stats(self) -> dict:
         return {r.url: {"requests": r.requests, "healthy": r.healthy} for r in self.replicas.values()}

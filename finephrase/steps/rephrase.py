@@ -10,9 +10,16 @@ retries that never end the task) and a rollout that
 - truncates the document at a token budget derived from the server's context window and the
   prompt's ``max_new_tokens`` (recorded per row), or rewrites it chunk by chunk
   (``context: chunked``, Kimi K2 style, see ``finephrase.steps.chunked``),
-- on a 400/422 "input too long" answer truncates to half and retries once, then records the
-  failure for that prompt (counted in stats, logged with the document id) — one bad document
-  never ends the task and never takes the other documents with it.
+- on an "input too long" answer (``InputTooLong``: 413, or a 400/422 saying so) truncates to half
+  and retries once, then records the failure for that prompt (counted in stats, logged with the
+  document id) — one bad document never ends the task and never takes the other documents with it;
+- treats any other refusal (``RequestRejected``: a parameter, the model name, auth) as the
+  configuration problem it is: while no request of the task has been answered, the same
+  refusal ``REJECTIONS_BEFORE_STOP`` times stops the task with ``GeneratorRejected`` quoting
+  the server and naming the recipe key to change (the documents stay unprocessed, so a rerun
+  after the fix resumes them); in a run that works, a refused request is a counted failure;
+- never records a document as failed because no replica was reachable: the pool waits, and
+  ends the task after ``unavailable_timeout`` (``GeneratorUnavailable``) with the work kept.
 
 Each written document keeps the source text and carries, under ``metadata["rollout_results"][0]``,
 one entry per prompt: generated text or error, finish reason, token counts, truncation.
@@ -28,12 +35,15 @@ from datatrove.pipeline.inference.run_inference import InferenceConfig
 from datatrove.pipeline.inference.types import InferenceError, InferenceResult
 from loguru import logger
 
+from finephrase.errors import GeneratorRejected
 from finephrase.inference_io import BatchedRequestCache, FastCheckpointManager, LeanJsonlWriter, jsonl_adapter
 from finephrase.inference_runner import LeanInferenceRunner
 from finephrase.prompts import Prompt, load_prompt
+from finephrase.servers.pool import InputTooLong, RequestRejected, rejection_hint
 from finephrase.tokens import TokenCounter
 
 PROMPT_MARGIN_TOKENS = 32
+REJECTIONS_BEFORE_STOP = 3  # the same refusal this many times with nothing answered yet: a configuration problem
 
 
 class Rephrase(LeanInferenceRunner):
@@ -79,7 +89,9 @@ class Rephrase(LeanInferenceRunner):
         tokenizer: str | None = None,
         checkpoints_dir: str | None = None,
         records_per_chunk: int = 100,
-        api_key: str | None = None,
+        api_key_env: str | None = None,
+        unavailable_timeout: float = 600,
+        server_state_file: str | None = None,
         embedded: dict | None = None,
         routing: dict | None = None,
     ):
@@ -91,7 +103,9 @@ class Rephrase(LeanInferenceRunner):
         self.generation_params = {k: v for k, v in (generation_params or {}).items() if v is not None}
         self.context_length = context_length
         self.max_retries = max_retries
-        self.api_key = api_key
+        self.api_key_env = api_key_env  # only the variable's name: the key is read from the environment per session
+        self.unavailable_timeout = unavailable_timeout
+        self.server_state_file = server_state_file
         self.embedded = embedded
         self.routing = routing
         self.tokens = TokenCounter(tokenizer)
@@ -122,6 +136,8 @@ class Rephrase(LeanInferenceRunner):
         self.checkpoint_manager = FastCheckpointManager(checkpoints_dir, records_per_chunk, request_cache=self.request_cache)
         self._budgets: dict[str, int] = {}
         self._params: dict[str, dict] = {}
+        self._answered = 0  # requests answered in this task (a refusal after that is a counted skip)
+        self._rejections: dict[str, int] = {}  # "status message" -> times, while nothing was answered
 
     # ------------------------------------------------------------------ server
     def _init_server(self, rank: int):
@@ -140,8 +156,10 @@ class Rephrase(LeanInferenceRunner):
             endpoints_file=self.endpoints_file,
             protocol=self.protocol,
             max_retries=self.max_retries,
-            api_key=self.api_key,
+            api_key_env=self.api_key_env,
+            unavailable_timeout=self.unavailable_timeout,
             tokenizer=self.tokens.spec,
+            state_file=self.server_state_file,
         )
         return self._server
 
@@ -186,17 +204,14 @@ class Rephrase(LeanInferenceRunner):
         else:
             await semaphore.acquire()
         try:
-            ready = server._server_ready
-            if ready.done() and ready.exception() is None:
-                response = await server._make_request(payload)
-            else:
-                response = await server.make_request(payload)
+            response = await server.request(payload)
         except InferenceError:
             self.count_request(ok=False)
             self.stat_update("failed_requests", unit="request")
             raise
         finally:
             semaphore.release()
+        self._answered += 1
         choice = response["choices"][0]
         usage = response.get("usage") or {}
         self.count_request(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
@@ -249,6 +264,13 @@ class Rephrase(LeanInferenceRunner):
             self._params[prompt.sha256] = params
         return params
 
+    def sent_params(self, params: dict) -> dict:
+        """The generation parameters as the protocol puts them on the wire (the ``generation_params`` column)."""
+        from finephrase.servers.protocols import make_protocol
+
+        protocol = self._server.protocol if self._server is not None else make_protocol(self.protocol)
+        return protocol.sent_params(params)
+
     def rollout(self, document: Document, generate):
         """datatrove's rollout function: returns a coroutine of ``{prompt name: entry}``. With one prompt it is
         ``_rephrase_one``'s own coroutine (no extra frame per document on the hot path)."""
@@ -298,7 +320,7 @@ class Rephrase(LeanInferenceRunner):
             "prompt_set": prompt.set,
             "prompt_version": prompt.version,
             "prompt_sha256": prompt.sha256,
-            "generation_params": params,
+            "generation_params": self.sent_params(params),
         }
         try:
             if prompt.context == "chunked":
@@ -311,11 +333,9 @@ class Rephrase(LeanInferenceRunner):
                 text, source_tokens, truncated = self.tokens.truncate(source, budget)
                 try:
                     result = await generate(self._payload(prompt, text, params))
-                except InferenceError as e:
-                    if "BadRequestError" not in str(e.error):
-                        raise
-                    # the server says the input is too long / invalid (400/413/422): cut to half the budget and
-                    # retry once; a second refusal fails this prompt for this document (counted below)
+                except InputTooLong:
+                    # the server says the input does not fit: cut to half the budget and retry once; a second
+                    # refusal fails this prompt for this document (counted below)
                     text, source_tokens, truncated = self.tokens.truncate(source, budget // 2)
                     self.stat_update(f"retried_truncated/{prompt.name}")
                     result = await generate(self._payload(prompt, text, params))
@@ -336,8 +356,22 @@ class Rephrase(LeanInferenceRunner):
             if entry.get("truncated"):
                 self.stat_update(f"truncated_inputs/{name}")
         except InferenceError as e:
+            if isinstance(e, RequestRejected):
+                self._note_rejection(e)
             message = str(e.error)[:500]
             logger.warning(f"rephrase failed for document {document.id} with prompt {prompt.ref}: {message}")
             self.stat_update(f"failed/{prompt.name}")
             entry["error"] = message
         return {prompt.name: entry} if keyed else entry
+
+    def _note_rejection(self, e: RequestRejected) -> None:
+        """Stop the task when the server refuses the same way again and again before anything was answered."""
+        if self._answered:
+            return
+        key = f"{e.status} {e.body}"
+        seen = self._rejections[key] = self._rejections.get(key, 0) + 1
+        if seen >= REJECTIONS_BEFORE_STOP:
+            raise GeneratorRejected(
+                f"the server refused the first {seen} requests with HTTP {e.status}: {e.body[:300]}\n"
+                f"fix: {rejection_hint(e.status, e.body)}; then run the same command again "
+                "(nothing was recorded for these documents)")
