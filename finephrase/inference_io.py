@@ -269,6 +269,10 @@ class BatchedRequestCache(RequestCache):
         else:
             rows.append((chunk_index, rollout_idx, payload, result))
 
+    def holds_document(self, doc_id: str) -> bool:
+        """Whether the cache has answers for this document from an interrupted run (they are replayed)."""
+        return doc_id in self._doc_ids_in_cache
+
     def release_document(self, doc_id: str) -> None:
         self._held.pop(doc_id, None)
         self._doc_ids_in_cache.discard(doc_id)

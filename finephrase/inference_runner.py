@@ -56,6 +56,13 @@ class FastSemaphore:
     def locked(self) -> bool:
         return self._value <= 0
 
+    def try_acquire(self) -> bool:
+        """Take a unit without waiting when one is free and nobody queues (no coroutine round trip)."""
+        if self._value > 0 and not self._waiters:
+            self._value -= 1
+            return True
+        return False
+
     async def acquire(self) -> bool:
         if self._value > 0 and not self._waiters:
             self._value -= 1
@@ -226,7 +233,7 @@ class LeanInferenceRunner(InferenceRunner):
         if request_counters is not None:
             request_counters[rollout_idx] += 1
         cache = self.request_cache
-        if doc_id in cache._doc_ids_in_cache:
+        if cache.holds_document(doc_id):
             return await self._cached_request(payload, semaphore, server, doc_id, rollout_idx, chunk_index)
         result = await self._send_request(server, payload, semaphore)
         if cache.enabled:

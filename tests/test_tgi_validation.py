@@ -326,7 +326,7 @@ def test_every_packaged_prompt_passes_tgi_validation(tmp_path, tgi):
             for payload in payloads:
                 for name, pool in pools.items():
                     try:
-                        results[name].append(await pool._make_request(payload))
+                        results[name].append(await pool.request(payload))
                     except Exception as e:  # noqa: BLE001 - reported below with the prompt's name
                         results[name].append(e)
             return pools, results

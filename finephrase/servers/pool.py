@@ -392,12 +392,6 @@ class ReplicaPool(InferenceServer):
         if not self.ready:
             await self._server_ready
 
-    async def request(self, payload: dict) -> dict:
-        """The one public way to send a request: waits for the pool to be ready, then :meth:`_make_request`."""
-        if not self.ready:
-            await self._server_ready
-        return await self._make_request(payload)
-
     # ---------------------------------------------------------------- requests
     def _pick(self, exclude: set[str] | tuple = ()) -> Replica | None:
         """The healthy replica with the fewest requests in flight (then the fewest sent), avoiding ``exclude``
@@ -445,12 +439,16 @@ class ReplicaPool(InferenceServer):
     def _backoff(self, attempt: int) -> float:
         return min(self.backoff_max, self.backoff_base * 2**attempt) * (0.5 + random.random() * 0.5)
 
-    async def _make_request(self, payload: dict) -> dict:
-        """Send one request; returns an OpenAI-style response dict. See the module docstring for errors.
+    async def request(self, payload: dict) -> dict:
+        """The one public way to send a request (waits for the pool to be ready first); returns an OpenAI-style
+        response dict. See the module docstring for errors.
 
         Attempts that reached a replica (an error status, a timeout, a dropped connection, a malformed answer)
         count against ``max_retries``; a replica that refuses connections is taken out of rotation and the request
         goes elsewhere or waits for one, without spending an attempt: nothing was wrong with the request."""
+        ready = self._server_ready
+        if not ready.done() or ready.exception() is not None:
+            await ready  # raises why the pool never became ready (GeneratorUnavailable, ReplicasCrashed, ...)
         session = self._session
         if session is None or session.closed:
             session = await self._get_session()
@@ -517,6 +515,8 @@ class ReplicaPool(InferenceServer):
                 logger.debug(f"retrying request (attempt {attempt}/{self.max_retries}): {last_error}")
                 await asyncio.sleep(self._backoff(attempt - 1))
         raise RequestFailed(f"gave up after {self.max_retries + 1} tries: {last_error}")
+
+    _make_request = request  # datatrove's InferenceServer.make_request calls this
 
     def stats(self) -> dict:
         return {r.url: {"requests": r.requests, "healthy": r.healthy} for r in self.replicas.values()}

@@ -195,13 +195,11 @@ class Rephrase(LeanInferenceRunner):
         if request_counters is not None:
             request_counters[rollout_idx] += 1
         cache = self.request_cache
-        if doc_id is not None and doc_id in cache._doc_ids_in_cache:
+        if doc_id is not None and cache.holds_document(doc_id):
             return await self._cached_request(payload, semaphore, server, doc_id, rollout_idx, chunk_index)
         if "model" not in payload:
             payload["model"] = self.config.model_name_or_path
-        if semaphore._value > 0 and not semaphore._waiters:  # FastSemaphore, uncontended: no coroutine round trip
-            semaphore._value -= 1
-        else:
+        if not semaphore.try_acquire():  # uncontended: no coroutine round trip
             await semaphore.acquire()
         try:
             response = await server.request(payload)
