@@ -5,6 +5,7 @@ and a killed pipeline whose answered requests are not sent again."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import os
@@ -52,7 +53,8 @@ def tgi(tmp_path):
             p.wait()
 
 
-def tgi_recipe(make_recipe, endpoints=None, endpoints_file=None, api="generate", n_prompts=1, **generator):
+def tgi_recipe(make_recipe, endpoints=None, endpoints_file=None, api="generate", n_prompts=1, min_chars=200,
+               **generator):
     prompts = ["finephrase/faq", "finephrase/table"][:n_prompts]
     gen = {"server": "tgi", "api": api, "tokenizer": default_gguf_path(), "model": None,
            "replicas": None, "threads": None, "n_ctx": None, "context_length": None,
@@ -63,7 +65,7 @@ def tgi_recipe(make_recipe, endpoints=None, endpoints_file=None, api="generate",
     if endpoints_file is not None:
         gen["endpoints_file"] = str(endpoints_file)
     return make_recipe({
-        "filters": {"quality": None, "language": None, "min_chars": 200},
+        "filters": {"quality": None, "language": None, "min_chars": min_chars},
         "dedup": None,
         "mix": None,
         "prompts": prompts,
@@ -208,22 +210,37 @@ def test_endpoints_file_replicas_join_while_running(tmp_path, demo_data, make_re
     endpoints_file.write_text("")
     recipe = tgi_recipe(make_recipe, endpoints_file=endpoints_file)
     out = tmp_path / "out"
-    run = subprocess.Popen([sys.executable, "-m", "finephrase.cli", "run", str(recipe), "--limit", "6", "--output",
-                            str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(3)
-    assert run.poll() is None, "waits for a replica to join"
-    _, url1 = tgi()
-    with open(endpoints_file, "a") as f:
-        f.write(url1.removeprefix("http://") + "\n")
-    while _get(f"{url1}/_test/stats").get("generate:200", 0) < 1:
-        time.sleep(0.2)
-    _, url2 = tgi()
-    with open(endpoints_file, "a") as f:
-        f.write(url2.removeprefix("http://") + "  # a second job\n")
-    output, _ = run.communicate(timeout=600)
-    assert run.returncode == 0, output[-3000:]
-    assert sorted(_rows(out)["source_id"]) == sorted(_source_ids(out))
-    assert f"replica joined: {url2}" in output
+    log = tmp_path / "run.log"
+    with open(log, "wb") as log_file:
+        run = subprocess.Popen([sys.executable, "-m", "finephrase.cli", "run", str(recipe), "--limit", "6", "--output",
+                                str(out)], cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        # the run reaches the rephrase stage and says it is waiting for replicas (with the endpoints file): it is
+        # alive and waiting, not failed nor finished
+        _wait_for(lambda: "waiting for inference replicas" in _tail(log, 1 << 20), 180,
+                  "the run saying it waits for inference replicas", run=run, log=log)
+        assert str(endpoints_file) in _tail(log, 1 << 20)
+        assert run.poll() is None, "waits for a replica to join"
+        _, url1 = tgi()
+        with open(endpoints_file, "a") as f:
+            f.write(url1.removeprefix("http://") + "\n")
+        _wait_for(lambda: _get(f"{url1}/_test/stats").get("generate:200", 0) >= 1, 120,
+                  "the first replica to join answered a request", run=run, log=log)
+        _, url2 = tgi()
+        with open(endpoints_file, "a") as f:
+            f.write(url2.removeprefix("http://") + "  # a second job\n")
+        try:
+            run.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the run did not finish within 600 s:\n{_tail(log)}")
+        output = log.read_text(errors="replace")
+        assert run.returncode == 0, output[-3000:]
+        assert sorted(_rows(out)["source_id"]) == sorted(_source_ids(out))
+        assert f"replica joined: {url1}" in output and f"replica joined: {url2}" in output
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
 
 
 def test_killed_pipeline_does_not_resend_answered_requests(tmp_path, demo_data, make_recipe, tgi):
@@ -266,3 +283,162 @@ def test_killed_pipeline_does_not_resend_answered_requests(tmp_path, demo_data, 
     ids = _source_ids(out)
     for config in ("faq", "table"):
         assert sorted(_rows(out, config)["source_id"]) == sorted(ids)
+
+
+# ---------------------------------------------------------------- helpers for runs watched while they go
+def _tail(path, n: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return ""
+
+
+def _wait_for(condition, timeout: float, what: str, run=None, log=None, interval: float = 0.2) -> None:
+    """Poll ``condition`` until it holds; fail (with the run's output) when ``run`` ends first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if run is not None and run.poll() is not None:
+            pytest.fail(f"the run ended (exit code {run.returncode}) before {what}:\n{_tail(log) if log else ''}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout:.0f}s:\n{_tail(log) if log else ''}")
+        time.sleep(interval)
+
+
+def _rephrase_stats(out) -> dict:
+    return next(s["stats"] for s in _summary(out)["steps"] if s["stage"] == "rephrase" and "Rephrase" in s["step"])
+
+
+# ---------------------------------------------------------------- 502 / 504 / 400 / 413, failover, least loaded
+def test_502_and_504_are_retried_and_succeed(tmp_path, demo_data, make_recipe, tgi):
+    _, url1 = tgi()
+    _, url2 = tgi()
+    # each gateway error once on each replica (TGI's error body, as a proxy in front of TGI would answer)
+    for url in (url1, url2):
+        for status in (502, 504):
+            _post(f"{url}/_test/faults", {"status": status, "count": 1, "route": "generate",
+                                          "message": f"injected {status} (gateway)"})
+    recipe = tgi_recipe(make_recipe, endpoints=[url1, url2], concurrency=2)
+    out = tmp_path / "out"
+    run_cli("run", str(recipe), "--limit", "4", "--output", str(out))
+    ids = _source_ids(out)
+    assert len(ids) >= 3
+    assert sorted(_rows(out)["source_id"]) == sorted(ids), "every document answered once despite the faults"
+    s1, s2 = _get(f"{url1}/_test/stats"), _get(f"{url2}/_test/stats")
+    for s in (s1, s2):
+        # both faults were served (so both were retried), and nothing else failed
+        assert s.get("generate:502") == 1 and s.get("generate:504") == 1, (s1, s2)
+        assert s["generate:requests"] == s.get("generate:200", 0) + 2, (s1, s2)
+    assert s1.get("generate:200", 0) + s2.get("generate:200", 0) == len(ids), (s1, s2)
+    assert _summary(out)["prompts"]["faq"]["failed"] == 0
+    assert not any(k.startswith("retried_truncated") for k in _rephrase_stats(out))
+
+
+def test_413_is_retried_with_half_the_input_and_a_400_refusal_is_not_retried(tmp_path, demo_data, make_recipe,
+                                                                              tgi):
+    # long documents only (min_chars 3000: the first pages of --limit 4 are 8-18k characters), so that every input
+    # is cut at the full token budget and the retried one stands out at half of it
+    _, url = tgi()
+    _post(f"{url}/_test/faults", {"status": 413, "count": 1, "route": "generate", "message": "Payload Too Large"})
+    out = tmp_path / "out"
+    run_cli("run", str(tgi_recipe(make_recipe, endpoints=[url], concurrency=1, min_chars=3000)), "--limit", "4",
+            "--output", str(out))
+    ids = _source_ids(out)
+    assert len(ids) >= 2
+    stats = _get(f"{url}/_test/stats")
+    # one 413, retried once (one extra request), then every document answered
+    assert stats.get("generate:413") == 1 and stats["generate:requests"] == len(ids) + 1, stats
+    assert stats["generate:200"] == len(ids), stats
+    assert _rephrase_stats(out).get("retried_truncated/faq") == 1
+    assert _summary(out)["prompts"]["faq"]["failed"] == 0
+    ds = _rows(out)
+    assert sorted(ds["source_id"]) == sorted(ids)
+    full = max(ds["source_tokens_used"])
+    assert all(row["truncated"] and row["source_tokens"] > full for row in ds), "long documents only"
+    # the retried document was sent with half the budget (the budget is ~360 tokens here); the others with all of it
+    used = sorted(ds["source_tokens_used"])
+    assert used[0] <= full * 0.6 and used[1] > full * 0.9, used
+
+    # a 400 whose words say nothing about length (axum's JSON rejection, as TGI answers it) is a refusal: one
+    # request, not retried (neither halved nor sent elsewhere), the document a counted failure with the server's words
+    _, url2 = tgi()
+    refusal_words = "Failed to parse the request body as JSON: expected value"
+    _post(f"{url2}/_test/faults", {"status": 400, "count": 1, "route": "generate", "message": refusal_words})
+    out2 = tmp_path / "out2"
+    proc = run_cli("run", str(tgi_recipe(make_recipe, endpoints=[url2], concurrency=1, min_chars=3000)), "--limit",
+                   "4", "--output", str(out2))
+    ids2 = _source_ids(out2)
+    assert len(ids2) >= 2
+    stats2 = _get(f"{url2}/_test/stats")
+    assert stats2.get("generate:400") == 1 and stats2["generate:requests"] == len(ids2), stats2
+    assert stats2["generate:200"] == len(ids2) - 1, stats2
+    assert _summary(out2)["prompts"]["faq"]["failed"] == 1
+    assert "retried_truncated/faq" not in _rephrase_stats(out2)
+    assert len(_rows(out2)) == len(ids2) - 1, "the refused document has no row; every other one has"
+    assert refusal_words in proc.stdout + proc.stderr
+
+
+def test_a_failed_request_is_retried_on_the_other_replica(tmp_path, demo_data, make_recipe, tgi):
+    # two idle replicas, nothing sent yet: the pool picks the first endpoint (fewest in flight, then fewest sent,
+    # ties in endpoint order) — that one answers 503 once; the retry must go to the other one
+    _, url_a = tgi()
+    _, url_b = tgi()
+    _post(f"{url_a}/_test/faults", {"status": 503, "count": 1, "route": "generate"})
+    out = tmp_path / "out"
+    run_cli("run", str(tgi_recipe(make_recipe, endpoints=[url_a, url_b], concurrency=1)), "--limit", "1",
+            "--output", str(out))
+    assert len(_source_ids(out)) == 1 and len(_rows(out)) == 1
+    sa, sb = _get(f"{url_a}/_test/stats"), _get(f"{url_b}/_test/stats")
+    assert sa.get("generate:503") == 1 and sa.get("generate:200", 0) == 0 and sa["generate:requests"] == 1, sa
+    assert sb.get("generate:200") == 1 and sb["generate:requests"] == 1, sb
+    assert _summary(out)["prompts"]["faq"]["failed"] == 0
+
+
+def test_pool_sends_each_request_to_the_least_loaded_replica(tmp_path, tgi):
+    """ReplicaPool driven directly: while replica A holds a slow request, every new request goes to B (fewest in
+    flight); once both are idle, the next one goes to A again (fewest sent)."""
+    from datatrove.pipeline.inference.run_inference import InferenceConfig
+
+    from finephrase.servers.pool import ReplicaPool
+
+    _, url_a = tgi()
+    _, url_b = tgi()
+    delay, n = 5, 3
+    _post(f"{url_a}/_test/faults", {"status": 0, "delay_s": delay, "count": 1, "route": "chat"})  # only delays
+    config = InferenceConfig(server_type="endpoint", model_name_or_path="m", request_timeout=60)
+    payload = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4, "temperature": 0.0}
+
+    async def stats(url):
+        return await asyncio.to_thread(_get, f"{url}/_test/stats")
+
+    async def scenario():
+        pool = ReplicaPool(config, 0, endpoints=[url_a, url_b], protocol="tgi-chat", probe_interval=0.2,
+                           unavailable_timeout=60)
+        async with pool:
+            await asyncio.wait_for(pool.wait_ready(), 60)
+            assert all(r.healthy for r in pool.replicas.values()), pool.stats()
+            start = time.monotonic()
+            slow = asyncio.create_task(pool.request(payload))  # idle pool, nothing sent: goes to A, held there
+            deadline = time.monotonic() + 30
+            while (await stats(url_a)).get("chat:requests", 0) < 1:
+                assert time.monotonic() < deadline, "the first request did not reach replica A"
+                assert not slow.done(), slow
+                await asyncio.sleep(0.05)
+            for _ in range(n):  # one after the other, while A holds the first one
+                answer = await pool.request(payload)
+                assert answer["choices"][0]["message"]["content"] is not None
+            sa, sb = await stats(url_a), await stats(url_b)
+            assert not slow.done(), (f"the slow request ended before the {n} others ({time.monotonic() - start:.1f}s):"
+                                     " the test proves nothing; raise the delay")
+            assert sa.get("chat:requests") == 1 and sa.get("chat:200", 0) == 0, sa
+            assert sb.get("chat:requests") == n and sb.get("chat:200") == n, sb
+            first = await asyncio.wait_for(slow, 60)
+            assert first["choices"][0]["message"]["content"] is not None
+            assert time.monotonic() - start >= delay - 0.5
+            sa = await stats(url_a)
+            assert sa.get("chat:200") == 1, sa
+            # both idle now: A has been sent 1 request, B n: the next one goes to A
+            await pool.request(payload)
+            sa, sb = await stats(url_a), await stats(url_b)
+            assert sa.get("chat:200") == 2 and sb.get("chat:200") == n, (sa, sb)
+
+    asyncio.run(scenario())
