@@ -81,6 +81,11 @@ class GeneratorRuntime:
     state_file: str | None = None  # the embedded replicas' supervisor state (see finephrase.servers.embedded)
 
 
+def document_text(doc) -> str:
+    """What exact dedup compares (a module-level function: the config travels to worker processes)."""
+    return doc.text
+
+
 def source_reader(recipe: Recipe, limit: int = -1):
     src = recipe.source
     common = dict(limit=limit, text_key=src.text_key, id_key=src.id_key)
@@ -135,7 +140,7 @@ def build_stages(recipe: Recipe, prompts: list[Prompt], output: str, runtime: Ge
 
     # 2. exact dedup (datatrove's three stages)
     if recipe.dedup.exact:
-        cfg = ExactDedupConfig()
+        cfg = ExactDedupConfig(content_getter=document_text)
         add(Stage("exact-signatures", [_intermediate_reader(current), ExactDedupSignature(paths.w("exact", "sigs"), cfg)], tasks))
         add(Stage("exact-find", [ExactFindDedups(paths.w("exact", "sigs"), paths.w("exact", "dups"), cfg)], 1))
         add(Stage("exact-filter", [_intermediate_reader(current), ExactDedupFilter(paths.w("exact", "dups"), cfg),

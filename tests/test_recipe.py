@@ -29,6 +29,39 @@ def test_stages_chain_minhash_and_rephrase(make_recipe, demo_data, tmp_path):
     assert stages[names.index("rephrase")].kind == "inference"
 
 
+def test_exact_dedup_stages_remove_exact_copies(tmp_path):
+    import gzip
+    import json
+
+    from finephrase.pipeline import run_local
+
+    src = tmp_path / "docs.jsonl"
+    texts = [f"document number {i} " * 30 for i in range(4)]
+    rows = [{"id": f"d{i}", "text": t} for i, t in enumerate(texts)] + [{"id": "copy", "text": texts[2]}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = load_recipe(write_recipe_file(tmp_path, {
+        "name": "exact", "source": {"kind": "jsonl", "path": str(src)}, "prompts": ["finephrase/faq"],
+        "dedup": {"exact": True}, "generator": {"server": "openai", "endpoints": ["http://127.0.0.1:1"]}}))
+    out = tmp_path / "out"
+    stages = build_stages(recipe, recipe.resolved_prompts(), str(out), GeneratorRuntime(endpoints=["http://127.0.0.1:1"]))
+    names = [s.name for s in stages]
+    assert names[:4] == ["filter", "exact-signatures", "exact-find", "exact-filter"]
+    run_local(stages[:4], str(out))
+    kept = []
+    for f in sorted((out / ".finephrase" / "exact-deduped").glob("*.jsonl.gz")):
+        with gzip.open(f, "rt") as fh:
+            kept += [json.loads(line)["text"] for line in fh]
+    assert sorted(kept) == sorted(texts), "one copy of each text, the duplicate removed"
+
+
+def write_recipe_file(folder, data: dict):
+    import yaml
+
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
 @pytest.mark.parametrize(
     "overrides, key, message",
     [
