@@ -318,7 +318,7 @@ def test_every_packaged_prompt_passes_tgi_validation(tmp_path, tgi):
     async def go():
         pools = {name: s._init_server(0) for name, s in steps.items()}
         try:
-            for pool in pools.values():
+            for pool in pools.values():  # no ``async with``: the first request starts the pool (it used to hang)
                 assert await pool.is_ready()
             assert pools["openai"].protocol.tgi, "the openai protocol recognises TGI from GET /info"
             results = {name: [] for name in pools}

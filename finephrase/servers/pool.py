@@ -448,6 +448,8 @@ class ReplicaPool(InferenceServer):
         goes elsewhere or waits for one, without spending an attempt: nothing was wrong with the request."""
         ready = self._server_ready
         if not ready.done() or ready.exception() is not None:
+            if self._bg_start_server_task is None:  # used without ``async with``: start it, never wait on nothing
+                self._bg_start_server_task = asyncio.create_task(self.bg_start_server())
             await ready  # raises why the pool never became ready (GeneratorUnavailable, ReplicasCrashed, ...)
         session = self._session
         if session is None or session.closed:
