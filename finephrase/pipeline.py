@@ -26,6 +26,7 @@ from datatrove.pipeline.dedup.minhash import MinhashConfig
 from datatrove.pipeline.readers import JsonlReader, ParquetReader
 from datatrove.pipeline.writers import JsonlWriter, ParquetWriter
 
+from finephrase.inference.backends import GeneratorRuntime
 from finephrase.prompts import Prompt
 from finephrase.recipe import Recipe
 from finephrase.steps.format_rows import ROW_SCHEMA, FormatRows, row_adapter
@@ -65,20 +66,6 @@ class RunPaths:
 
     def logs(self, stage: str) -> str:
         return self.w("logs", stage)
-
-
-@dataclass
-class GeneratorRuntime:
-    """What the rephrase stage needs to reach the model, resolved at run time."""
-
-    endpoints: list[str] = field(default_factory=list)
-    endpoints_file: str | None = None
-    protocol: str = "openai"
-    model: str = "default"
-    tokenizer: str | None = None
-    context_length: int | None = None
-    api_key_env: str | None = None  # the variable's name only: the key never travels with the steps
-    state_file: str | None = None  # the embedded replicas' supervisor state (see finephrase.servers.embedded)
 
 
 def document_text(doc) -> str:

@@ -25,9 +25,9 @@ from datatrove.pipeline.inference.types import InferenceError, InferenceResult
 
 from conftest import DEMO_DATA, run_cli
 from finephrase.prompts import load_chunk_context, load_prompt
-from finephrase.servers.pool import InputTooLong
+from finephrase.inference.pool import InputTooLong
 from finephrase.steps.chunked import split_chunks
-from finephrase.tokens import TokenCounter
+from finephrase.inference.tokens import TokenCounter
 
 MARK_RE = re.compile(r"\[P(\d{3})\]")
 POISON = "[P-FAIL]"
@@ -322,7 +322,7 @@ CHINESE = [{"role": "user", "content": "Write a short sentence in Chinese."}]  #
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
     """One real embedded llama.cpp server, as finephrase starts it."""
-    from finephrase.servers.embedded import EmbeddedServers
+    from finephrase.inference.embedded import EmbeddedServers
 
     with EmbeddedServers(replicas=1, threads=1, n_ctx=1024, log_dir=str(tmp_path_factory.mktemp("llama"))) as servers:
         yield servers

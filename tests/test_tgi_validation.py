@@ -22,8 +22,8 @@ import pytest
 
 import tgi_server
 from finephrase.prompts import list_packaged_prompts
-from finephrase.servers.embedded import default_gguf_path
-from finephrase.servers.protocols import CHAT_NAMES, OpenAIChat, TGIChat, TGIGenerate, make_protocol
+from finephrase.inference.embedded import default_gguf_path
+from finephrase.inference.protocols import CHAT_NAMES, OpenAIChat, TGIChat, TGIGenerate, make_protocol
 
 MAX_INPUT, MAX_TOTAL = 900, 1000  # the longest packaged prompt is ~610 tokens with DOCUMENT
 DOCUMENT = ("The collections module implements specialized container datatypes providing alternatives to "
@@ -318,7 +318,7 @@ def test_every_packaged_prompt_passes_tgi_validation(tmp_path, tgi):
     async def go():
         pools = {name: s._init_server(0) for name, s in steps.items()}
         try:
-            for pool in pools.values():
+            for pool in pools.values():  # no ``async with``: the first request starts the pool (it used to hang)
                 assert await pool.is_ready()
             assert pools["openai"].protocol.tgi, "the openai protocol recognises TGI from GET /info"
             results = {name: [] for name in pools}

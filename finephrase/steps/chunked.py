@@ -33,12 +33,12 @@ from typing import TYPE_CHECKING
 from datatrove.pipeline.inference.types import InferenceError
 
 from finephrase.prompts import ChunkContext, Prompt, chunk_context_for
-from finephrase.servers.pool import InputTooLong, RequestRejected
+from finephrase.inference.pool import InputTooLong, RequestRejected
 from finephrase.steps.output_checks import clean_output
 
 if TYPE_CHECKING:  # pragma: no cover
     from finephrase.steps.rephrase import Rephrase
-    from finephrase.tokens import TokenCounter
+    from finephrase.inference.tokens import TokenCounter
 
 PARAGRAPH_RE = re.compile(r"(\n[ \t]*\n\s*)")
 LINE_RE = re.compile(r"(\n)")
@@ -129,7 +129,7 @@ def _tail(tokens: "TokenCounter", text: str, n: int) -> str:
     if n <= 0 or not text:
         return ""
     if not tokens.exact:
-        from finephrase.tokens import CHARS_PER_TOKEN
+        from finephrase.inference.tokens import CHARS_PER_TOKEN
 
         return text[-int(n * CHARS_PER_TOKEN):]
     ids = tokens.encode(text[-n * 12:])

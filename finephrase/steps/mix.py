@@ -13,7 +13,7 @@ import random
 from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
 
-from finephrase.tokens import TokenCounter
+from finephrase.inference.tokens import TokenCounter
 
 MIX_SCHEMA_COLUMNS = ["id", "text", "kind", "source_id", "prompt", "tokens"]
 
@@ -37,7 +37,7 @@ class Mix(PipelineStep):
             per prompt config.
         real_reader: a datatrove reader over the original documents.
         synthetic: share of tokens that are synthetic, in (0, 1].
-        tokenizer: token counter spec for the real documents (see ``finephrase.tokens``).
+        tokenizer: token counter spec for the real documents (see ``finephrase.inference.tokens``).
         seed: shuffling seed for picking real documents.
     """
 

@@ -36,13 +36,13 @@ from datatrove.pipeline.inference.types import InferenceError, InferenceResult
 from loguru import logger
 
 from finephrase.errors import GeneratorRejected
-from finephrase.inference_io import BatchedRequestCache, FastCheckpointManager, LeanJsonlWriter, jsonl_adapter
-from finephrase.inference_runner import LeanInferenceRunner
+from finephrase.inference.io import BatchedRequestCache, FastCheckpointManager, LeanJsonlWriter, jsonl_adapter
+from finephrase.inference.runner import LeanInferenceRunner
 from finephrase.prompts import Prompt, load_prompt
-from finephrase.servers.pool import InputTooLong, RequestRejected, rejection_hint
-from finephrase.tokens import TokenCounter
+from finephrase.inference.request_builder import RequestBuilder
+from finephrase.inference.pool import InputTooLong, RequestRejected, rejection_hint
+from finephrase.inference.tokens import TokenCounter
 
-PROMPT_MARGIN_TOKENS = 32
 REJECTIONS_BEFORE_STOP = 3  # the same refusal this many times with nothing answered yet: a configuration problem
 
 
@@ -131,23 +131,23 @@ class Rephrase(LeanInferenceRunner):
             metadata_key="rollout_results",
             skip_bad_requests=True,
         )
-        # same files and semantics as datatrove's, less work per document (see finephrase.inference_io)
+        # same files and semantics as datatrove's, less work per document (see finephrase.inference.io)
         self.request_cache = BatchedRequestCache(checkpoints_dir)
         self.checkpoint_manager = FastCheckpointManager(checkpoints_dir, records_per_chunk, request_cache=self.request_cache)
-        self._budgets: dict[str, int] = {}
-        self._params: dict[str, dict] = {}
+        # sampling parameters (cached per prompt), token budgets (per prompt and max_new_tokens), payloads
+        self.request_builder = RequestBuilder(model, self.generation_params, context_length, self.tokens)
         self._answered = 0  # requests answered in this task (a refusal after that is a counted skip)
         self._rejections: dict[str, int] = {}  # "status message" -> times, while nothing was answered
 
     # ------------------------------------------------------------------ server
     def _init_server(self, rank: int):
-        from finephrase.servers.pool import ReplicaPool
+        from finephrase.inference.pool import ReplicaPool
 
         endpoints = self.endpoints
         if self.embedded is not None:
-            from finephrase.servers.embedded import EmbeddedServers
+            from finephrase.inference.backends import EmbeddedBackend
 
-            self._embedded_servers = EmbeddedServers(**self.embedded)
+            self._embedded_servers = EmbeddedBackend.make_servers(**self.embedded)
             endpoints = self._embedded_servers.start()
         self._server = ReplicaPool(
             self.config,
@@ -172,19 +172,8 @@ class Rephrase(LeanInferenceRunner):
                 servers.stop()
 
     def budget_for(self, prompt: Prompt, max_new_tokens: int) -> int:
-        """Tokens of source text that fit: context - max_new_tokens - prompt overhead - margin."""
-        key = f"{prompt.sha256}:{max_new_tokens}"  # a str key: datatrove writes the step's attributes to executor.json
-        if key not in self._budgets:
-            self._budgets[key] = self._compute_budget(prompt, max_new_tokens)
-        return self._budgets[key]
-
-    def _compute_budget(self, prompt: Prompt, max_new_tokens: int) -> int:
-        info = self._server.server_info if self._server is not None else {}
-        context = self.context_length or info.get("max_total_tokens") or 4096
-        if info.get("max_input_tokens"):
-            context = min(context, info["max_input_tokens"] + max_new_tokens)
-        overhead = self.tokens.count("\n".join(m["content"] for m in prompt.render(""))) + 16 * 2
-        return max(64, context - max_new_tokens - overhead - PROMPT_MARGIN_TOKENS)
+        """Tokens of source text that fit: context - max_new_tokens - prompt overhead - margin (RequestBuilder)."""
+        return self.request_builder.budget_for(prompt, max_new_tokens, self._server)
 
     # ------------------------------------------------------------------ hot path
     async def _held_request(self, payload: dict, semaphore, server, doc_id: str | None = None, rollout_idx: int = 0,
@@ -255,16 +244,11 @@ class Rephrase(LeanInferenceRunner):
     # ------------------------------------------------------------------ rollout
     def params_for(self, prompt: Prompt) -> dict:
         """The prompt's sampling parameters with the recipe's overrides (computed once per prompt; do not mutate)."""
-        params = self._params.get(prompt.sha256)
-        if params is None:
-            params = {**prompt.generation, **self.generation_params}
-            params.setdefault("max_new_tokens", 1024)
-            self._params[prompt.sha256] = params
-        return params
+        return self.request_builder.params_for(prompt)
 
     def sent_params(self, params: dict) -> dict:
         """The generation parameters as the protocol puts them on the wire (the ``generation_params`` column)."""
-        from finephrase.servers.protocols import make_protocol
+        from finephrase.inference.protocols import make_protocol
 
         protocol = self._server.protocol if self._server is not None else make_protocol(self.protocol)
         return protocol.sent_params(params)
@@ -300,12 +284,7 @@ class Rephrase(LeanInferenceRunner):
         return [p for p in self.prompts if p.suits in ("any", bucket)]
 
     def _payload(self, prompt: Prompt, text: str, params: dict, **context: Any) -> dict:
-        payload = {"messages": prompt.render(text, **context), "max_tokens": params["max_new_tokens"],
-                   "model": self.config.model_name_or_path}
-        for key in ("temperature", "top_p", "seed"):
-            if params.get(key) is not None:
-                payload[key] = params[key]
-        return payload
+        return self.request_builder.payload(prompt, text, params, **context)
 
     async def _rephrase_one(self, prompt: Prompt, document: Document, generate, keyed: bool = False) -> dict:
         """One prompt for one document: the row entry (``{prompt.name: entry}`` when ``keyed``)."""

@@ -22,7 +22,7 @@ datatrove's ``EndpointServer`` knows one URL and treats HTTP 500 as fatal for th
   Where the replicas' supervisor writes a state file, a supervisor that gave up ends the task
   at once with its reason (:class:`~finephrase.errors.ReplicasCrashed`).
 
-The wire protocol is pluggable (``finephrase.servers.protocols``): OpenAI chat completions
+The wire protocol is pluggable (``finephrase.inference.protocols``): OpenAI chat completions
 (vLLM, SGLang, llama.cpp, TGI's Messages API) or TGI's native ``/generate``.
 """
 
@@ -45,7 +45,7 @@ import aiohttp
 from yarl import URL
 
 from finephrase.errors import GeneratorRejected, GeneratorUnavailable, ReplicasCrashed
-from finephrase.servers.protocols import Protocol, ProtocolError, make_protocol
+from finephrase.inference.protocols import Protocol, ProtocolError, make_protocol
 
 if TYPE_CHECKING:
     from datatrove.pipeline.inference.run_inference import InferenceConfig
@@ -448,6 +448,8 @@ class ReplicaPool(InferenceServer):
         goes elsewhere or waits for one, without spending an attempt: nothing was wrong with the request."""
         ready = self._server_ready
         if not ready.done() or ready.exception() is not None:
+            if self._bg_start_server_task is None:  # used without ``async with``: start it, never wait on nothing
+                self._bg_start_server_task = asyncio.create_task(self.bg_start_server())
             await ready  # raises why the pool never became ready (GeneratorUnavailable, ReplicasCrashed, ...)
         session = self._session
         if session is None or session.closed:
