@@ -153,9 +153,9 @@ def cmd_setup_embedded(args) -> int:
 
 
 def cmd_card(args) -> int:
-    from finephrase.report.card import write_card
     from finephrase.recipe import RecipeError, load_recipe
     from finephrase.report import load_report
+    from finephrase.report.card import write_card
 
     if not os.path.isdir(args.output):
         raise RecipeError(f"{args.output}: no such output folder\nname the folder a `finephrase run` wrote")

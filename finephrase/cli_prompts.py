@@ -97,14 +97,14 @@ def _read_document(path: str, index: int) -> tuple[str, str]:
 
 
 class _RequestRecorder:
-    """What finephrase.steps.chunked uses of the Rephrase step (``tokens``, ``budget_for``, ``_payload``,
+    """The rephrase strategies' view of the step (``RewriteTools``: ``tokens``, ``budget_for``, ``payload``,
     ``sent_params``, ``stat_update``), over a RequestBuilder and with no server: ``generate`` records each
     request and answers with a stand-in that passes the prompt's cleaning rules, so every chunk's request is built."""
 
     def __init__(self, builder, prompt):
         from finephrase.inference.protocols import make_protocol
 
-        self.tokens, self.budget_for, self._payload = builder.tokens, builder.budget_for, builder.payload
+        self.tokens, self.budget_for, self.payload = builder.tokens, builder.budget_for, builder.payload
         self.sent_params = make_protocol("openai").sent_params  # Rephrase's default protocol
         self.payloads: list[dict] = []
         rules = prompt.output_rules
@@ -124,17 +124,18 @@ class _RequestRecorder:
         return InferenceResult(text=answer, finish_reason="stop", usage={"prompt_tokens": 0, "completion_tokens": 0})
 
 
-def _chunked_requests(builder, prompt, text: str, params: dict) -> tuple[list[dict], dict]:
+def _recorded_requests(builder, prompt, text: str, params: dict) -> tuple[list[dict], dict]:
+    """The prompt's own strategy (truncate or chunked, as in Rephrase) run against the recorder."""
     import asyncio
 
     from datatrove.pipeline.inference.types import InferenceError
 
     from finephrase.prompts import PromptError
-    from finephrase.steps.chunked import rephrase_chunked
+    from finephrase.steps.rephrase import STRATEGIES
 
     recorder = _RequestRecorder(builder, prompt)
     try:
-        entry = asyncio.run(rephrase_chunked(recorder, prompt, text, params, recorder.generate))
+        entry = asyncio.run(STRATEGIES[prompt.context](recorder, prompt, text, params, recorder.generate))
     except InferenceError as e:
         raise PromptError(f"{prompt.ref}: could not build the request: {str(e.error)[:500]}") from None
     return recorder.payloads, entry
@@ -143,7 +144,7 @@ def _chunked_requests(builder, prompt, text: str, params: dict) -> tuple[list[di
 def build_requests(prompt, text: str, *, model: str = "default", generation_params: dict | None = None,
                    context_length: int | None = None, tokenizer: str | None = None) -> tuple[list[dict], dict]:
     """The request(s) Rephrase would send for one document, built by the same RequestBuilder (parameters, token
-    budget, payload) and, for a chunked prompt, the same chunking code (finephrase.steps.chunked).
+    budget, payload) and the same strategy (finephrase.steps.rephrase: truncate, or chunk by chunk).
 
     Returns (payloads, entry): one payload per request (a chunked prompt: one per chunk, later chunks carrying a
     placeholder where the previous chunk's rewrite goes) and the token accounting Rephrase would record
@@ -154,14 +155,7 @@ def build_requests(prompt, text: str, *, model: str = "default", generation_para
 
     builder = RequestBuilder(model, generation_params, context_length, TokenCounter(tokenizer))
     params = builder.params_for(prompt)
-    if prompt.context == "chunked":
-        payloads, entry = _chunked_requests(builder, prompt, text, params)
-    else:  # as Rephrase._rephrase_one: truncated to the token budget
-        budget = builder.budget_for(prompt, params["max_new_tokens"])
-        used, source_tokens, truncated = builder.tokens.truncate(text, budget)
-        payloads = [builder.payload(prompt, used, params)]
-        entry = {"truncated": truncated, "source_tokens": source_tokens, "chunks": 1,
-                 "source_tokens_used": builder.tokens.count(used) if truncated else source_tokens}
+    payloads, entry = _recorded_requests(builder, prompt, text, params)
     keys = ("truncated", "source_tokens", "source_tokens_used", "chunks")
     return payloads, {**{k: entry[k] for k in keys}, "tokens_estimated": not builder.tokens.exact}
 

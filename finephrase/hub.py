@@ -266,9 +266,16 @@ def describe_hub_error(e: BaseException, repo_id: str | None = None, revision: s
     is not one (a bug keeps its traceback). ``pushing`` adds that a push resumes where it stopped; ``network``:
     ``e`` came from a Hub call, so a network error (connection refused, timeout) means the Hub is unreachable."""
     from huggingface_hub import constants
-    from huggingface_hub.errors import (DisabledRepoError, GatedRepoError, HfHubHTTPError, HFValidationError,
-                                        LocalTokenNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        DisabledRepoError,
+        GatedRepoError,
+        HfHubHTTPError,
+        HFValidationError,
+        LocalTokenNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     repo = repo_id or getattr(e, "repo_id", None)
     kind = getattr(e, "repo_type", None) or REPO_TYPE
@@ -421,8 +428,8 @@ def card_for_push(output: str, repo_id: str, kept: list[dict]) -> bytes | None:
     README.md with the kept configs merged into its ``configs`` (:func:`finephrase.report.dataset_configs`)."""
     from huggingface_hub import DatasetCard
 
-    from finephrase.report.card import render_card, scrub
     from finephrase.report import dataset_configs, load_report
+    from finephrase.report.card import render_card, scrub
 
     recipe = load_output_recipe(output)
     prompts = output_prompts(output, recipe) if recipe is not None else None

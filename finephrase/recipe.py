@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from finephrase.errors import FinephraseError
 from finephrase.prompts import Prompt, PromptError, resolve_prompts
@@ -115,6 +122,14 @@ class GeneratorConfig(_Strict):
     unavailable_timeout: float = Field(600, gt=0, description="seconds with no replica reachable before the run "
                                        "stops (work done is kept; a rerun resumes)")
     context_length: int | None = Field(None, ge=256, description="override the server's context window")
+
+    @field_validator("server")
+    @classmethod
+    def _known_server(cls, value: str) -> str:
+        from finephrase.inference.backends import backend_for
+
+        backend_for(value)  # ValueError naming the registered backends
+        return value
 
     @model_validator(mode="after")
     def _check(self):

@@ -14,10 +14,10 @@ Imports: the standard library and, inside functions, :mod:`finephrase.inference.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
@@ -36,6 +36,12 @@ class GeneratorRuntime:
     context_length: int | None = None
     api_key_env: str | None = None  # the variable's name only: the key never travels with the steps
     state_file: str | None = None  # the embedded replicas' supervisor state (see finephrase.inference.embedded)
+
+    def step_settings(self) -> dict:
+        """The ``Rephrase`` step's arguments that say how to reach the model."""
+        return {"endpoints": self.endpoints, "endpoints_file": self.endpoints_file, "protocol": self.protocol,
+                "model": self.model, "tokenizer": self.tokenizer, "context_length": self.context_length,
+                "api_key_env": self.api_key_env, "server_state_file": self.state_file}
 
 
 @dataclass(frozen=True)
@@ -117,12 +123,14 @@ class EmbeddedBackend(Backend):
 
     @contextlib.contextmanager
     def runtime(self, g: GeneratorConfig, log_dir: str | None = None) -> Iterator[tuple[GeneratorRuntime, dict]]:
+        from finephrase.embedded_setup import file_sha256
+
         with self.servers(g, log_dir) as servers:
             yield GeneratorRuntime(
                 endpoints=servers.endpoints, protocol="openai", model=servers.alias,
                 tokenizer=g.tokenizer or servers.gguf, context_length=g.context_length or g.n_ctx,
                 state_file=servers.state_file,
-            ), {"server": self.name, "gguf": os.path.basename(servers.gguf), "gguf_sha256": file_sha256(servers.gguf),
+            ), {"server": self.name, "gguf": os.path.basename(servers.gguf), "gguf_sha256": file_sha256(Path(servers.gguf)),
                 "replicas": servers.replicas, "threads": servers.threads, "n_ctx": servers.n_ctx}
 
     @staticmethod
@@ -160,14 +168,6 @@ def backend_for(name: str) -> Backend:
         return BACKENDS[name]
     except KeyError:
         raise ValueError(f"unknown generator.server {name!r}; available: {', '.join(sorted(BACKENDS))}") from None
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 register(EmbeddedBackend())

@@ -251,7 +251,10 @@ class TGIGenerate(Protocol):
 
     def template(self):
         if self._template is None:
-            from finephrase.inference.chat_template import ChatTemplate, ChatTemplateError
+            from finephrase.inference.chat_template import (
+                ChatTemplate,
+                ChatTemplateError,
+            )
 
             if not self.tokenizer:
                 raise ChatTemplateError("TGI /generate needs the model's chat template: set generator.tokenizer")

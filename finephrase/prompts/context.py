@@ -1,5 +1,5 @@
 """Chunk-context wordings (``prompts/_context/<name>.yaml``): how a chunk's request carries the document's
-opening and the previous chunk's rewrite (Kimi K2-style chunked rewriting, finephrase.steps.chunked).
+opening and the previous chunk's rewrite (Kimi K2-style chunked rewriting, finephrase.steps.rephrase.chunked).
 
 The :class:`ChunkContext` model (pydantic, validated on construction) and its loading: a packaged name
 (``kimi_k2_chunk``), a file next to the prompt that names it, or a path. Also home of
@@ -27,12 +27,16 @@ from finephrase.prompts.validate import (
     PromptError,
     check_fields,
     check_file_name,
-    check_name,
     check_sandboxed,
+    choice_field,
     located,
-    non_empty_string,
+    name_field,
     normalize_text,
     read_yaml,
+    source_field,
+    string_field,
+    text_field,
+    version_field,
 )
 from finephrase.resources import prompts_dir
 
@@ -74,42 +78,12 @@ class ChunkContext:
         return render_template(self.template, **variables).strip()
 
     # -------------------------------------------------------------------- validation (in the file's order)
-    @field_validator("name", mode="before")
-    @classmethod
-    def _name(cls, value):
-        return check_name(value)
-
-    @field_validator("version", mode="before")
-    @classmethod
-    def _version(cls, value):
-        return str(value)
-
-    @field_validator("template", "description", mode="before")
-    @classmethod
-    def _text(cls, value, info):
-        value = non_empty_string(value, info.field_name)
-        return value.strip() if info.field_name == "description" else value
-
-    @field_validator("source", mode="before")
-    @classmethod
-    def _source(cls, value):
-        if not isinstance(value, dict):
-            raise Problem("field 'source' must be a mapping (title, year, url, ...)", "source")
-        return value
-
-    @field_validator("position", mode="before")
-    @classmethod
-    def _position(cls, value):
-        if value not in ("before", "after"):
-            raise Problem("field 'position' must be 'before' or 'after'", "position")
-        return value
-
-    @field_validator("separator", mode="before")
-    @classmethod
-    def _separator(cls, value):
-        if not isinstance(value, str):
-            raise Problem("field 'separator' must be a string", "separator")
-        return value
+    _name = field_validator("name", mode="before")(name_field)
+    _version = field_validator("version", mode="before")(version_field)
+    _text = field_validator("template", "description", mode="before")(text_field)
+    _source = field_validator("source", mode="before")(source_field)
+    _position = field_validator("position", mode="before")(choice_field)
+    _separator = field_validator("separator", mode="before")(string_field)
 
     @field_validator(*_TOKEN_FIELDS, mode="before")
     @classmethod

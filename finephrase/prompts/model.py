@@ -29,21 +29,23 @@ from finephrase.prompts.render import (
 )
 from finephrase.prompts.validate import (
     ALLOWED_KEYS,
-    CONTEXT_MODES,
     GENERATION_KEYS,
     REQUIRED_KEYS,
-    SUITS,
     YAML_SUFFIXES,
     Problem,
     PromptError,
     check_fields,
     check_file_name,
-    check_name,
     check_output_rules,
     check_prompt_template,
+    choice_field,
     located,
-    non_empty_string,
+    name_field,
     normalize_text,
+    source_field,
+    string_field,
+    text_field,
+    version_field,
 )
 
 
@@ -117,46 +119,12 @@ class Prompt:
         return uses_chunk_variables(self.template)
 
     # -------------------------------------------------------------------- validation (errors: validate.Problem)
-    @field_validator("name", mode="before")
-    @classmethod
-    def _name(cls, value):
-        return check_name(value)
-
-    @field_validator("set", "template", "description", mode="before")
-    @classmethod
-    def _text(cls, value, info):
-        value = non_empty_string(value, info.field_name)
-        return value.strip() if info.field_name == "description" else value
-
-    @field_validator("version", mode="before")
-    @classmethod
-    def _version(cls, value):
-        if not isinstance(value, (str, int, float)):
-            raise Problem("field 'version' must be a string", "version")
-        return str(value)
-
-    @field_validator("source", mode="before")
-    @classmethod
-    def _source(cls, value):
-        if not isinstance(value or {}, dict):
-            raise Problem("field 'source' must be a mapping (title, year, url, ...)", "source")
-        return value or {}
-
-    @field_validator("system", mode="before")
-    @classmethod
-    def _system(cls, value):
-        if value is not None and not isinstance(value, str):
-            raise Problem("field 'system' must be a string", "system")
-        return value
-
-    @field_validator("suits", "context", mode="before")
-    @classmethod
-    def _choice(cls, value, info):
-        key = info.field_name
-        allowed = SUITS if key == "suits" else CONTEXT_MODES
-        if not isinstance(value, str) or value not in allowed:
-            raise Problem(f"field {key!r} must be one of {sorted(allowed)}", key)
-        return value
+    _name = field_validator("name", mode="before")(name_field)
+    _text = field_validator("set", "template", "description", mode="before")(text_field)
+    _version = field_validator("version", mode="before")(version_field)
+    _source = field_validator("source", mode="before")(source_field)
+    _system = field_validator("system", mode="before")(string_field)
+    _choice = field_validator("suits", "context", mode="before")(choice_field)
 
     @field_validator("generation", mode="before")
     @classmethod

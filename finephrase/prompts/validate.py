@@ -170,6 +170,47 @@ def check_file_name(name: str, path: str | None) -> None:
         raise Problem(f"name {name!r} does not match the file name {Path(path).stem!r}", "name")
 
 
+# ---- field validators shared by the Prompt and ChunkContext models: ``field_validator(...)(name_field)``
+CHOICES = {"suits": SUITS, "context": CONTEXT_MODES, "position": {"before", "after"}}
+
+
+def name_field(cls, value, info):
+    return check_name(value)
+
+
+def text_field(cls, value, info):
+    """A required non-empty string (``description`` is stripped)."""
+    value = non_empty_string(value, info.field_name)
+    return value.strip() if info.field_name == "description" else value
+
+
+def version_field(cls, value, info):
+    if not isinstance(value, (str, int, float)):
+        raise Problem("field 'version' must be a string", "version")
+    return str(value)
+
+
+def source_field(cls, value, info):
+    if not isinstance(value or {}, dict):
+        raise Problem("field 'source' must be a mapping (title, year, url, ...)", "source")
+    return value or {}
+
+
+def string_field(cls, value, info):
+    """A string; None stays None except for ``separator``."""
+    if (value is not None or info.field_name == "separator") and not isinstance(value, str):
+        raise Problem(f"field {info.field_name!r} must be a string", info.field_name)
+    return value
+
+
+def choice_field(cls, value, info):
+    """One of :data:`CHOICES` of the field."""
+    key = info.field_name
+    if not isinstance(value, str) or value not in CHOICES[key]:
+        raise Problem(f"field {key!r} must be one of {sorted(CHOICES[key])}", key)
+    return value
+
+
 def check_sandboxed(template: str, allowed: set[str], require_document: bool) -> None:
     """The template parses, stays in the sandbox, uses only ``allowed`` variables and renders (first chunk and later
     chunks); with ``require_document``, it places ``{{ document }}`` exactly once."""

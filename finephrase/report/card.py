@@ -22,6 +22,8 @@ import re
 import yaml
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from finephrase.inference.backends import backend_for
+from finephrase.inference.request_builder import DEFAULT_MAX_NEW_TOKENS
 from finephrase.prompts import Prompt
 from finephrase.report import (
     ALL,
@@ -35,8 +37,6 @@ from finephrase.report import (
 from finephrase.report.configs import SPECIAL_CONFIGS, kept_names, local_entry
 from finephrase.report.names import HIDDEN_STEP_STAT_PREFIXES, SHOWN_STEP_STATS
 from finephrase.report.run_report import ConfigFiles
-from finephrase.inference.backends import backend_for
-from finephrase.inference.request_builder import DEFAULT_MAX_NEW_TOKENS
 from finephrase.resources import card_template
 
 CARD_TEMPLATE = card_template()  # the wheel's package data, or cards/ of a source checkout

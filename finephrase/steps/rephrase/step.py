@@ -7,12 +7,11 @@ finephrase's ``ReplicaPool`` as the server (several replicas, TGI or OpenAI prot
 retries that never end the task) and a rollout that
 
 - renders every prompt for the document (sandboxed Jinja2),
-- truncates the document at a token budget derived from the server's context window and the
-  prompt's ``max_new_tokens`` (recorded per row), or rewrites it chunk by chunk
-  (``context: chunked``, Kimi K2 style, see ``finephrase.steps.chunked``),
-- on an "input too long" answer (``InputTooLong``: 413, or a 400/422 saying so) truncates to half
-  and retries once, then records the failure for that prompt (counted in stats, logged with the
-  document id) — one bad document never ends the task and never takes the other documents with it;
+- fits the document into the request with the prompt's strategy (``STRATEGIES``): ``truncate`` cuts it at
+  a token budget derived from the server's context window and the prompt's ``max_new_tokens`` (recorded
+  per row; :mod:`.truncate`), ``chunked`` rewrites it chunk by chunk (Kimi K2 style; :mod:`.chunked`);
+- records a failed generation for that prompt (counted in stats, logged with the document id) — one bad
+  document never ends the task and never takes the other documents with it;
 - treats any other refusal (``RequestRejected``: a parameter, the model name, auth) as the
   configuration problem it is: while no request of the task has been answered, the same
   refusal ``REJECTIONS_BEFORE_STOP`` times stops the task with ``GeneratorRejected`` quoting
@@ -36,13 +35,21 @@ from datatrove.pipeline.inference.types import InferenceError, InferenceResult
 from loguru import logger
 
 from finephrase.errors import GeneratorRejected
-from finephrase.inference.io import BatchedRequestCache, FastCheckpointManager, LeanJsonlWriter, jsonl_adapter
-from finephrase.inference.runner import LeanInferenceRunner
-from finephrase.prompts import Prompt, load_prompt
+from finephrase.inference.io import (
+    BatchedRequestCache,
+    FastCheckpointManager,
+    LeanJsonlWriter,
+    jsonl_adapter,
+)
+from finephrase.inference.pool import RequestRejected, rejection_hint
 from finephrase.inference.request_builder import RequestBuilder
-from finephrase.inference.pool import InputTooLong, RequestRejected, rejection_hint
+from finephrase.inference.runner import LeanInferenceRunner
 from finephrase.inference.tokens import TokenCounter
+from finephrase.prompts import Prompt, load_prompt
+from finephrase.steps.rephrase.chunked import rewrite_chunked
+from finephrase.steps.rephrase.truncate import rewrite_truncated
 
+STRATEGIES = {"truncate": rewrite_truncated, "chunked": rewrite_chunked}  # prompt.context -> strategy
 REJECTIONS_BEFORE_STOP = 3  # the same refusal this many times with nothing answered yet: a configuration problem
 
 
@@ -283,7 +290,8 @@ class Rephrase(LeanInferenceRunner):
         self.stat_update(f"routed/{bucket}")
         return [p for p in self.prompts if p.suits in ("any", bucket)]
 
-    def _payload(self, prompt: Prompt, text: str, params: dict, **context: Any) -> dict:
+    def payload(self, prompt: Prompt, text: str, params: dict, **context: Any) -> dict:
+        """The request for ``text`` with ``prompt`` (RequestBuilder; ``context``: the chunk variables)."""
         return self.request_builder.payload(prompt, text, params, **context)
 
     async def _rephrase_one(self, prompt: Prompt, document: Document, generate, keyed: bool = False) -> dict:
@@ -300,32 +308,7 @@ class Rephrase(LeanInferenceRunner):
             "generation_params": self.sent_params(params),
         }
         try:
-            if prompt.context == "chunked":
-                from finephrase.steps.chunked import rephrase_chunked
-
-                entry.update(await rephrase_chunked(self, prompt, document.text, params, generate))
-            else:  # truncated to the token budget (inline: this is the hot path)
-                source = document.text
-                budget = self.budget_for(prompt, params["max_new_tokens"])
-                text, source_tokens, truncated = self.tokens.truncate(source, budget)
-                try:
-                    result = await generate(self._payload(prompt, text, params))
-                except InputTooLong:
-                    # the server says the input does not fit: cut to half the budget and retry once; a second
-                    # refusal fails this prompt for this document (counted below)
-                    text, source_tokens, truncated = self.tokens.truncate(source, budget // 2)
-                    self.stat_update(f"retried_truncated/{prompt.name}")
-                    result = await generate(self._payload(prompt, text, params))
-                usage = result.usage or {}
-                entry["text"] = result.text
-                entry["finish_reason"] = result.finish_reason
-                entry["prompt_tokens"] = int(usage.get("prompt_tokens", 0))
-                entry["completion_tokens"] = int(usage.get("completion_tokens", 0))
-                entry["truncated"] = truncated
-                entry["source_tokens"] = source_tokens
-                entry["source_tokens_used"] = self.tokens.count(text) if truncated else source_tokens
-                entry["tokens_estimated"] = not self.tokens.exact
-                entry["chunks"] = 1
+            entry.update(await STRATEGIES[prompt.context](self, prompt, document.text, params, generate))
             name = prompt.name
             self.stat_update(f"rephrased/{name}")
             self.stat_update(f"prompt_tokens/{name}", value=entry["prompt_tokens"])
