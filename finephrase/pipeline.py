@@ -43,7 +43,7 @@ from finephrase.report import names
 from finephrase.steps.format_rows import ROW_SCHEMA, FormatRows, row_adapter
 from finephrase.steps.language_filter import LanguageFilter
 from finephrase.steps.length_filter import MinCharsFilter
-from finephrase.steps.mix import Mix, mix_adapter
+from finephrase.steps.mix import MIX_SCHEMA, Mix, mix_adapter
 from finephrase.steps.quality_filter import QualityFilter
 from finephrase.steps.read_jsonl import SafeJsonlReader
 from finephrase.steps.rephrase import Rephrase
@@ -213,15 +213,11 @@ def _rows_stage(recipe: Recipe, prompts: list[Prompt], paths: RunPaths, runtime:
 def _mix_stage(recipe: Recipe, prompts: list[Prompt], paths: RunPaths, runtime: GeneratorRuntime,
                current: str) -> Stage:
     """6. real + synthetic mix."""
-    import pyarrow as pa
-
-    mix_schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("kind", pa.string()),
-                            ("source_id", pa.string()), ("prompt", pa.string()), ("tokens", pa.int64())])
     return Stage(names.STAGE_MIX, [
         Mix([ParquetReader(os.path.join(paths.data, p.config_name)) for p in prompts], _intermediate_reader(current),
             synthetic=recipe.mix.synthetic, tokenizer=runtime.tokenizer, seed=recipe.mix.seed),
         ParquetWriter(os.path.join(paths.data, "mix"), output_filename="${rank}.parquet", adapter=mix_adapter,
-                      schema=mix_schema),
+                      schema=MIX_SCHEMA),
     ], 1)
 
 

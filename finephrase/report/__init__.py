@@ -21,7 +21,8 @@ What lives here:
 What it may import: the standard library, pydantic, pyarrow, and from finephrase only ``finephrase.pipeline``
 (``RunPaths``, imported inside functions: the steps that ``finephrase.pipeline`` imports may import
 ``finephrase.report.names``). The report's own modules never import ``card``/``summary`` (which read the report,
-and may import ``finephrase.prompts`` and ``finephrase.inference.request_builder`` for defaults), nor
+and may import ``finephrase.prompts``, ``finephrase.inference`` for defaults and backends, and the row
+columns of ``finephrase.steps.format_rows`` / ``finephrase.steps.mix``), nor
 ``finephrase.hub``, ``finephrase.run`` or ``finephrase.cli``.
 """
 

@@ -38,6 +38,10 @@ from finephrase.report.configs import SPECIAL_CONFIGS, kept_names, local_entry
 from finephrase.report.names import HIDDEN_STEP_STAT_PREFIXES, SHOWN_STEP_STATS
 from finephrase.report.run_report import ConfigFiles
 from finephrase.resources import card_template
+from finephrase.steps.format_rows import ROW_COLUMNS
+from finephrase.steps.mix import MIX_SCHEMA_COLUMNS
+
+COLUMN_NOTES = {"text": " (generated)", "generation_params": " (JSON)", "mix.kind": " (`real` or `synthetic`)"}
 
 CARD_TEMPLATE = card_template()  # the wheel's package data, or cards/ of a source checkout
 LICENSES_FILE = CARD_TEMPLATE.parent / "licenses.md"
@@ -295,6 +299,9 @@ def render_card(report: RunReport, recipe, prompts: list[Prompt], repo_id: str |
         output_checks=recipe.output_checks,
         recipe_text=(recipe.raw_text or "").strip(),
         fmt=_fmt_num,
+        row_columns=ROW_COLUMNS,
+        mix_columns=MIX_SCHEMA_COLUMNS,
+        column_notes=COLUMN_NOTES,
     )
     return DatasetCard(scrub(str(card), secrets=_recipe_secrets(recipe)))
 
