@@ -127,7 +127,7 @@ def client_bare(endpoints: list[str], n: int, concurrency: int, params: dict, do
 
     t0, c0 = time.perf_counter(), cpu_seconds()
     if tuned:
-        from finephrase.inference_runner import LeanInferenceRunner
+        from finephrase.inference.runner import LeanInferenceRunner
 
         gc.freeze()
         gc.set_threshold(*LeanInferenceRunner.gc_threshold)
@@ -299,7 +299,7 @@ def instant_section(n: int, concurrencies: list[int], rounds: int, datatrove_req
 
 
 def real_section(n_docs: int, concurrency: int, rounds: int, lines: list[str]) -> None:
-    from finephrase.servers.embedded import EmbeddedServers
+    from finephrase.inference.embedded import EmbeddedServers
 
     demo = ROOT / "data" / "demo" / "docs.jsonl.gz"
     docs = []

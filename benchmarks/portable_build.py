@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from finephrase import embedded_setup as es  # noqa: E402
 from finephrase.prompts import load_prompt  # noqa: E402
-from finephrase.servers.embedded import EmbeddedServers, default_gguf_path  # noqa: E402
+from finephrase.inference.embedded import EmbeddedServers, default_gguf_path  # noqa: E402
 
 NATIVE_FLAGS = "-DGGML_NATIVE=ON"
 

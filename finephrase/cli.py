@@ -76,8 +76,8 @@ def _print_error(message: str) -> None:
 
 def cmd_run(args) -> int:
     from finephrase.recipe import load_recipe
+    from finephrase.report import load_report, summary_rows
     from finephrase.run import run_recipe
-    from finephrase.summary import summary_rows
 
     recipe = load_recipe(args.recipe)
     if args.push_to:
@@ -90,7 +90,7 @@ def cmd_run(args) -> int:
     table = Table(title=f"finephrase run: {recipe.name}", show_header=True)
     table.add_column("step")
     table.add_column("result", justify="right")
-    for label, value in summary_rows(result.summary):
+    for label, value in summary_rows(load_report(result.output, result.prompts)):  # the saved run report
         table.add_row(escape(label), escape(value))
     console.print(table)
     console.print(f"dataset: {os.path.join(result.output, 'data')}/<config>/*.parquet  card: {os.path.join(result.output, 'README.md')}")
@@ -109,9 +109,11 @@ def cmd_run(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from finephrase.servers.embedded import EmbeddedServers, serve_forever
+    from finephrase.inference.backends import EmbeddedBackend
+    from finephrase.inference.embedded import serve_forever
 
-    servers = EmbeddedServers(gguf=args.gguf, replicas=args.replicas, threads=args.threads, n_ctx=args.n_ctx)
+    servers = EmbeddedBackend.make_servers(gguf=args.gguf, replicas=args.replicas, threads=args.threads,
+                                           n_ctx=args.n_ctx)
     console.print(f"starting {servers.replicas} llama.cpp server(s) for {os.path.basename(servers.gguf)} ... (Ctrl-C stops)")
 
     def on_ready(endpoints):
@@ -151,8 +153,9 @@ def cmd_setup_embedded(args) -> int:
 
 
 def cmd_card(args) -> int:
-    from finephrase.card import write_card
     from finephrase.recipe import RecipeError, load_recipe
+    from finephrase.report import load_report
+    from finephrase.report.card import write_card
 
     if not os.path.isdir(args.output):
         raise RecipeError(f"{args.output}: no such output folder\nname the folder a `finephrase run` wrote")
@@ -161,7 +164,9 @@ def cmd_card(args) -> int:
         raise RecipeError(f"{args.output}: no recipe.yaml (not written by `finephrase run`?)\n"
                           "pass the recipe that made it: --recipe RECIPE")
     recipe = load_recipe(recipe_path, check_files=False)
-    path = write_card(args.output, recipe, recipe.resolved_prompts(), repo_id=args.repo_id)
+    prompts = recipe.resolved_prompts()
+    # rendered from the run's saved report, as the run and the push render it
+    path = write_card(args.output, recipe, prompts, load_report(args.output, prompts), repo_id=args.repo_id)
     console.print(f"wrote {path}")
     return 0
 

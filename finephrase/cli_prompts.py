@@ -96,48 +96,68 @@ def _read_document(path: str, index: int) -> tuple[str, str]:
         return path, f.read()
 
 
-def build_requests(prompt, text: str, *, model: str = "default", generation_params: dict | None = None,
-                   context_length: int | None = None, tokenizer: str | None = None) -> tuple[list[dict], dict]:
-    """The request(s) Rephrase would send for one document, built by Rephrase's own code path.
+class _RequestRecorder:
+    """The rephrase strategies' view of the step (``RewriteTools``: ``tokens``, ``budget_for``, ``payload``,
+    ``sent_params``, ``stat_update``), over a RequestBuilder and with no server: ``generate`` records each
+    request and answers with a stand-in that passes the prompt's cleaning rules, so every chunk's request is built."""
 
-    Returns (payloads, entry): one payload per request (a chunked prompt: one per chunk, later chunks
-    carrying a placeholder where the previous chunk's rewrite goes) and the entry Rephrase would record.
-    """
-    import asyncio
-    import tempfile
+    def __init__(self, builder, prompt):
+        from finephrase.inference.protocols import make_protocol
 
-    from datatrove.data import Document
-    from datatrove.pipeline.inference.types import InferenceResult
+        self.tokens, self.budget_for, self.payload = builder.tokens, builder.budget_for, builder.payload
+        self.sent_params = make_protocol("openai").sent_params  # Rephrase's default protocol
+        self.payloads: list[dict] = []
+        rules = prompt.output_rules
+        self._prefix = (rules.get("strip_prefixes") or [""])[0]
+        self._extract = rules.get("extract") or {}
 
-    from finephrase.steps.rephrase import Rephrase
+    def stat_update(self, *args, **kwargs) -> None:
+        pass
 
-    payloads: list[dict] = []
+    async def generate(self, payload: dict):
+        from datatrove.pipeline.inference.types import InferenceResult
 
-    rules = prompt.output_rules
-    prefix = (rules.get("strip_prefixes") or [""])[0]
-    extract = rules.get("extract") or {}
-
-    async def generate(payload: dict) -> InferenceResult:
-        # a stand-in answer that passes the cleaning rules, so every chunk's request gets built
-        payloads.append(json.loads(json.dumps(payload)))
-        answer = f"{prefix} <rewrite of part {len(payloads)}>".strip()
-        if extract:
-            answer = f"{extract['start']}\n{answer}\n{extract.get('end', '')}"
+        self.payloads.append(json.loads(json.dumps(payload)))
+        answer = f"{self._prefix} <rewrite of part {len(self.payloads)}>".strip()
+        if self._extract:
+            answer = f"{self._extract['start']}\n{answer}\n{self._extract.get('end', '')}"
         return InferenceResult(text=answer, finish_reason="stop", usage={"prompt_tokens": 0, "completion_tokens": 0})
 
-    with tempfile.TemporaryDirectory() as tmp:
-        step = Rephrase([prompt], output_folder=tmp, model=model, generation_params=generation_params,
-                        context_length=context_length, tokenizer=tokenizer)
-        entry = asyncio.run(step._rephrase_one(prompt, Document(text=text, id="render"), generate))
-        for payload in payloads:  # what datatrove's InferenceRunner adds before sending
-            payload["model"] = step.config.model_name_or_path
-            for key, value in step.config.default_generation_params.items():
-                payload.setdefault(key, value)
-    if entry.get("error"):
-        from finephrase.prompts import PromptError
 
-        raise PromptError(f"{prompt.ref}: could not build the request: {entry['error']}")
-    return payloads, entry
+def _recorded_requests(builder, prompt, text: str, params: dict) -> tuple[list[dict], dict]:
+    """The prompt's own strategy (truncate or chunked, as in Rephrase) run against the recorder."""
+    import asyncio
+
+    from datatrove.pipeline.inference.types import InferenceError
+
+    from finephrase.prompts import PromptError
+    from finephrase.steps.rephrase import STRATEGIES
+
+    recorder = _RequestRecorder(builder, prompt)
+    try:
+        entry = asyncio.run(STRATEGIES[prompt.context](recorder, prompt, text, params, recorder.generate))
+    except InferenceError as e:
+        raise PromptError(f"{prompt.ref}: could not build the request: {str(e.error)[:500]}") from None
+    return recorder.payloads, entry
+
+
+def build_requests(prompt, text: str, *, model: str = "default", generation_params: dict | None = None,
+                   context_length: int | None = None, tokenizer: str | None = None) -> tuple[list[dict], dict]:
+    """The request(s) Rephrase would send for one document, built by the same RequestBuilder (parameters, token
+    budget, payload) and the same strategy (finephrase.steps.rephrase: truncate, or chunk by chunk).
+
+    Returns (payloads, entry): one payload per request (a chunked prompt: one per chunk, later chunks carrying a
+    placeholder where the previous chunk's rewrite goes) and the token accounting Rephrase would record
+    (``source_tokens``, ``source_tokens_used``, ``truncated``, ``tokens_estimated``, ``chunks``).
+    """
+    from finephrase.inference.request_builder import RequestBuilder
+    from finephrase.inference.tokens import TokenCounter
+
+    builder = RequestBuilder(model, generation_params, context_length, TokenCounter(tokenizer))
+    params = builder.params_for(prompt)
+    payloads, entry = _recorded_requests(builder, prompt, text, params)
+    keys = ("truncated", "source_tokens", "source_tokens_used", "chunks")
+    return payloads, {**{k: entry[k] for k in keys}, "tokens_estimated": not builder.tokens.exact}
 
 
 def cmd_render(args) -> int:
@@ -150,17 +170,12 @@ def cmd_render(args) -> int:
 
         recipe = load_recipe(args.recipe, check_files=False)
         prompt = recipe.apply(prompt)
+        from finephrase.inference.backends import backend_for
+
         g = recipe.generator
         params = g.params.model_dump(exclude_none=True)
-        model = g.model or "default"
-        context_length = g.context_length
-        tokenizer = g.tokenizer
-        if g.server == "embedded":
-            from finephrase.servers.embedded import DEFAULT_ALIAS, default_gguf_path
-
-            model = g.model or DEFAULT_ALIAS
-            context_length = g.context_length or g.n_ctx
-            tokenizer = g.tokenizer or g.gguf or default_gguf_path()
+        settings = backend_for(g.server).request_settings(g)
+        model, context_length, tokenizer = settings.model, settings.context_length, settings.tokenizer
     model = args.model or model
     context_length = args.context_length or context_length
     tokenizer = args.tokenizer or tokenizer
@@ -226,7 +241,7 @@ def cmd_validate(args) -> int:
 
 # ------------------------------------------------------------------------------------------- hub
 def cmd_push(args) -> int:
-    from finephrase.prompt_hub import push_prompt_set
+    from finephrase.prompts.hub import push_prompt_set
 
     info = push_prompt_set(args.set_dir, args.repo_id, private=args.private, revision=args.revision,
                            commit_message=args.message)
@@ -237,7 +252,7 @@ def cmd_push(args) -> int:
 
 
 def cmd_pull(args) -> int:
-    from finephrase.prompt_hub import parse_repo_rev, pull_prompt_set
+    from finephrase.prompts.hub import parse_repo_rev, pull_prompt_set
 
     repo_id, revision = parse_repo_rev(args.repo)
     info = pull_prompt_set(repo_id, revision, to=args.to)

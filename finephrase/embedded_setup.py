@@ -224,7 +224,7 @@ def installed_wheel_path(package: str = LLAMA_CPP_PACKAGE) -> Path | None:
     return Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -238,7 +238,7 @@ def is_installed(wheel: Path) -> bool:
     if current is None or current.resolve() != wheel.resolve():
         return False
     recorded = ((installed_direct_url() or {}).get("archive_info") or {}).get("hashes", {}).get("sha256")
-    return recorded is None or recorded == _sha256(wheel)
+    return recorded is None or recorded == file_sha256(wheel)
 
 
 def install_wheel(wheel: Path, log: Callable[[str], None] = print, force: bool = False) -> bool:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fnmatch
-import glob
 import hashlib
 import os
 import random
@@ -186,24 +185,14 @@ def write_prompt_files(output: str, prompts) -> list[str]:
 def output_prompts(output: str, recipe) -> list | None:
     """The recipe's prompts; a prompt file named relative to where the recipe was first written is looked up in
     ``OUTPUT/prompts/`` too. None (with a warning) if one cannot be found."""
-    from finephrase.prompts import PromptError, load_prompt, load_prompt_file
+    from finephrase.prompts import PromptError, resolve_prompts
 
-    prompts = []
-    for ref in recipe.prompts:
-        try:
-            prompts.append(load_prompt(ref, base_dir=output))
-            continue
-        except PromptError:
-            pass
-        stem = os.path.splitext(os.path.basename(ref))[0]
-        found = sorted(glob.glob(os.path.join(output, "prompts", "*", f"{stem}.yaml")))
-        if ref.count("/") == 1 and not ref.endswith((".yaml", ".yml")):
-            found = [f for f in found if f.endswith(os.path.join("prompts", ref) + ".yaml")] or found
-        if not found:
-            logger.warning(f"prompt {ref!r} of recipe.yaml not found: publishing OUTPUT/README.md as it is")
-            return None
-        prompts.append(load_prompt_file(found[0], origin=ref))
-    return prompts
+    try:  # the one resolver; published_dir: the copies in OUTPUT/prompts/<set>/ when a reference does not resolve
+        return resolve_prompts(recipe.prompts, base_dir=output, published_dir=output)
+    except PromptError as e:
+        ref = recipe.prompts[e.index] if e.index is not None else "?"
+        logger.warning(f"prompt {ref!r} of recipe.yaml not found: publishing OUTPUT/README.md as it is")
+        return None
 
 
 def _data_files(output: str) -> list[LocalFile]:
@@ -213,7 +202,7 @@ def _data_files(output: str) -> list[LocalFile]:
 def local_files(output: str, card: bytes | None = None) -> list[LocalFile]:
     """What is published from ``output``: data/**, prompts/**, recipe.yaml and the card (``card`` overrides
     ``OUTPUT/README.md``). Never ``.finephrase/`` or other files."""
-    from finephrase.card import scrub
+    from finephrase.report.card import scrub
 
     files = _data_files(output)
     files += [LocalFile.from_path(p, f) for p, f in _walk(os.path.join(output, "prompts"), "prompts")
@@ -277,9 +266,16 @@ def describe_hub_error(e: BaseException, repo_id: str | None = None, revision: s
     is not one (a bug keeps its traceback). ``pushing`` adds that a push resumes where it stopped; ``network``:
     ``e`` came from a Hub call, so a network error (connection refused, timeout) means the Hub is unreachable."""
     from huggingface_hub import constants
-    from huggingface_hub.errors import (DisabledRepoError, GatedRepoError, HfHubHTTPError, HFValidationError,
-                                        LocalTokenNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        DisabledRepoError,
+        GatedRepoError,
+        HfHubHTTPError,
+        HFValidationError,
+        LocalTokenNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     repo = repo_id or getattr(e, "repo_id", None)
     kind = getattr(e, "repo_type", None) or REPO_TYPE
@@ -409,13 +405,13 @@ def _remote_configs(api, repo_id: str, revision: str, remote: dict) -> list[dict
 
 def kept_remote_configs(remote_configs: list[dict], local_configs: list[str], remote_paths) -> list[dict]:
     """Remote card configs that stay: not produced by this output, not ``all``, and with files still there."""
-    from finephrase.card import config_paths
+    from finephrase.report import ALL, config_paths
 
     remote_paths = list(remote_paths)
     kept = []
     for c in remote_configs:
         name = c["config_name"]
-        if name == "all" or name in local_configs:
+        if name == ALL or name in local_configs:
             continue
         patterns = config_paths(c)
         if any(fnmatch.fnmatchcase(p, pat) for pat in patterns for p in remote_paths):
@@ -427,32 +423,26 @@ def kept_remote_configs(remote_configs: list[dict], local_configs: list[str], re
 
 
 def card_for_push(output: str, repo_id: str, kept: list[dict]) -> bytes | None:
-    """The card to publish: regenerated from ``recipe.yaml`` + ``.finephrase/run.json`` with the repo id and the
-    kept configs; without a recipe, the local README.md with the kept configs merged into its metadata."""
+    """The card to publish: rendered as the run rendered it (from ``recipe.yaml`` and the saved run report,
+    :func:`finephrase.report.load_report`) with the repo id and the kept configs; without a recipe, the local
+    README.md with the kept configs merged into its ``configs`` (:func:`finephrase.report.dataset_configs`)."""
     from huggingface_hub import DatasetCard
 
-    from finephrase.card import build_card, config_paths, load_summary, scrub
+    from finephrase.report import dataset_configs, load_report
+    from finephrase.report.card import render_card, scrub
 
     recipe = load_output_recipe(output)
     prompts = output_prompts(output, recipe) if recipe is not None else None
     if prompts is not None:
         write_prompt_files(output, prompts)
-        card = build_card(output, recipe, prompts, load_summary(output), repo_id=repo_id, kept_configs=kept)
+        card = render_card(load_report(output, prompts), recipe, prompts, repo_id=repo_id, kept_configs=kept)
         return str(card).encode()
     readme = os.path.join(output, "README.md")
     if not os.path.exists(readme):
         return None
     card = DatasetCard.load(readme, repo_type=REPO_TYPE)
     if kept:
-        configs = [dict(c) for c in (card.data.to_dict().get("configs") or [])]
-        names = {c.get("config_name") for c in configs}
-        added = [c for c in kept if c["config_name"] not in names]
-        configs += added
-        for c in configs:  # `all` gains the kept prompt configs
-            if c.get("config_name") == "all":
-                paths = config_paths(c) + [p for k in added if k["config_name"] != "mix" for p in config_paths(k)]
-                c["data_files"] = [{"split": "train", "path": list(dict.fromkeys(paths))}]
-        card.data.configs = configs
+        card.data.configs = dataset_configs([dict(c) for c in (card.data.to_dict().get("configs") or [])], kept)
     return scrub(str(card)).encode()
 
 

@@ -18,20 +18,32 @@ Layout of an output folder::
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
-from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig, ExactDedupFilter, ExactDedupSignature, ExactFindDedups
+from datatrove.pipeline.dedup import (
+    MinhashDedupBuckets,
+    MinhashDedupCluster,
+    MinhashDedupFilter,
+    MinhashDedupSignature,
+)
+from datatrove.pipeline.dedup.exact_dedup import (
+    ExactDedupConfig,
+    ExactDedupFilter,
+    ExactDedupSignature,
+    ExactFindDedups,
+)
 from datatrove.pipeline.dedup.minhash import MinhashConfig
 from datatrove.pipeline.readers import JsonlReader, ParquetReader
 from datatrove.pipeline.writers import JsonlWriter, ParquetWriter
 
+from finephrase.inference.backends import GeneratorRuntime
 from finephrase.prompts import Prompt
 from finephrase.recipe import Recipe
+from finephrase.report import names
 from finephrase.steps.format_rows import ROW_SCHEMA, FormatRows, row_adapter
 from finephrase.steps.language_filter import LanguageFilter
 from finephrase.steps.length_filter import MinCharsFilter
-from finephrase.steps.mix import Mix, mix_adapter
+from finephrase.steps.mix import MIX_SCHEMA, Mix, mix_adapter
 from finephrase.steps.quality_filter import QualityFilter
 from finephrase.steps.read_jsonl import SafeJsonlReader
 from finephrase.steps.rephrase import Rephrase
@@ -67,20 +79,6 @@ class RunPaths:
         return self.w("logs", stage)
 
 
-@dataclass
-class GeneratorRuntime:
-    """What the rephrase stage needs to reach the model, resolved at run time."""
-
-    endpoints: list[str] = field(default_factory=list)
-    endpoints_file: str | None = None
-    protocol: str = "openai"
-    model: str = "default"
-    tokenizer: str | None = None
-    context_length: int | None = None
-    api_key_env: str | None = None  # the variable's name only: the key never travels with the steps
-    state_file: str | None = None  # the embedded replicas' supervisor state (see finephrase.servers.embedded)
-
-
 def document_text(doc) -> str:
     """What exact dedup compares (a module-level function: the config travels to worker processes)."""
     return doc.text
@@ -114,16 +112,29 @@ def _intermediate_reader(folder: str, compressed: bool = True) -> JsonlReader:
 
 def build_stages(recipe: Recipe, prompts: list[Prompt], output: str, runtime: GeneratorRuntime,
                  tasks: int | None = None, limit: int | None = None) -> list[Stage]:
+    """The recipe as datatrove stages, each depending on the one before: filter, dedup, rephrase, rows, mix."""
     paths = RunPaths(output)
     tasks = tasks or recipe.run.tasks
     limit = recipe.run.limit if limit is None else limit
-    stages: list[Stage] = []
+    stages = [_filter_stage(recipe, paths, tasks, limit)]
+    current = paths.w("filtered")
+    if recipe.dedup.exact:
+        stages += _exact_stages(paths, current, tasks)
+        current = paths.w("exact-deduped")
+    if recipe.dedup.minhash:
+        stages += _minhash_stages(recipe.dedup.minhash, paths, current, tasks)
+        current = paths.w("deduped")
+    stages.append(_rephrase_stage(recipe, prompts, paths, runtime, current, tasks))
+    stages.append(_rows_stage(recipe, prompts, paths, runtime, tasks))
+    if recipe.mix:
+        stages.append(_mix_stage(recipe, prompts, paths, runtime, current))
+    for before, stage in zip(stages, stages[1:]):
+        stage.depends = before.name
+    return stages
 
-    def add(stage: Stage):
-        stage.depends = stages[-1].name if stages else None
-        stages.append(stage)
 
-    # 1. read + filter
+def _filter_stage(recipe: Recipe, paths: RunPaths, tasks: int, limit: int) -> Stage:
+    """1. read + filter (length, language, quality)."""
     filters = recipe.filters
     steps: list = [source_reader(recipe, limit)]
     if filters.min_chars > 1:
@@ -135,81 +146,79 @@ def build_stages(recipe: Recipe, prompts: list[Prompt], output: str, runtime: Ge
         q = filters.quality
         steps.append(QualityFilter(q.model, q.label, q.threshold))
     steps.append(JsonlWriter(paths.w("filtered"), output_filename="${rank}.jsonl.gz"))
-    add(Stage("filter", steps, tasks))
-    current = paths.w("filtered")
+    return Stage(names.STAGE_FILTER, steps, tasks)
 
-    # 2. exact dedup (datatrove's three stages)
-    if recipe.dedup.exact:
-        cfg = ExactDedupConfig(content_getter=document_text)
-        add(Stage("exact-signatures", [_intermediate_reader(current), ExactDedupSignature(paths.w("exact", "sigs"), cfg)], tasks))
-        add(Stage("exact-find", [ExactFindDedups(paths.w("exact", "sigs"), paths.w("exact", "dups"), cfg)], 1))
-        add(Stage("exact-filter", [_intermediate_reader(current), ExactDedupFilter(paths.w("exact", "dups"), cfg),
-                                   JsonlWriter(paths.w("exact-deduped"), output_filename="${rank}.jsonl.gz")], tasks))
-        current = paths.w("exact-deduped")
 
-    # 3. MinHash dedup (datatrove's four stages)
-    if recipe.dedup.minhash:
-        m = recipe.dedup.minhash
-        cfg = MinhashConfig(n_grams=m.n_grams, num_buckets=m.num_buckets, hashes_per_bucket=m.hashes_per_bucket)
-        add(Stage("minhash-signatures", [_intermediate_reader(current),
-                                         MinhashDedupSignature(paths.w("minhash", "sigs"), cfg, language=m.language)], tasks))
-        add(Stage("minhash-buckets", [MinhashDedupBuckets(paths.w("minhash", "sigs"), paths.w("minhash", "buckets"), config=cfg)],
-                  m.num_buckets))
-        add(Stage("minhash-cluster", [MinhashDedupCluster(paths.w("minhash", "buckets"), paths.w("minhash", "clusters"), config=cfg)], 1))
-        add(Stage("minhash-filter", [_intermediate_reader(current), MinhashDedupFilter(paths.w("minhash", "clusters")),
-                                     JsonlWriter(paths.w("deduped"), output_filename="${rank}.jsonl.gz")], tasks))
-        current = paths.w("deduped")
+def _exact_stages(paths: RunPaths, current: str, tasks: int) -> list[Stage]:
+    """2. exact dedup (datatrove's three stages)."""
+    cfg = ExactDedupConfig(content_getter=document_text)
+    sigs, dups = paths.w("exact", "sigs"), paths.w("exact", "dups")
+    return [
+        Stage("exact-signatures", [_intermediate_reader(current), ExactDedupSignature(sigs, cfg)], tasks),
+        Stage("exact-find", [ExactFindDedups(sigs, dups, cfg)], 1),
+        Stage(names.STAGE_EXACT_FILTER, [_intermediate_reader(current), ExactDedupFilter(dups, cfg),
+                                         JsonlWriter(paths.w("exact-deduped"), output_filename="${rank}.jsonl.gz")],
+              tasks),
+    ]
 
-    # 4. rephrase (datatrove InferenceRunner with checkpoints + request cache)
+
+def _minhash_stages(m, paths: RunPaths, current: str, tasks: int) -> list[Stage]:
+    """3. MinHash dedup (datatrove's four stages)."""
+    cfg = MinhashConfig(n_grams=m.n_grams, num_buckets=m.num_buckets, hashes_per_bucket=m.hashes_per_bucket)
+    sigs, buckets, clusters = paths.w("minhash", "sigs"), paths.w("minhash", "buckets"), paths.w("minhash", "clusters")
+    return [
+        Stage("minhash-signatures", [_intermediate_reader(current),
+                                     MinhashDedupSignature(sigs, cfg, language=m.language)], tasks),
+        Stage("minhash-buckets", [MinhashDedupBuckets(sigs, buckets, config=cfg)], m.num_buckets),
+        Stage("minhash-cluster", [MinhashDedupCluster(buckets, clusters, config=cfg)], 1),
+        Stage(names.STAGE_MINHASH_FILTER, [_intermediate_reader(current), MinhashDedupFilter(clusters),
+                                           JsonlWriter(paths.w("deduped"), output_filename="${rank}.jsonl.gz")], tasks),
+    ]
+
+
+def _rephrase_stage(recipe: Recipe, prompts: list[Prompt], paths: RunPaths, runtime: GeneratorRuntime,
+                    current: str, tasks: int) -> Stage:
+    """4. rephrase (datatrove's InferenceRunner with checkpoints + request cache)."""
     g = recipe.generator
-    params = g.params.model_dump(exclude_none=True)
-    add(Stage("rephrase", [
+    return Stage(names.STAGE_REPHRASE, [
         _intermediate_reader(current),
         Rephrase(
             prompts,
             output_folder=paths.w("rephrased"),
-            endpoints=runtime.endpoints,
-            endpoints_file=runtime.endpoints_file,
-            protocol=runtime.protocol,
-            model=runtime.model,
-            generation_params=params,
+            **runtime.step_settings(),
+            generation_params=g.params.model_dump(exclude_none=True),
             concurrency=g.concurrency,
             request_timeout=g.request_timeout,
             max_retries=g.max_retries,
-            context_length=runtime.context_length,
-            tokenizer=runtime.tokenizer,
             checkpoints_dir=paths.w("checkpoints"),
             records_per_chunk=recipe.output.records_per_chunk,
-            api_key_env=runtime.api_key_env,
             unavailable_timeout=g.unavailable_timeout,
-            server_state_file=runtime.state_file,
             routing=recipe.routing.model_dump() if recipe.routing else None,
         ),
-    ], tasks, kind="inference"))
+    ], tasks, kind="inference")
 
-    # 5. rows per prompt config, with output checks
-    lid_model = None
-    if filters.language and filters.language.model != "auto":
-        lid_model = filters.language.model
-    add(Stage("rows", [
+
+def _rows_stage(recipe: Recipe, prompts: list[Prompt], paths: RunPaths, runtime: GeneratorRuntime,
+                tasks: int) -> Stage:
+    """5. rows per prompt config, with the output rules."""
+    lang = recipe.filters.language
+    lid_model = lang.model if lang and lang.model != "auto" else None
+    return Stage(names.STAGE_ROWS, [
         _intermediate_reader(paths.w("rephrased"), compressed=False),
         FormatRows(prompts, model=runtime.model, lid_model_path=lid_model, on_fail=recipe.output_checks),
         ParquetWriter(paths.data, output_filename="${config}/${rank}.parquet", adapter=row_adapter, schema=ROW_SCHEMA),
-    ], tasks))
+    ], tasks)
 
-    # 6. real + synthetic mix
-    if recipe.mix:
-        import pyarrow as pa
 
-        mix_schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("kind", pa.string()),
-                                ("source_id", pa.string()), ("prompt", pa.string()), ("tokens", pa.int64())])
-        add(Stage("mix", [
-            Mix([ParquetReader(os.path.join(paths.data, p.config_name)) for p in prompts], _intermediate_reader(current),
-                synthetic=recipe.mix.synthetic, tokenizer=runtime.tokenizer, seed=recipe.mix.seed),
-            ParquetWriter(os.path.join(paths.data, "mix"), output_filename="${rank}.parquet", adapter=mix_adapter,
-                          schema=mix_schema),
-        ], 1))
-    return stages
+def _mix_stage(recipe: Recipe, prompts: list[Prompt], paths: RunPaths, runtime: GeneratorRuntime,
+               current: str) -> Stage:
+    """6. real + synthetic mix."""
+    return Stage(names.STAGE_MIX, [
+        Mix([ParquetReader(os.path.join(paths.data, p.config_name)) for p in prompts], _intermediate_reader(current),
+            synthetic=recipe.mix.synthetic, tokenizer=runtime.tokenizer, seed=recipe.mix.seed),
+        ParquetWriter(os.path.join(paths.data, "mix"), output_filename="${rank}.parquet", adapter=mix_adapter,
+                      schema=MIX_SCHEMA),
+    ], 1)
 
 
 def run_local(stages: list[Stage], output: str, workers: int = 1, tasks_override: dict | None = None) -> None:

@@ -14,10 +14,17 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from finephrase.errors import FinephraseError
-from finephrase.prompts import Prompt, PromptError, load_prompt
+from finephrase.prompts import Prompt, PromptError, resolve_prompts
 
 
 class RecipeError(FinephraseError, ValueError):
@@ -91,7 +98,7 @@ class GenerationParams(_Strict):
 
 
 class GeneratorConfig(_Strict):
-    server: Literal["embedded", "openai", "tgi"] = "embedded"
+    server: str = Field("embedded", description="generator backend: embedded, openai or tgi (finephrase.inference.backends)")
     model: str | None = Field(None, description="model name sent to the server / recorded in provenance")
     endpoints: list[str] = Field(default_factory=list, description="base URLs (openai, tgi)")
     endpoints_file: str | None = Field(None, description="file of host:port lines, re-read while running")
@@ -116,12 +123,19 @@ class GeneratorConfig(_Strict):
                                        "stops (work done is kept; a rerun resumes)")
     context_length: int | None = Field(None, ge=256, description="override the server's context window")
 
+    @field_validator("server")
+    @classmethod
+    def _known_server(cls, value: str) -> str:
+        from finephrase.inference.backends import backend_for
+
+        backend_for(value)  # ValueError naming the registered backends
+        return value
+
     @model_validator(mode="after")
     def _check(self):
-        if self.server in ("openai", "tgi") and not (self.endpoints or self.endpoints_file):
-            raise ValueError(f"generator.endpoints or generator.endpoints_file is required for server {self.server!r}")
-        if self.server == "openai" and self.api != "chat":
-            raise ValueError("generator.api: 'generate' is only available with server 'tgi'")
+        from finephrase.inference.backends import backend_for
+
+        backend_for(self.server).check(self)
         return self
 
 
@@ -203,8 +217,11 @@ class Recipe(_Strict):
         return prompt
 
     def resolved_prompts(self) -> list[Prompt]:
+        """The prompts as this recipe runs them: each reference resolved by finephrase.prompts' one resolver (a
+        packaged set/name, a file relative to the recipe, hf://...) and `apply`-ed. A failure raises the
+        PromptError, its ``index`` naming the reference."""
         base = Path(self.path).parent if self.path else None
-        return [self.apply(load_prompt(ref, base_dir=base)) for ref in self.prompts]
+        return [self.apply(p) for p in resolve_prompts(self.prompts, base_dir=base)]
 
 
 def _fmt_loc(loc: tuple) -> str:
@@ -297,12 +314,10 @@ def check_recipe(recipe: Recipe) -> list[Prompt]:
             raise _error(path, "generator.endpoints_file", f"folder of {g.endpoints_file!r} does not exist")
     if g.gguf and not os.path.isfile(g.gguf):
         raise _error(path, "generator.gguf", f"GGUF file {g.gguf!r} not found")
-    prompts = []
-    for i, ref in enumerate(recipe.prompts):
-        try:
-            prompts.append(recipe.apply(load_prompt(ref, base_dir=Path(path).parent)))
-        except PromptError as e:
-            raise _error(path, f"prompts[{i}]", str(e)) from None
+    try:
+        prompts = recipe.resolved_prompts()
+    except PromptError as e:
+        raise _error(path, f"prompts[{e.index}]", str(e)) from None
     names = [p.config_name for p in prompts]
     reserved = {"all", "mix"} & set(names)
     if reserved or len(set(names)) != len(names):

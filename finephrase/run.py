@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import shutil
 import time
@@ -13,7 +11,8 @@ from dataclasses import dataclass
 from loguru import logger
 
 from finephrase.errors import EmptyOutputError
-from finephrase.pipeline import GeneratorRuntime, RunPaths, build_stages, run_local
+from finephrase.inference.backends import GeneratorRuntime
+from finephrase.pipeline import RunPaths, build_stages, run_local
 from finephrase.prompts import Prompt
 from finephrase.recipe import Recipe, check_recipe
 
@@ -27,46 +26,13 @@ class RunResult:
     summary: dict
 
 
-def _file_sha256(path: str, limit: int | None = None) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @contextlib.contextmanager
 def generator_runtime(recipe: Recipe, paths: RunPaths):
-    """Resolve how to reach the model; for `embedded`, start (and always stop) the supervised llama.cpp replicas."""
-    g = recipe.generator
-    if g.server == "embedded":
-        from finephrase.servers.embedded import DEFAULT_ALIAS, EmbeddedServers
+    """How to reach the model while the block runs (the backend starts and stops what it needs): (runtime, provenance)."""
+    from finephrase.inference.backends import backend_for
 
-        servers = EmbeddedServers(gguf=g.gguf, replicas=g.replicas, threads=g.threads, n_ctx=g.n_ctx,
-                                  alias=g.model or DEFAULT_ALIAS, log_dir=paths.w("logs", "server"),
-                                  server_command=g.command)
-        with servers:
-            yield GeneratorRuntime(
-                endpoints=servers.endpoints,
-                protocol="openai",
-                model=servers.alias,
-                tokenizer=g.tokenizer or servers.gguf,
-                context_length=g.context_length or g.n_ctx,
-                state_file=servers.state_file,
-            ), {"server": "embedded", "gguf": os.path.basename(servers.gguf),
-                "gguf_sha256": _file_sha256(servers.gguf), "replicas": servers.replicas, "threads": servers.threads,
-                "n_ctx": servers.n_ctx}
-    else:
-        protocol = {"openai": "openai", "tgi": "tgi" if g.api == "generate" else "tgi-chat"}[g.server]
-        yield GeneratorRuntime(
-            endpoints=g.endpoints,
-            endpoints_file=g.endpoints_file,
-            protocol=protocol,
-            model=g.model or "default",
-            tokenizer=g.tokenizer,
-            context_length=g.context_length,
-            api_key_env=g.api_key_env,
-        ), {"server": g.server, "api": g.api, "endpoints": len(g.endpoints), "endpoints_file": bool(g.endpoints_file)}
+    with backend_for(recipe.generator.server).runtime(recipe.generator, log_dir=paths.w("logs", "server")) as rt:
+        yield rt
 
 
 def run_recipe(recipe: Recipe, output: str | None = None, limit: int | None = None, tasks: int | None = None,
@@ -85,21 +51,21 @@ def run_recipe(recipe: Recipe, output: str | None = None, limit: int | None = No
         stages = build_stages(recipe, prompts, output, runtime, tasks=tasks, limit=limit)
         run_local(stages, output, workers=workers or recipe.run.workers)
     wall = time.time() - start
-    from finephrase.summary import collect_summary, empty_output_problem
+    from finephrase.report import build_report, empty_output_problem, save_report
 
-    summary = collect_summary(output, [s.name for s in stages], prompts)
-    summary["wall_time_s"] = round(wall, 1)
-    summary["generator"] = {**generator_info, "model": runtime.model}
-    with open(os.path.join(paths.work, "run.json"), "w") as f:
-        json.dump({"summary": summary, "limit": limit, "tasks": tasks or recipe.run.tasks}, f, indent=2)
-    problem = empty_output_problem(summary, output)
+    # the run report: datatrove's stats and the parquet footers, read once (.finephrase/report.json + run.json)
+    report = build_report(output, [s.name for s in stages], prompts,
+                          generator={**generator_info, "model": runtime.model}, wall_time_s=round(wall, 1),
+                          limit=limit, tasks=tasks or recipe.run.tasks)
+    save_report(output, report)
+    problem = empty_output_problem(report, output)
     if problem:
         raise EmptyOutputError(f"empty output: {problem}")
     if recipe.raw_text:
         with open(os.path.join(output, "recipe.yaml"), "w", encoding="utf-8") as f:
             f.write(recipe.raw_text)
-    from finephrase.card import write_card
+    from finephrase.report.card import write_card
 
-    write_card(output, recipe=recipe, prompts=prompts, summary=summary)
+    write_card(output, recipe=recipe, prompts=prompts, summary=report)
     logger.info(f"done in {wall:.0f}s: {output}")
-    return RunResult(output, prompts, runtime, wall, summary)
+    return RunResult(output, prompts, runtime, wall, report.to_summary())

@@ -93,7 +93,7 @@ def local_rows(output: Path, config: str) -> list[dict]:
 
 
 def _card(output: Path, repo_id: str | None = "test-org/demo", **kw):
-    from finephrase.card import build_card
+    from finephrase.report.card import build_card
     from finephrase.recipe import load_recipe
 
     recipe = load_recipe(output / "recipe.yaml", check_files=False)
@@ -105,7 +105,7 @@ def _card(output: Path, repo_id: str | None = "test-org/demo", **kw):
 
 
 def test_scrub_removes_tokens_and_local_paths(monkeypatch):
-    from finephrase.card import scrub
+    from finephrase.report.card import scrub
 
     monkeypatch.setenv("HF_TOKEN", "my-weird-secret-value")
     text = ("token hf_abcdefghijklmnopqrstuvwxyz123456 and sk-abcdefghijklmnopqrstuvwx and my-weird-secret-value\n"
@@ -135,7 +135,7 @@ def test_scrub_removes_tokens_and_local_paths(monkeypatch):
                                                     "license_link": "https://example.org/licenses/my-terms.html"}),
 ])
 def test_license_metadata(given, expected):
-    from finephrase.card import license_metadata
+    from finephrase.report.card import license_metadata
 
     assert license_metadata(given) == expected
 
@@ -151,7 +151,7 @@ def output(tmp_path_factory) -> Path:
 def test_card_metadata_matches_the_files(output):
     from huggingface_hub import DatasetCard
 
-    from finephrase.card import write_card
+    from finephrase.report.card import write_card
     from finephrase.recipe import load_recipe
 
     recipe = load_recipe(output / "recipe.yaml", check_files=False)
@@ -168,7 +168,7 @@ def test_card_metadata_matches_the_files(output):
     assert [c["config_name"] for c in data["configs"] if c.get("default")] == ["all"]
     written = sorted(p.relative_to(output).as_posix() for p in (output / "data").rglob("*.parquet"))
     assert "data/faq/000_00001.parquet" in written
-    from finephrase.card import config_paths
+    from finephrase.report.card import config_paths
 
     for name, c in configs.items():
         matched = {f for pat in config_paths(c) for f in written if fnmatch.fnmatchcase(f, pat)}
@@ -236,7 +236,7 @@ def test_card_validates_on_the_test_hub(output, hub_server):  # noqa: F811
 
 
 def test_card_with_kept_configs_and_no_summary(output, hub_server):  # noqa: F811
-    from finephrase.card import build_card
+    from finephrase.report.card import build_card
     from finephrase.recipe import load_recipe
 
     recipe = load_recipe(output / "recipe.yaml", check_files=False)
@@ -255,7 +255,7 @@ def test_card_with_kept_configs_and_no_summary(output, hub_server):  # noqa: F81
 
 
 def test_card_for_a_hub_source_defaults_to_its_license(tmp_path):
-    from finephrase.card import build_card
+    from finephrase.report.card import build_card
     from finephrase.recipe import parse_recipe
 
     out = make_output(tmp_path / "out", prompts=("finephrase/faq",), mix=False)

@@ -20,14 +20,14 @@ from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import DEMO_DATA, run_cli
 from datatrove.data import Document
 from datatrove.pipeline.inference.types import InferenceError, InferenceResult
 
-from conftest import DEMO_DATA, run_cli
+from finephrase.inference.pool import InputTooLong
+from finephrase.inference.tokens import TokenCounter
 from finephrase.prompts import load_chunk_context, load_prompt
-from finephrase.servers.pool import InputTooLong
-from finephrase.steps.chunked import split_chunks
-from finephrase.tokens import TokenCounter
+from finephrase.steps.rephrase.splitting import split_chunks
 
 MARK_RE = re.compile(r"\[P(\d{3})\]")
 POISON = "[P-FAIL]"
@@ -229,7 +229,7 @@ def test_short_document_is_one_plain_request():
     prompt = replace(load_prompt("wrap/medium"), context="chunked")
     entry, requests = _run(step, prompt, "A short paragraph about lists.", lambda i, p: "Lists are sequences.")
     assert entry["chunks"] == 1 and len(requests) == 1
-    plain = step._payload(prompt, "A short paragraph about lists.", step.params_for(prompt))
+    plain = step.payload(prompt, "A short paragraph about lists.", step.params_for(prompt))
     assert requests[0]["messages"] == plain["messages"], "a document that fits is sent exactly as in truncate mode"
 
 
@@ -322,7 +322,7 @@ CHINESE = [{"role": "user", "content": "Write a short sentence in Chinese."}]  #
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
     """One real embedded llama.cpp server, as finephrase starts it."""
-    from finephrase.servers.embedded import EmbeddedServers
+    from finephrase.inference.embedded import EmbeddedServers
 
     with EmbeddedServers(replicas=1, threads=1, n_ctx=1024, log_dir=str(tmp_path_factory.mktemp("llama"))) as servers:
         yield servers

@@ -18,7 +18,7 @@ from datasets import load_dataset
 
 from conftest import FAST_GENERATOR, assert_no_survivors, child_processes, run_cli, run_marker
 from finephrase.prompts import load_prompt
-from finephrase.servers.embedded import DEFAULT_ALIAS
+from finephrase.inference.embedded import DEFAULT_ALIAS
 
 REQUIRED_COLUMNS = {"id", "text", "source_id", "source_text", "prompt", "prompt_version", "prompt_sha256", "model",
                     "generation_params", "finish_reason", "prompt_tokens", "completion_tokens", "truncated",

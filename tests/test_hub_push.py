@@ -284,7 +284,7 @@ def test_output_without_recipe_pushes_its_readme(tmp_path, hub_server, hub_repo_
     """No recipe.yaml / run.json (e.g. pruned): the local README.md is published, kept configs merged in."""
     from huggingface_hub import DatasetCard
 
-    from finephrase.card import write_card
+    from finephrase.report.card import write_card
     from finephrase.hub import push_output
     from finephrase.recipe import load_recipe
 

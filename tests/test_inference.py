@@ -20,7 +20,7 @@ from datasets import load_dataset
 
 import tgi_server
 from conftest import ROOT, assert_no_survivors, process_tree, run_cli, run_marker, run_processes
-from finephrase.servers.embedded import default_gguf_path
+from finephrase.inference.embedded import default_gguf_path
 
 
 def _get(url: str):
@@ -398,7 +398,7 @@ def test_pool_sends_each_request_to_the_least_loaded_replica(tmp_path, tgi):
     flight); once both are idle, the next one goes to A again (fewest sent)."""
     from datatrove.pipeline.inference.run_inference import InferenceConfig
 
-    from finephrase.servers.pool import ReplicaPool
+    from finephrase.inference.pool import ReplicaPool
 
     _, url_a = tgi()
     _, url_b = tgi()

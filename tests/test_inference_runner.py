@@ -17,8 +17,8 @@ from datatrove.data import Document
 from datatrove.utils.stats import MetricStats
 
 from conftest import ROOT
-from finephrase.inference_io import BatchedRequestCache, FastCheckpointManager, LeanJsonlWriter
-from finephrase.inference_runner import FastSemaphore, folded_stats
+from finephrase.inference.io import BatchedRequestCache, FastCheckpointManager, LeanJsonlWriter
+from finephrase.inference.runner import FastSemaphore, folded_stats
 from finephrase.prompts import load_prompt
 from finephrase.steps.rephrase import Rephrase
 
@@ -130,7 +130,7 @@ def test_request_deadline_is_enforced_and_retried(tmp_path, instant_server):
 
     def init_server(rank):
         pool = original(rank)
-        from finephrase.servers.pool import Replica
+        from finephrase.inference.pool import Replica
 
         pool.replicas[silent_url] = Replica(silent_url, healthy=True, requests=-1000)  # picked first
         return pool

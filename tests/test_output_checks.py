@@ -51,8 +51,8 @@ def lid():
 @pytest.fixture(scope="session")
 def real_outputs(demo_data):
     """A few real generations: (prompt, source text, text, finish_reason, completion_tokens)."""
-    from finephrase.servers.embedded import EmbeddedServers
-    from finephrase.tokens import TokenCounter
+    from finephrase.inference.embedded import EmbeddedServers
+    from finephrase.inference.tokens import TokenCounter
 
     docs = demo_docs(2)
     jobs = [(ref, d) for d in docs for ref in ("finephrase/faq", "finephrase/table", "nemotron-cc/wikipedia",

@@ -221,7 +221,7 @@ def test_push_pull_round_trip_is_byte_identical(tmp_path, hub_server, hub_repo_i
 
 
 def test_load_hf_prompt_records_revision(tmp_path, hub_server, hub_repo_id):  # noqa: F811
-    from finephrase.prompt_hub import push_prompt_set
+    from finephrase.prompts.hub import push_prompt_set
 
     folder = tmp_path / "mine"
     folder.mkdir()
@@ -249,7 +249,7 @@ def test_load_hf_prompt_records_revision(tmp_path, hub_server, hub_repo_id):  # 
 
 
 def test_recipe_with_hf_prompt(tmp_path, make_recipe, demo_data, hub_server, hub_repo_id):  # noqa: F811
-    from finephrase.prompt_hub import push_prompt_set
+    from finephrase.prompts.hub import push_prompt_set
     from finephrase.recipe import load_recipe
 
     sha = push_prompt_set(PACKAGED_PROMPTS_DIR / "wrap", hub_repo_id)["commit"]
@@ -260,7 +260,7 @@ def test_recipe_with_hf_prompt(tmp_path, make_recipe, demo_data, hub_server, hub
 
 
 def test_hf_prompt_with_its_own_chunk_context(tmp_path, hub_server, hub_repo_id):  # noqa: F811
-    from finephrase.prompt_hub import push_prompt_set
+    from finephrase.prompts.hub import push_prompt_set
     from finephrase.prompts import chunk_context_for
 
     folder = tmp_path / "set"
@@ -278,7 +278,7 @@ def test_hf_prompt_with_its_own_chunk_context(tmp_path, hub_server, hub_repo_id)
 @pytest.mark.parametrize("prompt", PACKAGED, ids=[p.ref for p in PACKAGED])
 def test_render_fast_path_equals_jinja(prompt, real_doc):
     """Prompt.render splices the document into a pre-rendered frame: it must equal the Jinja rendering."""
-    from finephrase.prompts import CHUNK_VARIABLES, _compile
+    from finephrase.prompts.render import CHUNK_VARIABLES, compile_template as _compile
 
     assert prompt._document_frame is not None
     for doc in (real_doc["text"], "", "{{ not a template }}", "a\n\n\nb  ", "x" * 50_000):

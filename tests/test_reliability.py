@@ -29,8 +29,8 @@ from datasets import load_dataset
 import tgi_server
 from conftest import FAST_GENERATOR, ROOT, run_cli
 from finephrase.errors import GeneratorUnavailable
-from finephrase.servers.embedded import default_gguf_path
-from finephrase.servers.pool import InputTooLong, RequestRejected, refusal, rejection_hint
+from finephrase.inference.embedded import default_gguf_path
+from finephrase.inference.pool import InputTooLong, RequestRejected, refusal, rejection_hint
 
 CRASHING_SERVER = str(Path(__file__).with_name("crashing_server.py"))
 
@@ -201,7 +201,7 @@ def test_pool_waits_for_a_replica_then_gives_up_without_failing_the_request(tmp_
     the pool raises ``GeneratorUnavailable`` (which ends the task) rather than a per-document failure."""
     from datatrove.pipeline.inference.run_inference import InferenceConfig
 
-    from finephrase.servers.pool import ReplicaPool
+    from finephrase.inference.pool import ReplicaPool
 
     server, url = tgi_server.start(log_path=str(tmp_path / "tgi.log"), max_input_tokens=512, max_total_tokens=768)
     config = InferenceConfig(server_type="endpoint", model_name_or_path="m", request_timeout=60)

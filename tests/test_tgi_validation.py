@@ -22,8 +22,8 @@ import pytest
 
 import tgi_server
 from finephrase.prompts import list_packaged_prompts
-from finephrase.servers.embedded import default_gguf_path
-from finephrase.servers.protocols import CHAT_NAMES, OpenAIChat, TGIChat, TGIGenerate, make_protocol
+from finephrase.inference.embedded import default_gguf_path
+from finephrase.inference.protocols import CHAT_NAMES, OpenAIChat, TGIChat, TGIGenerate, make_protocol
 
 MAX_INPUT, MAX_TOTAL = 900, 1000  # the longest packaged prompt is ~610 tokens with DOCUMENT
 DOCUMENT = ("The collections module implements specialized container datatypes providing alternatives to "
@@ -310,7 +310,7 @@ def test_every_packaged_prompt_passes_tgi_validation(tmp_path, tgi):
                             tokenizer=default_gguf_path(), generation_params={"max_new_tokens": 8},
                             model=tgi_server.MODEL_ID) for name in PROTOCOLS}
     step = steps["tgi-chat"]
-    payloads = [step._payload(p, DOCUMENT, step.params_for(p)) for p in prompts]
+    payloads = [step.payload(p, DOCUMENT, step.params_for(p)) for p in prompts]
     # the prompts' own sampling parameters are what TGI used to refuse: top_p 1.0 (with temperature 1.0 or 0.5)
     assert {(p.get("temperature"), p.get("top_p")) for p in payloads} >= {(1.0, 1.0), (0.5, 0.9)}
     call(f"{tgi}/_test/reset", {})

@@ -124,13 +124,13 @@ def test_wheel_carries_code_prompts_and_card_template(installed):
 
 PROBE = """
 import json, sys
-import finephrase, finephrase.card, finephrase.prompts
+import finephrase, finephrase.report.card, finephrase.prompts
 from finephrase.prompts import load_chunk_context, load_prompt
 faq = load_prompt("finephrase/faq")
 print(json.dumps({
     "finephrase": finephrase.__file__,
     "prompts_dir": str(finephrase.prompts.PACKAGED_PROMPTS_DIR),
-    "card_template": str(finephrase.card.CARD_TEMPLATE),
+    "card_template": str(finephrase.report.card.CARD_TEMPLATE),
     "faq": str(faq.path), "faq_sha256": faq.sha256,
     "chunk_context": load_chunk_context().name,
     "editable": sorted(m for m in sys.modules if "editable" in m.lower())

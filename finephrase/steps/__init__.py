@@ -1,1 +1,15 @@
-"""finephrase's datatrove pipeline steps, one per module."""
+"""finephrase's datatrove pipeline steps, one per module, each a plain datatrove ``PipelineStep``.
+
+What lives here:
+
+* :mod:`.read_jsonl` — ``SafeJsonlReader`` (a malformed line is counted and skipped, not the end of a file);
+* :mod:`.length_filter`, :mod:`.language_filter`, :mod:`.quality_filter` — the source filters (fastText models);
+* :mod:`.rephrase` — ``Rephrase``, the inference step, with its two strategies (truncate, chunked);
+* :mod:`.format_rows` — ``FormatRows``: one row per generation, with the output rules of :mod:`.output_checks`;
+* :mod:`.mix` — ``Mix``: real and synthetic rows at a token ratio.
+
+What it may import: datatrove, and from finephrase ``finephrase.inference`` (the request path),
+``finephrase.prompts``, ``finephrase.errors`` and ``finephrase.report.names`` (stat names). Never
+``finephrase.pipeline``, ``finephrase.run``, ``finephrase.report`` beyond ``names``, or ``finephrase.cli``:
+those use the steps.
+"""

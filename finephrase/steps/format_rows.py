@@ -93,7 +93,10 @@ class FormatRows(PipelineStep):
 
     def _detect_language(self, text: str) -> str | None:
         if self._lid is None:
-            from finephrase.steps.language_filter import LocalFastTextLID, default_lid_model
+            from finephrase.steps.language_filter import (
+                LocalFastTextLID,
+                default_lid_model,
+            )
 
             self._lid = LocalFastTextLID(self.lid_model_path or default_lid_model())
         (lang, _score), _ = self._lid.predict(Document(text=text[:4000], id=""))
@@ -107,66 +110,69 @@ class FormatRows(PipelineStep):
                     prompt = self.prompts.get(name)
                     if prompt is None:
                         continue
-                    self.stat_update(f"generated/{name}")
-                    if entry.get("error"):
-                        self.stat_update(f"dropped/{name}/generation_failed")
-                        continue
-                    # counted here, over every rephrased document, because the rephrase stage's own stats
-                    # only cover what its last (possibly resumed) run processed
-                    self.stat_update(f"generated_prompt_tokens/{name}", value=entry.get("prompt_tokens") or 0)
-                    self.stat_update(f"generated_completion_tokens/{name}", value=entry.get("completion_tokens") or 0)
-                    if entry.get("truncated"):
-                        self.stat_update(f"generated_truncated/{name}")
-                    check = check_output(
-                        entry.get("text", ""),
-                        prompt.output_rules,
-                        finish_reason=entry.get("finish_reason"),
-                        completion_tokens=entry.get("completion_tokens"),
-                        source_text=doc.text,
-                        source_chars=_source_chars_seen(doc.text, entry),
-                        source_language=doc.metadata.get("language"),
-                        detect_language=self._detect_language,
-                        cleaned=entry.get("cleaned"),  # chunked rewriting cleaned each chunk already
-                    )
-                    for note in check.notes:
-                        self.stat_update(f"cleaned/{name}/{note}")
-                    notes = list(check.notes)
-                    if not check.keep:
-                        if self.on_fail == "drop" or check.reason == "empty":
-                            self.stat_update(f"dropped/{name}/{check.reason}")
-                            logger.debug(f"dropped {doc.id} [{name}]: {check.reason}")
-                            continue
-                        self.stat_update(f"flagged/{name}/{check.reason}")
-                        notes.append(f"failed:{check.reason}")
-                    self.stat_update(f"rows/{name}")
-                    self.stat_update(f"row_completion_tokens/{name}", value=entry.get("completion_tokens", 0))
-                    self.stat_update(f"row_prompt_tokens/{name}", value=entry.get("prompt_tokens", 0))
-                    md = doc.metadata
-                    yield Document(
-                        text=check.text,
-                        id=f"{doc.id}/{name}",
-                        metadata={
-                            "config": name,
-                            "source_id": str(doc.id),
-                            "source_text": doc.text,
-                            "prompt": name,
-                            "prompt_set": entry.get("prompt_set", prompt.set),
-                            "prompt_version": entry.get("prompt_version", prompt.version),
-                            "prompt_sha256": entry.get("prompt_sha256", prompt.sha256),
-                            "model": entry.get("model") or self.model,
-                            "model_revision": entry.get("model_revision") or self.model_revision,
-                            "generation_params": json.dumps(entry.get("generation_params", {}), sort_keys=True),
-                            "finish_reason": entry.get("finish_reason"),
-                            "prompt_tokens": entry.get("prompt_tokens"),
-                            "completion_tokens": entry.get("completion_tokens"),
-                            "truncated": bool(entry.get("truncated")),
-                            "source_tokens": entry.get("source_tokens"),
-                            "source_tokens_used": entry.get("source_tokens_used"),
-                            "chunks": entry.get("chunks", 1),
-                            "language": md.get("language"),
-                            "language_score": md.get("language_score"),
-                            "quality_score": md.get("quality_score"),
-                            "source_url": md.get("url") or md.get("source_url"),
-                            "checks": ",".join(notes) or None,
-                        },
-                    )
+                    row = self._row_for(doc, prompt, entry)
+                    if row is not None:
+                        yield row
+
+    def _row_for(self, doc: Document, prompt, entry: dict) -> Document | None:
+        """One generation as a row, after the output rules; None when it is dropped (counted)."""
+        name = prompt.name
+        self.stat_update(f"generated/{name}")
+        if entry.get("error"):
+            self.stat_update(f"dropped/{name}/generation_failed")
+            return None
+        # counted here, over every rephrased document, because the rephrase stage's own stats
+        # only cover what its last (possibly resumed) run processed
+        self.stat_update(f"generated_prompt_tokens/{name}", value=entry.get("prompt_tokens") or 0)
+        self.stat_update(f"generated_completion_tokens/{name}", value=entry.get("completion_tokens") or 0)
+        if entry.get("truncated"):
+            self.stat_update(f"generated_truncated/{name}")
+        check = check_output(
+            entry.get("text", ""), prompt.output_rules, finish_reason=entry.get("finish_reason"),
+            completion_tokens=entry.get("completion_tokens"), source_text=doc.text,
+            source_chars=_source_chars_seen(doc.text, entry), source_language=doc.metadata.get("language"),
+            detect_language=self._detect_language,
+            cleaned=entry.get("cleaned"),  # chunked rewriting cleaned each chunk already
+        )
+        for note in check.notes:
+            self.stat_update(f"cleaned/{name}/{note}")
+        notes = list(check.notes)
+        if not check.keep:
+            if self.on_fail == "drop" or check.reason == "empty":
+                self.stat_update(f"dropped/{name}/{check.reason}")
+                logger.debug(f"dropped {doc.id} [{name}]: {check.reason}")
+                return None
+            self.stat_update(f"flagged/{name}/{check.reason}")
+            notes.append(f"failed:{check.reason}")
+        self.stat_update(f"rows/{name}")
+        self.stat_update(f"row_completion_tokens/{name}", value=entry.get("completion_tokens", 0))
+        self.stat_update(f"row_prompt_tokens/{name}", value=entry.get("prompt_tokens", 0))
+        return Document(text=check.text, id=f"{doc.id}/{name}", metadata=self._row_metadata(doc, prompt, entry, notes))
+
+    def _row_metadata(self, doc: Document, prompt, entry: dict, notes: list[str]) -> dict:
+        """The row's columns besides ``text`` and ``id`` (ROW_SCHEMA)."""
+        md, name = doc.metadata, prompt.name
+        return {
+            "config": name,
+            "source_id": str(doc.id),
+            "source_text": doc.text,
+            "prompt": name,
+            "prompt_set": entry.get("prompt_set", prompt.set),
+            "prompt_version": entry.get("prompt_version", prompt.version),
+            "prompt_sha256": entry.get("prompt_sha256", prompt.sha256),
+            "model": entry.get("model") or self.model,
+            "model_revision": entry.get("model_revision") or self.model_revision,
+            "generation_params": json.dumps(entry.get("generation_params", {}), sort_keys=True),
+            "finish_reason": entry.get("finish_reason"),
+            "prompt_tokens": entry.get("prompt_tokens"),
+            "completion_tokens": entry.get("completion_tokens"),
+            "truncated": bool(entry.get("truncated")),
+            "source_tokens": entry.get("source_tokens"),
+            "source_tokens_used": entry.get("source_tokens_used"),
+            "chunks": entry.get("chunks", 1),
+            "language": md.get("language"),
+            "language_score": md.get("language_score"),
+            "quality_score": md.get("quality_score"),
+            "source_url": md.get("url") or md.get("source_url"),
+            "checks": ",".join(notes) or None,
+        }

@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from datatrove.pipeline.filters.language_filter import LanguageFilter as _DatatroveLanguageFilter
+from datatrove.pipeline.filters.language_filter import (
+    LanguageFilter as _DatatroveLanguageFilter,
+)
 from datatrove.utils.lid import FastTextLID
 
 from finephrase.errors import FinephraseError

@@ -10,23 +10,22 @@ from __future__ import annotations
 
 import random
 
+import pyarrow as pa
 from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
 
-from finephrase.tokens import TokenCounter
+from finephrase.inference.tokens import TokenCounter
 
-MIX_SCHEMA_COLUMNS = ["id", "text", "kind", "source_id", "prompt", "tokens"]
+MIX_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("kind", pa.string()),
+                        ("source_id", pa.string()), ("prompt", pa.string()), ("tokens", pa.int64())])
+MIX_SCHEMA_COLUMNS = [f.name for f in MIX_SCHEMA]
 
 
 def mix_adapter(self, document: Document) -> dict:
-    return {
-        "id": document.id,
-        "text": document.text,
-        "kind": document.metadata["kind"],
-        "source_id": document.metadata.get("source_id"),
-        "prompt": document.metadata.get("prompt"),
-        "tokens": document.metadata.get("tokens"),
-    }
+    """ParquetWriter adapter: a row of MIX_SCHEMA (``kind``: ``real`` or ``synthetic``)."""
+    row = {name: document.metadata.get(name) for name in MIX_SCHEMA_COLUMNS}
+    row["id"], row["text"], row["kind"] = document.id, document.text, document.metadata["kind"]
+    return row
 
 
 class Mix(PipelineStep):
@@ -37,7 +36,7 @@ class Mix(PipelineStep):
             per prompt config.
         real_reader: a datatrove reader over the original documents.
         synthetic: share of tokens that are synthetic, in (0, 1].
-        tokenizer: token counter spec for the real documents (see ``finephrase.tokens``).
+        tokenizer: token counter spec for the real documents (see ``finephrase.inference.tokens``).
         seed: shuffling seed for picking real documents.
     """
 

@@ -14,7 +14,7 @@ Each rule returns a drop reason (``refusal``, ``meta_talk``, ``missing_prefix``,
 ``empty``, ``truncated``, ``length_ratio``, ``too_short``, ``too_long``, ``format_<f>``,
 ``language_changed``); the ``FormatRows`` step counts every reason in datatrove's stats
 (``dropped/<prompt>/<reason>`` or ``flagged/...``) and the card lists them. Cleanups are counted as
-``cleaned/<prompt>/<note>``. Chunked rewriting (``finephrase.steps.chunked``) runs the cleaning
+``cleaned/<prompt>/<note>``. Chunked rewriting (``finephrase.steps.rephrase.chunked``) runs the cleaning
 stage on every chunk and the checks on the joined text.
 """
 

@@ -22,7 +22,7 @@ datatrove's ``EndpointServer`` knows one URL and treats HTTP 500 as fatal for th
   Where the replicas' supervisor writes a state file, a supervisor that gave up ends the task
   at once with its reason (:class:`~finephrase.errors.ReplicasCrashed`).
 
-The wire protocol is pluggable (``finephrase.servers.protocols``): OpenAI chat completions
+The wire protocol is pluggable (``finephrase.inference.protocols``): OpenAI chat completions
 (vLLM, SGLang, llama.cpp, TGI's Messages API) or TGI's native ``/generate``.
 """
 
@@ -37,15 +37,14 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import aiohttp
 from datatrove.pipeline.inference.servers.base import InferenceServer
 from datatrove.pipeline.inference.types import InferenceError
 from loguru import logger
-
-import aiohttp
 from yarl import URL
 
 from finephrase.errors import GeneratorRejected, GeneratorUnavailable, ReplicasCrashed
-from finephrase.servers.protocols import Protocol, ProtocolError, make_protocol
+from finephrase.inference.protocols import Protocol, ProtocolError, make_protocol
 
 if TYPE_CHECKING:
     from datatrove.pipeline.inference.run_inference import InferenceConfig
@@ -446,20 +445,11 @@ class ReplicaPool(InferenceServer):
         Attempts that reached a replica (an error status, a timeout, a dropped connection, a malformed answer)
         count against ``max_retries``; a replica that refuses connections is taken out of rotation and the request
         goes elsewhere or waits for one, without spending an attempt: nothing was wrong with the request."""
-        ready = self._server_ready
-        if not ready.done() or ready.exception() is not None:
-            if self._bg_start_server_task is None:  # used without ``async with``: start it, never wait on nothing
-                self._bg_start_server_task = asyncio.create_task(self.bg_start_server())
-            await ready  # raises why the pool never became ready (GeneratorUnavailable, ReplicasCrashed, ...)
-        session = self._session
-        if session is None or session.closed:
-            session = await self._get_session()
+        session = await self._ready_session()
         protocol = self.protocol
         body, context = protocol.prepare(payload)
         timeout = self.config.request_timeout
-        task = asyncio.current_task() if timeout else None
-        if task is not None and self._watchdog is None:
-            self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+        task = self._watched_task() if timeout else None
         inflight = self._inflight
         tried: set[str] = set()
         last_error = ""
@@ -479,35 +469,14 @@ class ReplicaPool(InferenceServer):
                 response = protocol.parse(raw, context)
                 replica.failures = 0
                 return response
-            except (ValueError, KeyError, TypeError, IndexError) as e:  # an answer that is not the protocol's JSON
-                last_error = f"malformed answer from {replica.url}: {type(e).__name__}: {str(e)[:200]}"
-                replica.failures += 1
-            except ProtocolError as e:
-                last_error = f"HTTP {e.status} from {replica.url}: {server_message(e.body)[:300]}"
-                if e.status not in RETRYABLE_STATUS:
-                    raise refusal(e.status, e.body, replica.url) from None
-                replica.failures += 1
             except asyncio.CancelledError:
-                if task is None or task not in self._timed_out:
+                if not self._timed_out_here(task):
                     raise
-                self._timed_out.discard(task)
-                if task.uncancel() > 0:  # also cancelled from outside: that one wins
-                    raise
-                self.timeouts += 1
                 last_error = f"timeout after {timeout}s from {replica.url}"
-            except asyncio.TimeoutError:  # before OSError: TimeoutError is an OSError
-                last_error = f"timeout from {replica.url}"
-            except (aiohttp.ClientConnectorError, ConnectionRefusedError) as e:
-                # nothing listens there (any more): out of rotation until a probe succeeds; not an attempt
-                self._mark_down(replica, f"{type(e).__name__}: {e}")
-                continue
-            except (aiohttp.ClientConnectionError, ConnectionError, OSError) as e:
-                # reset / disconnected mid-request (a dying server, or a keep-alive race): retry elsewhere,
-                # and take the replica out after consecutive failures
-                last_error = f"{type(e).__name__} from {replica.url}: {e}"
-                replica.failures += 1
-                if replica.failures >= 2:
-                    self._mark_down(replica, last_error)
+            except Exception as e:  # noqa: BLE001 - sorted (and re-raised when not a failed attempt) below
+                last_error = self._attempt_error(e, replica)
+                if last_error is None:
+                    continue  # not an attempt: the replica refused the connection
             finally:
                 replica.in_flight -= 1
                 if task is not None:
@@ -517,6 +486,60 @@ class ReplicaPool(InferenceServer):
                 logger.debug(f"retrying request (attempt {attempt}/{self.max_retries}): {last_error}")
                 await asyncio.sleep(self._backoff(attempt - 1))
         raise RequestFailed(f"gave up after {self.max_retries + 1} tries: {last_error}")
+
+    async def _ready_session(self):
+        """The HTTP session, once the pool is ready (started here when used without ``async with``)."""
+        ready = self._server_ready
+        if not ready.done() or ready.exception() is not None:
+            if self._bg_start_server_task is None:  # used without ``async with``: start it, never wait on nothing
+                self._bg_start_server_task = asyncio.create_task(self.bg_start_server())
+            await ready  # raises why the pool never became ready (GeneratorUnavailable, ReplicasCrashed, ...)
+        session = self._session
+        if session is None or session.closed:
+            session = await self._get_session()
+        return session
+
+    def _watched_task(self) -> asyncio.Task | None:
+        """The current task, watched for ``request_timeout`` by one watchdog task."""
+        task = asyncio.current_task()
+        if task is not None and self._watchdog is None:
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+        return task
+
+    def _timed_out_here(self, task: asyncio.Task | None) -> bool:
+        """True when the watchdog (not someone else) cancelled ``task``: the attempt timed out."""
+        if task is None or task not in self._timed_out:
+            return False
+        self._timed_out.discard(task)
+        if task.uncancel() > 0:  # also cancelled from outside: that one wins
+            return False
+        self.timeouts += 1
+        return True
+
+    def _attempt_error(self, e: Exception, replica: Replica) -> str | None:
+        """What a failed attempt says (it counts against ``max_retries``); None: not an attempt (nothing listens
+        there: out of rotation). A refusal (a non-retryable 4xx) and anything unexpected are raised."""
+        if isinstance(e, ProtocolError):
+            if e.status not in RETRYABLE_STATUS:
+                raise refusal(e.status, e.body, replica.url) from None
+            replica.failures += 1
+            return f"HTTP {e.status} from {replica.url}: {server_message(e.body)[:300]}"
+        if isinstance(e, (ValueError, KeyError, TypeError, IndexError)):  # an answer that is not the protocol's JSON
+            replica.failures += 1
+            return f"malformed answer from {replica.url}: {type(e).__name__}: {str(e)[:200]}"
+        if isinstance(e, asyncio.TimeoutError):  # before OSError: TimeoutError is an OSError
+            return f"timeout from {replica.url}"
+        if isinstance(e, (aiohttp.ClientConnectorError, ConnectionRefusedError)):
+            self._mark_down(replica, f"{type(e).__name__}: {e}")
+            return None
+        if isinstance(e, (aiohttp.ClientConnectionError, ConnectionError, OSError)):
+            # reset / disconnected mid-request (a dying server, or a keep-alive race): retry elsewhere,
+            # and take the replica out after consecutive failures
+            replica.failures += 1
+            if replica.failures >= 2:
+                self._mark_down(replica, f"{type(e).__name__} from {replica.url}: {e}")
+            return f"{type(e).__name__} from {replica.url}: {e}"
+        raise e
 
     _make_request = request  # datatrove's InferenceServer.make_request calls this
 

@@ -177,8 +177,8 @@ class EmbeddedServers:
                   "port": str(port), "n_ctx": str(self.n_ctx), "threads": str(self.threads)}
         if self.server_command:
             return [part.format(**values) for part in self.server_command]
-        # llama_cpp.server with max_tokens a hard limit (see finephrase.servers.llama_server)
-        return [sys.executable, "-c", "from finephrase.servers.llama_server import main; main()  # llama_cpp.server",
+        # llama_cpp.server with max_tokens a hard limit (see finephrase.inference.llama_server)
+        return [sys.executable, "-c", "from finephrase.inference.llama_server import main; main()  # llama_cpp.server",
                 "--model", self.gguf, "--model_alias", self.alias,
                 "--host", self.host, "--port", str(port), "--n_ctx", str(self.n_ctx),
                 "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads)]

@@ -40,6 +40,8 @@ import struct
 
 import orjson
 
+from finephrase.inference.request_builder import DEFAULT_MAX_NEW_TOKENS
+
 # finephrase's generation parameters, in the order they are recorded
 GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "seed", "stop")
 # their names in an OpenAI chat payload
@@ -249,7 +251,10 @@ class TGIGenerate(Protocol):
 
     def template(self):
         if self._template is None:
-            from finephrase.chat_template import ChatTemplate, ChatTemplateError
+            from finephrase.inference.chat_template import (
+                ChatTemplate,
+                ChatTemplateError,
+            )
 
             if not self.tokenizer:
                 raise ChatTemplateError("TGI /generate needs the model's chat template: set generator.tokenizer")
@@ -258,7 +263,7 @@ class TGIGenerate(Protocol):
 
     def sent_params(self, params: dict) -> dict:
         sent = tgi_sent_params(params)
-        sent.setdefault("max_new_tokens", 1024)
+        sent.setdefault("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
         return {key: sent[key] for key in GENERATION_KEYS if key in sent}
 
     def to_request(self, payload: dict) -> dict:
@@ -282,7 +287,7 @@ class TGIGenerate(Protocol):
 
     def prompt_tokens(self, inputs: str) -> int:
         if self._counter is None:
-            from finephrase.tokens import TokenCounter
+            from finephrase.inference.tokens import TokenCounter
 
             spec = self.tokenizer if self.tokenizer and self.tokenizer.endswith(".gguf") else None
             if spec is None and self.tokenizer and os.path.exists(self.tokenizer):

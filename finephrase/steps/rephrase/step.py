@@ -7,12 +7,11 @@ finephrase's ``ReplicaPool`` as the server (several replicas, TGI or OpenAI prot
 retries that never end the task) and a rollout that
 
 - renders every prompt for the document (sandboxed Jinja2),
-- truncates the document at a token budget derived from the server's context window and the
-  prompt's ``max_new_tokens`` (recorded per row), or rewrites it chunk by chunk
-  (``context: chunked``, Kimi K2 style, see ``finephrase.steps.chunked``),
-- on an "input too long" answer (``InputTooLong``: 413, or a 400/422 saying so) truncates to half
-  and retries once, then records the failure for that prompt (counted in stats, logged with the
-  document id) — one bad document never ends the task and never takes the other documents with it;
+- fits the document into the request with the prompt's strategy (``STRATEGIES``): ``truncate`` cuts it at
+  a token budget derived from the server's context window and the prompt's ``max_new_tokens`` (recorded
+  per row; :mod:`.truncate`), ``chunked`` rewrites it chunk by chunk (Kimi K2 style; :mod:`.chunked`);
+- records a failed generation for that prompt (counted in stats, logged with the document id) — one bad
+  document never ends the task and never takes the other documents with it;
 - treats any other refusal (``RequestRejected``: a parameter, the model name, auth) as the
   configuration problem it is: while no request of the task has been answered, the same
   refusal ``REJECTIONS_BEFORE_STOP`` times stops the task with ``GeneratorRejected`` quoting
@@ -36,13 +35,21 @@ from datatrove.pipeline.inference.types import InferenceError, InferenceResult
 from loguru import logger
 
 from finephrase.errors import GeneratorRejected
-from finephrase.inference_io import BatchedRequestCache, FastCheckpointManager, LeanJsonlWriter, jsonl_adapter
-from finephrase.inference_runner import LeanInferenceRunner
+from finephrase.inference.io import (
+    BatchedRequestCache,
+    FastCheckpointManager,
+    LeanJsonlWriter,
+    jsonl_adapter,
+)
+from finephrase.inference.pool import RequestRejected, rejection_hint
+from finephrase.inference.request_builder import RequestBuilder
+from finephrase.inference.runner import LeanInferenceRunner
+from finephrase.inference.tokens import TokenCounter
 from finephrase.prompts import Prompt, load_prompt
-from finephrase.servers.pool import InputTooLong, RequestRejected, rejection_hint
-from finephrase.tokens import TokenCounter
+from finephrase.steps.rephrase.chunked import rewrite_chunked
+from finephrase.steps.rephrase.truncate import rewrite_truncated
 
-PROMPT_MARGIN_TOKENS = 32
+STRATEGIES = {"truncate": rewrite_truncated, "chunked": rewrite_chunked}  # prompt.context -> strategy
 REJECTIONS_BEFORE_STOP = 3  # the same refusal this many times with nothing answered yet: a configuration problem
 
 
@@ -131,23 +138,23 @@ class Rephrase(LeanInferenceRunner):
             metadata_key="rollout_results",
             skip_bad_requests=True,
         )
-        # same files and semantics as datatrove's, less work per document (see finephrase.inference_io)
+        # same files and semantics as datatrove's, less work per document (see finephrase.inference.io)
         self.request_cache = BatchedRequestCache(checkpoints_dir)
         self.checkpoint_manager = FastCheckpointManager(checkpoints_dir, records_per_chunk, request_cache=self.request_cache)
-        self._budgets: dict[str, int] = {}
-        self._params: dict[str, dict] = {}
+        # sampling parameters (cached per prompt), token budgets (per prompt and max_new_tokens), payloads
+        self.request_builder = RequestBuilder(model, self.generation_params, context_length, self.tokens)
         self._answered = 0  # requests answered in this task (a refusal after that is a counted skip)
         self._rejections: dict[str, int] = {}  # "status message" -> times, while nothing was answered
 
     # ------------------------------------------------------------------ server
     def _init_server(self, rank: int):
-        from finephrase.servers.pool import ReplicaPool
+        from finephrase.inference.pool import ReplicaPool
 
         endpoints = self.endpoints
         if self.embedded is not None:
-            from finephrase.servers.embedded import EmbeddedServers
+            from finephrase.inference.backends import EmbeddedBackend
 
-            self._embedded_servers = EmbeddedServers(**self.embedded)
+            self._embedded_servers = EmbeddedBackend.make_servers(**self.embedded)
             endpoints = self._embedded_servers.start()
         self._server = ReplicaPool(
             self.config,
@@ -172,19 +179,8 @@ class Rephrase(LeanInferenceRunner):
                 servers.stop()
 
     def budget_for(self, prompt: Prompt, max_new_tokens: int) -> int:
-        """Tokens of source text that fit: context - max_new_tokens - prompt overhead - margin."""
-        key = f"{prompt.sha256}:{max_new_tokens}"  # a str key: datatrove writes the step's attributes to executor.json
-        if key not in self._budgets:
-            self._budgets[key] = self._compute_budget(prompt, max_new_tokens)
-        return self._budgets[key]
-
-    def _compute_budget(self, prompt: Prompt, max_new_tokens: int) -> int:
-        info = self._server.server_info if self._server is not None else {}
-        context = self.context_length or info.get("max_total_tokens") or 4096
-        if info.get("max_input_tokens"):
-            context = min(context, info["max_input_tokens"] + max_new_tokens)
-        overhead = self.tokens.count("\n".join(m["content"] for m in prompt.render(""))) + 16 * 2
-        return max(64, context - max_new_tokens - overhead - PROMPT_MARGIN_TOKENS)
+        """Tokens of source text that fit: context - max_new_tokens - prompt overhead - margin (RequestBuilder)."""
+        return self.request_builder.budget_for(prompt, max_new_tokens, self._server)
 
     # ------------------------------------------------------------------ hot path
     async def _held_request(self, payload: dict, semaphore, server, doc_id: str | None = None, rollout_idx: int = 0,
@@ -255,16 +251,11 @@ class Rephrase(LeanInferenceRunner):
     # ------------------------------------------------------------------ rollout
     def params_for(self, prompt: Prompt) -> dict:
         """The prompt's sampling parameters with the recipe's overrides (computed once per prompt; do not mutate)."""
-        params = self._params.get(prompt.sha256)
-        if params is None:
-            params = {**prompt.generation, **self.generation_params}
-            params.setdefault("max_new_tokens", 1024)
-            self._params[prompt.sha256] = params
-        return params
+        return self.request_builder.params_for(prompt)
 
     def sent_params(self, params: dict) -> dict:
         """The generation parameters as the protocol puts them on the wire (the ``generation_params`` column)."""
-        from finephrase.servers.protocols import make_protocol
+        from finephrase.inference.protocols import make_protocol
 
         protocol = self._server.protocol if self._server is not None else make_protocol(self.protocol)
         return protocol.sent_params(params)
@@ -299,13 +290,9 @@ class Rephrase(LeanInferenceRunner):
         self.stat_update(f"routed/{bucket}")
         return [p for p in self.prompts if p.suits in ("any", bucket)]
 
-    def _payload(self, prompt: Prompt, text: str, params: dict, **context: Any) -> dict:
-        payload = {"messages": prompt.render(text, **context), "max_tokens": params["max_new_tokens"],
-                   "model": self.config.model_name_or_path}
-        for key in ("temperature", "top_p", "seed"):
-            if params.get(key) is not None:
-                payload[key] = params[key]
-        return payload
+    def payload(self, prompt: Prompt, text: str, params: dict, **context: Any) -> dict:
+        """The request for ``text`` with ``prompt`` (RequestBuilder; ``context``: the chunk variables)."""
+        return self.request_builder.payload(prompt, text, params, **context)
 
     async def _rephrase_one(self, prompt: Prompt, document: Document, generate, keyed: bool = False) -> dict:
         """One prompt for one document: the row entry (``{prompt.name: entry}`` when ``keyed``)."""
@@ -321,32 +308,7 @@ class Rephrase(LeanInferenceRunner):
             "generation_params": self.sent_params(params),
         }
         try:
-            if prompt.context == "chunked":
-                from finephrase.steps.chunked import rephrase_chunked
-
-                entry.update(await rephrase_chunked(self, prompt, document.text, params, generate))
-            else:  # truncated to the token budget (inline: this is the hot path)
-                source = document.text
-                budget = self.budget_for(prompt, params["max_new_tokens"])
-                text, source_tokens, truncated = self.tokens.truncate(source, budget)
-                try:
-                    result = await generate(self._payload(prompt, text, params))
-                except InputTooLong:
-                    # the server says the input does not fit: cut to half the budget and retry once; a second
-                    # refusal fails this prompt for this document (counted below)
-                    text, source_tokens, truncated = self.tokens.truncate(source, budget // 2)
-                    self.stat_update(f"retried_truncated/{prompt.name}")
-                    result = await generate(self._payload(prompt, text, params))
-                usage = result.usage or {}
-                entry["text"] = result.text
-                entry["finish_reason"] = result.finish_reason
-                entry["prompt_tokens"] = int(usage.get("prompt_tokens", 0))
-                entry["completion_tokens"] = int(usage.get("completion_tokens", 0))
-                entry["truncated"] = truncated
-                entry["source_tokens"] = source_tokens
-                entry["source_tokens_used"] = self.tokens.count(text) if truncated else source_tokens
-                entry["tokens_estimated"] = not self.tokens.exact
-                entry["chunks"] = 1
+            entry.update(await STRATEGIES[prompt.context](self, prompt, document.text, params, generate))
             name = prompt.name
             self.stat_update(f"rephrased/{name}")
             self.stat_update(f"prompt_tokens/{name}", value=entry["prompt_tokens"])

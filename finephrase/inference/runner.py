@@ -38,7 +38,11 @@ from functools import partial
 
 from datatrove.data import Document
 from datatrove.pipeline.inference.run_inference import InferenceRunner
-from datatrove.pipeline.inference.types import InferenceError, InferenceResult, ServerError
+from datatrove.pipeline.inference.types import (
+    InferenceError,
+    InferenceResult,
+    ServerError,
+)
 from datatrove.utils.stats import MetricStats, TimingStats
 from loguru import logger
 
@@ -96,6 +100,41 @@ class FastSemaphore:
 
     async def __aexit__(self, *exc):
         self.release()
+
+
+class DocumentTasks:
+    """The documents in flight: at most ``limit`` at once; the first error (or a cancelled document: never lost
+    silently) ends the task, raised at the next ``start`` or at ``wait``, as in datatrove."""
+
+    def __init__(self, limit: int):
+        self.pending: set[asyncio.Task] = set()
+        self.failed: list[BaseException] = []
+        self._slots = FastSemaphore(limit)
+
+    async def start(self, make_coroutine) -> None:
+        await self._slots.acquire()
+        if self.failed:
+            raise self.failed[0]
+        task = asyncio.get_running_loop().create_task(make_coroutine())
+        self.pending.add(task)
+        task.add_done_callback(self._done)
+
+    async def wait(self) -> None:
+        if self.pending:
+            await asyncio.wait(set(self.pending))
+        if self.failed:
+            raise self.failed[0]
+
+    def _done(self, task: asyncio.Task) -> None:
+        self.pending.discard(task)
+        self._slots.release()
+        error = None if task.cancelled() else task.exception()  # retrieved even when not the first
+        if self.failed:
+            return
+        if task.cancelled():  # nothing but the shutdown cancels a document
+            self.failed.append(RuntimeError("a document task was cancelled"))
+        elif error is not None:
+            self.failed.append(error)
 
 
 def folded_stats(values: list, unit: str | None) -> MetricStats:
@@ -307,68 +346,54 @@ class LeanInferenceRunner(InferenceRunner):
             self.metrics.reset()
             metrics_task = asyncio.create_task(self.metrics_reporter(interval=self.config.metric_interval))
             flusher_task = asyncio.create_task(self._flusher())
-
-            pending: set[asyncio.Task] = set()
-            failed: list[BaseException] = []
-            slots = FastSemaphore(self.config.max_concurrent_documents)
-
-            def document_done(task: asyncio.Task) -> None:
-                pending.discard(task)
-                slots.release()
-                error = None if task.cancelled() else task.exception()  # retrieved even when not the first
-                if failed:
-                    return
-                if task.cancelled():  # nothing but the shutdown below cancels a document: never lose one silently
-                    failed.append(RuntimeError("a document task was cancelled"))
-                elif error is not None:
-                    failed.append(error)
-
-            chunk_index: int | None = None
+            documents = DocumentTasks(self.config.max_concurrent_documents)
             completed_successfully = False
-            timer = self.stats.stats.get("inference_time")
-            if not isinstance(timer, TimingStats):
-                timer = self.stats.stats["inference_time"] = TimingStats(unit="seconds")
-            timer.unit = "seconds"
-            loop = asyncio.get_running_loop()
             try:
-                with timer, self.output_writer as output_writer_context, \
+                with self._inference_timer(), self.output_writer as output_writer_context, \
                         self.get_shared_context_cm() as shared_context_data:
                     rollout_fn = partial(self.rollout_fn, **shared_context_data) if shared_context_data \
                         else self.rollout_fn
-                    # this also re-writes the documents of unfinished chunks to the output writer
-                    documents_to_skip, processed_ids = await self.checkpoint_manager.parse_existing_checkpoints(
-                        rank, output_writer_context)
-                    if documents_to_skip > 0:
-                        logger.info(f"Resuming from previous checkpoint. Will skip "
-                                    f"{documents_to_skip + len(processed_ids)} already processed documents")
-                    record_idx = -1
-                    chunk_index_gen = self.checkpoint_manager.chunk_index_gen()
-                    async for record in self._async_data_gen(data_gen):
-                        record_idx += 1
-                        chunk_index = next(chunk_index_gen)
-                        if record_idx < documents_to_skip:
-                            continue
-                        if record_idx == documents_to_skip and documents_to_skip > 0:
-                            logger.info(f"Skipped {documents_to_skip} documents. Resuming from chunk {chunk_index}")
-                        if processed_ids and record.id in processed_ids:
-                            processed_ids.remove(record.id)
-                            continue
-                        await slots.acquire()
-                        if failed:
-                            raise failed[0]  # the first unhandled error ends the task, as in datatrove
-                        task = loop.create_task(self._handle_record(record, rank, chunk_index, rollout_fn,
-                                                                    output_writer_context, inference_server,
-                                                                    semaphore))
-                        pending.add(task)
-                        task.add_done_callback(document_done)
-                    if pending:
-                        await asyncio.wait(set(pending))
-                    if failed:
-                        raise failed[0]
-                    if chunk_index is not None:
-                        await self.checkpoint_manager.cleanup_last_chunk(rank, chunk_index)
+                    last_chunk: list[int] = []  # the chunk index of the last document read, skipped ones too
+                    async for record, chunk_index in self._records_to_run(data_gen, rank, output_writer_context,
+                                                                          last_chunk):
+                        await documents.start(lambda r=record, c=chunk_index: self._handle_record(
+                            r, rank, c, rollout_fn, output_writer_context, inference_server, semaphore))
+                    await documents.wait()
+                    if last_chunk:
+                        await self.checkpoint_manager.cleanup_last_chunk(rank, last_chunk[0])
                 completed_successfully = True
             finally:
                 self._flush_progress()
                 flusher_task.cancel()
-                await self._cleanup(metrics_task, pending, delete_cache_file=completed_successfully)
+                await self._cleanup(metrics_task, documents.pending, delete_cache_file=completed_successfully)
+
+    def _inference_timer(self) -> TimingStats:
+        """datatrove's ``inference_time`` stat (seconds), timing the whole loop."""
+        timer = self.stats.stats.get("inference_time")
+        if not isinstance(timer, TimingStats):
+            timer = self.stats.stats["inference_time"] = TimingStats(unit="seconds")
+        timer.unit = "seconds"
+        return timer
+
+    async def _records_to_run(self, data_gen, rank: int, output_writer_context, last_chunk: list[int]):
+        """(document, checkpoint chunk index) of every document not done yet: the checkpoints of a previous
+        attempt are read first (which re-writes the documents of unfinished chunks to the output)."""
+        documents_to_skip, processed_ids = await self.checkpoint_manager.parse_existing_checkpoints(
+            rank, output_writer_context)
+        if documents_to_skip > 0:
+            logger.info(f"Resuming from previous checkpoint. Will skip "
+                        f"{documents_to_skip + len(processed_ids)} already processed documents")
+        chunk_index_gen = self.checkpoint_manager.chunk_index_gen()
+        record_idx = -1
+        async for record in self._async_data_gen(data_gen):
+            record_idx += 1
+            chunk_index = next(chunk_index_gen)
+            last_chunk[:] = [chunk_index]
+            if record_idx < documents_to_skip:
+                continue
+            if record_idx == documents_to_skip and documents_to_skip > 0:
+                logger.info(f"Skipped {documents_to_skip} documents. Resuming from chunk {chunk_index}")
+            if processed_ids and record.id in processed_ids:
+                processed_ids.remove(record.id)
+                continue
+            yield record, chunk_index

@@ -1,0 +1,22 @@
+"""How finephrase reaches a model: the request path from a payload to an answer.
+
+What lives here:
+
+* :mod:`~finephrase.inference.backends` — the generator backends by registration (``embedded``, ``openai``,
+  ``tgi``): required settings, request addressing, runtime (the embedded replicas start here), card facts;
+* :mod:`~finephrase.inference.request_builder` — sampling parameters, token budget and payload of a request
+  (the only home of the defaults); :mod:`~finephrase.inference.tokens` and
+  :mod:`~finephrase.inference.chat_template` — counting tokens and rendering the model's chat template;
+* :mod:`~finephrase.inference.protocols` — the wire protocols (OpenAI chat, TGI Messages API, TGI ``/generate``);
+* :mod:`~finephrase.inference.pool` — the client-side replica pool: ``ReplicaPool.request(payload)``, the one
+  coroutine that sends a request, with typed refusals (``InputTooLong``, ``RequestRejected``, ``RequestFailed``);
+* :mod:`~finephrase.inference.runner` and :mod:`~finephrase.inference.io` — the lean datatrove inference runner
+  and its checkpoint / request-cache / writer;
+* :mod:`~finephrase.inference.embedded` and :mod:`~finephrase.inference.llama_server` — supervised llama.cpp
+  replicas on this machine.
+
+What it may import: datatrove, aiohttp, orjson, the standard library, and from finephrase only
+``finephrase.errors``, ``finephrase.lifetime``, ``finephrase.resources``, ``finephrase.embedded_setup`` and ``finephrase.prompts`` (the prompt
+model, for payloads). Never ``finephrase.steps``, ``finephrase.pipeline``, ``finephrase.report``, ``finephrase.run``
+or ``finephrase.cli``: those use it. The recipe's ``GeneratorConfig`` is a type only (see ``backends``).
+"""

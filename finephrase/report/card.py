@@ -1,0 +1,330 @@
+"""Dataset cards: ``OUTPUT/README.md`` from ``cards/dataset_card.md.j2`` with huggingface_hub's
+``DatasetCard`` / ``DatasetCardData``.
+
+This module only renders. Every number comes from the run report (:mod:`finephrase.report`: datatrove's stats
+and the parquet footers, read once when the run ended and saved in ``.finephrase/report.json``); the sentences
+are in the template, the licence identifiers in ``cards/licenses.md``, the ``configs`` list (``all``, kept
+configs) in :func:`finephrase.report.dataset_configs`. The card never contains a token or a local absolute
+path (:func:`scrub` runs on the rendered card).
+
+When an output is pushed to a repository that already holds configs from an earlier push,
+:func:`finephrase.hub.push_output` passes those configs as ``kept_configs``: they stay in the YAML
+``configs`` (and in ``all``) and the body lists them as kept from an earlier push.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+
+import yaml
+from huggingface_hub import DatasetCard, DatasetCardData
+
+from finephrase.inference.backends import backend_for
+from finephrase.inference.request_builder import DEFAULT_MAX_NEW_TOKENS
+from finephrase.prompts import Prompt
+from finephrase.report import (
+    ALL,
+    MIX,
+    RunReport,
+    config_paths,
+    dataset_configs,
+    load_report,
+    report_from_summary,
+)
+from finephrase.report.configs import SPECIAL_CONFIGS, kept_names, local_entry
+from finephrase.report.names import HIDDEN_STEP_STAT_PREFIXES, SHOWN_STEP_STATS
+from finephrase.report.run_report import ConfigFiles
+from finephrase.resources import card_template
+from finephrase.steps.format_rows import ROW_COLUMNS
+from finephrase.steps.mix import MIX_SCHEMA_COLUMNS
+
+COLUMN_NOTES = {"text": " (generated)", "generation_params": " (JSON)", "mix.kind": " (`real` or `synthetic`)"}
+
+CARD_TEMPLATE = card_template()  # the wheel's package data, or cards/ of a source checkout
+LICENSES_FILE = CARD_TEMPLATE.parent / "licenses.md"
+
+__all__ = ["CARD_TEMPLATE", "SPECIAL_CONFIGS", "build_card", "config_paths", "license_metadata", "render_card",
+           "scrub", "write_card"]
+
+# --- scrubbing -------------------------------------------------------------------------------------------------
+
+# /an/absolute/path (not part of a URL, a relative path or a word); Windows C:\paths; file:// URLs
+ABS_PATH_RE = re.compile(r"(?<![\w:/.~-])/(?:[\w.@+-]+/)+[\w.@+-]*")
+WIN_PATH_RE = re.compile(r"(?<![\w])[A-Za-z]:\\(?:[^\\\s`'\"|<>]+\\)*[^\\\s`'\"|<>]*")
+FILE_URL_RE = re.compile(r"file://[^\s`'\")<>|]+")
+TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{8,}|\bsk-[A-Za-z0-9_-]{20,}")
+SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
+def _basename(path: str) -> str:
+    return re.split(r"[\\/]", path.rstrip("/\\"))[-1]
+
+
+def scrub(text: str, secrets: tuple[str, ...] | list[str] = ()) -> str:
+    """Remove anything that looks like an HF/OpenAI token, the values of the token environment variables and
+    of ``secrets``, and local absolute paths (``/home/me/data/x.jsonl`` -> ``<local>/x.jsonl``)."""
+    values = [s for s in (*secrets, *(os.environ.get(v) for v in SECRET_ENV_VARS)) if s and len(s) >= 6]
+    for value in sorted(set(values), key=len, reverse=True):
+        text = text.replace(value, "<redacted>")
+    text = TOKEN_RE.sub("<redacted>", text)
+    text = FILE_URL_RE.sub(lambda m: "<local>/" + _basename(m.group(0)), text)
+    text = WIN_PATH_RE.sub(lambda m: "<local>/" + _basename(m.group(0)), text)
+    return ABS_PATH_RE.sub(lambda m: "<local>/" + _basename(m.group(0)), text)
+
+
+# --- licenses --------------------------------------------------------------------------------------------------
+
+_SPDX_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+-]*$")
+
+
+@functools.lru_cache(maxsize=1)
+def _licenses() -> tuple[frozenset, dict]:
+    """(Hub licence ids, links of other licences) from the YAML block of ``cards/licenses.md``."""
+    block = re.search(r"```yaml\n(.*?)```", LICENSES_FILE.read_text(encoding="utf-8"), re.DOTALL)
+    data = yaml.safe_load(block.group(1)) if block else {}
+    return frozenset(str(x) for x in data.get("hub") or ()), {str(k): str(v) for k, v in (data.get("links") or {}).items()}
+
+
+def license_metadata(license: str | None) -> dict:
+    """Card metadata for a license given as in a recipe: a Hub id (any case) -> ``{"license": id}``; anything
+    else -> ``license: other`` with ``license_name`` (lowercase, dashes) and ``license_link``."""
+    if not license or not str(license).strip():
+        return {"license": "unknown"}
+    hub_ids, links = _licenses()
+    value = str(license).strip()
+    low = value.lower()
+    if low in hub_ids:
+        return {"license": low}
+    if low.startswith(("http://", "https://")):
+        name = re.sub(r"[^a-z0-9.]+", "-", low.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]).strip("-")
+        return {"license": "other", "license_name": name or "custom", "license_link": value}
+    out = {"license": "other", "license_name": re.sub(r"[^a-z0-9.+]+", "-", low).strip("-") or "custom"}
+    link = links.get(low) or (f"https://spdx.org/licenses/{value}.html" if _SPDX_ID_RE.match(value) else None)
+    if link:
+        out["license_link"] = link
+    return out
+
+
+# --- views: the report's data, shaped for the template ------------------------------------------------------------
+
+
+def _size_category(n: int) -> str:
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                         (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"),
+                         (10_000_000_000, "1B<n<10B"), (100_000_000_000, "10B<n<100B"),
+                         (1_000_000_000_000, "100B<n<1T")):
+        if n < limit:
+            return label
+    return "n>1T"
+
+
+def _fmt_num(v) -> str:
+    if isinstance(v, float) and not v.is_integer():
+        return f"{v:,.1f}"
+    try:
+        return f"{int(v):,}"
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def _prompt_configs(report: RunReport, prompts: list[Prompt]) -> list[ConfigFiles]:
+    """The report's configs of ``prompts`` (those with files), in the prompts' order."""
+    for p in prompts:
+        if p.config_name in SPECIAL_CONFIGS:
+            raise ValueError(f"prompt {p.ref!r}: the config name {p.config_name!r} is reserved (all, mix)")
+    found = (report.config(p.config_name) for p in prompts)
+    return [c for c in found if c is not None and c.name not in SPECIAL_CONFIGS]
+
+
+def _total(configs: list[ConfigFiles]) -> ConfigFiles | None:
+    if not configs:
+        return None
+    return ConfigFiles(name=ALL, **{k: sum(getattr(c, k) for c in configs)
+                                    for k in ("files", "rows", "bytes", "prompt_tokens", "completion_tokens")})
+
+
+def _source_name(source) -> str:
+    return source.name or source.dataset or (os.path.basename(source.path.rstrip("/")) if source.path else "source")
+
+
+def _source_view(source) -> dict:
+    name = _source_name(source)
+    key = re.sub(r"[^a-z0-9]+", "", name.lower())[:40] or "source"
+    lines = [f"@misc{{{key},", f"  title={{{name}}},"]
+    if source.dataset:
+        lines.append(f"  howpublished={{\\url{{https://huggingface.co/datasets/{source.dataset}}}}},")
+    if source.license:
+        lines.append(f"  note={{License: {source.license}}},")
+    lines[-1] = lines[-1].rstrip(",")
+    return {"name": name, "dataset": source.dataset, "license": source.license, "kind": source.kind,
+            "citation": "\n".join(lines) + "\n}"}
+
+
+def _card_data(recipe, prompts: list[Prompt], yaml_configs: list[dict], rows: int) -> DatasetCardData:
+    source = recipe.source
+    languages = (recipe.filters.language.languages if recipe.filters.language else None) or ["en"]
+    return DatasetCardData(
+        **license_metadata(recipe.output.license or source.license),
+        language=languages,
+        task_categories=["text-generation"],
+        size_categories=[_size_category(rows)],
+        source_datasets=[source.dataset] if source.dataset else None,
+        pretty_name=recipe.output.pretty_name or recipe.name,
+        tags=list(dict.fromkeys(["synthetic", "rephrased", "finephrase", *sorted({p.set for p in prompts})])),
+        configs=yaml_configs,
+    )
+
+
+def _revision(report: RunReport, configs: list[ConfigFiles]) -> str | None:
+    """The model revision as it ran: the generator's, else the one(s) in the rows' ``model_revision``."""
+    if report.generator.get("model_revision"):
+        return report.generator["model_revision"]
+    revisions = sorted({r for c in configs for r in c.model_revisions})
+    return ", ".join(revisions) if revisions else None
+
+
+def _generator_view(report: RunReport, recipe, configs: list[ConfigFiles]) -> dict:
+    gen, g, counts = report.generator, recipe.generator, report.counts
+    server = gen.get("server", g.server)
+    if counts is not None:  # every generation, failed or dropped ones included
+        prompt_tokens = sum(p.prompt_tokens for p in counts.prompts.values())
+        completion_tokens = sum(p.completion_tokens for p in counts.prompts.values())
+    else:  # no counts: the rows written
+        prompt_tokens, completion_tokens = (sum(c.prompt_tokens for c in configs),
+                                            sum(c.completion_tokens for c in configs))
+    inference_s = (counts.inference_time_s if counts else None) or 0
+    throughput = None
+    if inference_s and completion_tokens:
+        throughput = {"completion": completion_tokens / inference_s,
+                      "total": (prompt_tokens + completion_tokens) / inference_s}
+    gpu_hours, gpus = gen.get("gpu_hours"), gen.get("gpus") or gen.get("gpu_count")
+    if gpu_hours is None and gpus and inference_s:
+        gpu_hours = gpus * inference_s / 3600
+    facts = backend_for(server).card_facts(g, gen)
+    return {
+        "model": gen.get("model") or g.model or "unknown", "revision": _revision(report, configs),
+        "gguf_sha256": gen.get("gguf_sha256"), "server": server, "context": facts["context"], "extra": facts["extra"],
+        "concurrency": g.concurrency, "sampling": g.params.model_dump(exclude_none=True),
+        "inference_s": inference_s, "throughput": throughput, "gpu_hours": gpu_hours,
+        "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+    }
+
+
+def _prompt_views(report: RunReport, recipe, prompts: list[Prompt]) -> list[dict]:
+    """Each prompt with the sampling parameters it ran with (every row's, else its defaults and the recipe's)."""
+    sampling = recipe.generator.params.model_dump(exclude_none=True)
+    views = []
+    for p in prompts:
+        params = {**p.generation, **sampling}
+        params.setdefault("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
+        config = report.config(p.config_name)
+        if config is not None and config.generation_params:
+            try:
+                params = json.loads(config.generation_params)
+            except ValueError:
+                pass
+        views.append({**p.to_dict(), "ref": p.ref, "config_name": p.config_name, "params": params,
+                      "file": f"prompts/{p.set}/{p.name}.yaml"})
+    return views
+
+
+def _mix_view(report: RunReport, recipe, mix: ConfigFiles | None) -> dict | None:
+    if not (recipe.mix or mix):
+        return None
+    counts = report.counts.mix if report.counts else None
+    if counts is not None:
+        m = counts.model_dump()
+    elif mix is not None and mix.kinds:  # no counts: the mix's rows
+        synthetic, real = mix.kinds.get("synthetic"), mix.kinds.get("real")
+        m = {"synthetic_documents": synthetic.rows if synthetic else 0, "synthetic_tokens": synthetic.tokens if synthetic else 0,
+             "real_documents": real.rows if real else 0, "real_tokens": real.tokens if real else 0}
+    else:
+        m = {}
+    synth_t, real_t = m.get("synthetic_tokens"), m.get("real_tokens")
+    achieved = synth_t / (synth_t + real_t) if synth_t is not None and real_t is not None and (synth_t + real_t) else None
+    return {"target": recipe.mix.synthetic if recipe.mix else None, "achieved": achieved, "stats": m,
+            "rows": mix.rows if mix else 0, "seed": recipe.mix.seed if recipe.mix else None}
+
+
+def _step_rows(report: RunReport) -> list[dict]:
+    """Every datatrove step with the counters the card shows (per-prompt ``<stat>/<prompt>`` ones included)."""
+    rows = []
+    for step in report.counts.steps if report.counts else []:
+        shown = {k: step.stats[k] for k in SHOWN_STEP_STATS if k in step.stats}
+        shown.update({k: v for k, v in step.stats.items()
+                      if "/" in k and "XXXXX" not in k and not k.startswith(HIDDEN_STEP_STAT_PREFIXES)})
+        rows.append({"stage": step.stage, "step": step.step, "stats": shown})
+    return rows
+
+
+# --- the card --------------------------------------------------------------------------------------------------
+
+
+def render_card(report: RunReport, recipe, prompts: list[Prompt], repo_id: str | None = None,
+                kept_configs: list[dict] | None = None) -> DatasetCard:
+    """The dataset card of a run, from its report.
+
+    Args:
+        report: the run report (:func:`finephrase.report.load_report`).
+        recipe: the :class:`~finephrase.recipe.Recipe` that made it.
+        prompts: the recipe's resolved prompts.
+        repo_id: the Hub repository (for the loading snippets); default the recipe's ``output.hub_repo``.
+        kept_configs: ``configs`` entries of the remote card that this output does not produce and that stay
+            published (see :func:`finephrase.hub.push_output`).
+    """
+    repo_id = repo_id or recipe.output.hub_repo or f"your-org/{recipe.name}"
+    configs, mix = _prompt_configs(report, prompts), report.config(MIX)
+    local = [c.name for c in configs] + ([MIX] if mix else [])
+    yaml_configs = dataset_configs([local_entry(name) for name in local], kept_configs)
+    total = _total(configs)
+    card_data = _card_data(recipe, prompts, yaml_configs, max(total.rows if total else 0, mix.rows if mix else 0))
+    card = DatasetCard.from_template(
+        card_data,
+        template_path=str(CARD_TEMPLATE),
+        pretty_name=card_data.pretty_name,
+        description=(recipe.description or "").strip(),
+        repo_id=repo_id,
+        prompts=_prompt_views(report, recipe, prompts),
+        configs=([total] if total else []) + configs + ([mix] if mix else []),
+        kept_configs=kept_names(yaml_configs, local),
+        run=report.counts,
+        step_rows=_step_rows(report),
+        source=_source_view(recipe.source),
+        license_text=recipe.output.license or recipe.source.license or "unknown",
+        generator=_generator_view(report, recipe, configs),
+        mix=_mix_view(report, recipe, mix),
+        output_checks=recipe.output_checks,
+        recipe_text=(recipe.raw_text or "").strip(),
+        fmt=_fmt_num,
+        row_columns=ROW_COLUMNS,
+        mix_columns=MIX_SCHEMA_COLUMNS,
+        column_notes=COLUMN_NOTES,
+    )
+    return DatasetCard(scrub(str(card), secrets=_recipe_secrets(recipe)))
+
+
+def build_card(output: str, recipe, prompts: list[Prompt], summary: dict | RunReport | None,
+               repo_id: str | None = None, kept_configs: list[dict] | None = None) -> DatasetCard:
+    """:func:`render_card` for an output folder and a run report, or a ``run.json`` summary (``{}``: unknown;
+    the report is then made from the summary and the parquet files of ``output``)."""
+    report = summary if isinstance(summary, RunReport) else report_from_summary(output, summary, prompts)
+    return render_card(report, recipe, prompts, repo_id=repo_id, kept_configs=kept_configs)
+
+
+def _recipe_secrets(recipe) -> list[str]:
+    env = getattr(recipe.generator, "api_key_env", None)
+    return [os.environ[env]] if env and os.environ.get(env) else []
+
+
+def write_card(output: str, recipe, prompts: list[Prompt], summary: dict | RunReport | None = None,
+               repo_id: str | None = None, kept_configs: list[dict] | None = None) -> str:
+    """Write ``OUTPUT/README.md``; ``summary`` (a report or a ``run.json`` summary) defaults to the saved report
+    (``OUTPUT/.finephrase/report.json``, else ``run.json``)."""
+    report = load_report(output, prompts) if summary is None else summary
+    card = build_card(output, recipe, prompts, report, repo_id=repo_id, kept_configs=kept_configs)
+    path = os.path.join(output, "README.md")
+    card.save(path)
+    return path

@@ -1,0 +1,171 @@
+"""The shape of the code (issue "One straight path"): short functions, no import cycles, datatrove's private
+parts touched only where they still are (and nowhere new).
+
+These read the source with ``ast``; they need no server and run in about a second.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import datatrove
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "finephrase"
+MAX_FUNCTION_LINES = 60  # body lines, docstring excluded
+# datatrove's packages finephrase builds on; their private names (``_x`` methods and ``self._x`` attributes)
+DATATROVE_PARTS = ["pipeline/inference", "pipeline/writers", "pipeline/readers", "pipeline/base.py",
+                   "pipeline/filters/base_filter.py", "utils/stats.py", "executor"]
+# The lean inference runner still subclasses datatrove's InferenceRunner, CheckpointManager, RequestCache,
+# JsonlWriter and InferenceServer and overrides / reads their private parts; no other module may.
+PRIVATE_ACCESS_ALLOWED = {"inference/runner.py", "inference/io.py", "inference/pool.py", "steps/rephrase/step.py"}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for f in PACKAGE.rglob("*.py"):
+        parts = f.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = f
+    return out
+
+
+def _function_lengths(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            first = body[0]
+            docstring = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
+                and isinstance(first.value.value, str)
+            start = (body[1].lineno if len(body) > 1 else first.end_lineno) if docstring else first.lineno
+            yield node, node.end_lineno - start + 1
+
+
+def test_no_function_is_longer_than_sixty_lines():
+    long = [f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({n} lines)"
+            for path in _modules().values() for node, n in _function_lengths(ast.parse(path.read_text()))
+            if n > MAX_FUNCTION_LINES]
+    assert not long, "functions over ~60 lines:\n" + "\n".join(long)
+
+
+def _runtime_imports(tree: ast.AST, modules: dict[str, Path]) -> set[str]:
+    """finephrase modules imported (anywhere in the file, lazily too), except under ``if TYPE_CHECKING``."""
+    typing_only = {id(n) for node in ast.walk(tree)
+                   if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+
+    def owner(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            subs = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in modules]
+            # ``from package import submodule`` imports the submodule (the package's __init__ runs anyway)
+            targets = subs if len(subs) == len(node.names) else [node.module, *subs]
+        else:
+            continue
+        found |= {owner(t) for t in targets if t.split(".")[0] == "finephrase"} - {None}
+    return found
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    modules = _modules()
+    graph = {name: _runtime_imports(ast.parse(path.read_text()), modules) - {name} for name, path in modules.items()}
+    assert not _cycles(graph)
+
+
+def test_the_cycle_check_sees_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def _datatrove_private_names() -> set[str]:
+    root = Path(datatrove.__file__).parent
+    names = set()
+    for part in DATATROVE_PARTS:
+        files = [root / part] if part.endswith(".py") else (root / part).rglob("*.py")
+        for f in files:
+            for node in ast.walk(ast.parse(f.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    names.add(node.name)
+                elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                    names.add(node.attr)
+    return {n for n in names if n.startswith("_") and not n.startswith("__")}
+
+
+def _private_uses(tree: ast.AST, private: set[str]):
+    """Attribute reads/writes of datatrove's private names, methods overriding them, ``__dict__["_x"]``."""
+    methods = {id(f) for c in ast.walk(tree) if isinstance(c, ast.ClassDef) for f in c.body}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in private:
+            yield node.lineno, node.attr
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and id(node) in methods \
+                and node.name in private:
+            yield node.lineno, f"def {node.name}"
+        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and node.slice.value in private:
+            yield node.lineno, f"[{node.slice.value!r}]"
+
+
+def test_datatrove_private_parts_are_touched_only_by_the_lean_runner():
+    private = _datatrove_private_names()
+    assert {"_init_server", "_handle_record", "_get_output_filename"} <= private  # the scan reads datatrove
+    outside = [f"{path.relative_to(PACKAGE)}:{line} {what}"
+               for path in sorted(PACKAGE.rglob("*.py")) if str(path.relative_to(PACKAGE)) not in PRIVATE_ACCESS_ALLOWED
+               for line, what in _private_uses(ast.parse(path.read_text()), private)]
+    assert not outside, "datatrove private parts used outside the lean runner:\n" + "\n".join(outside)
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("class R(X):\n    def _init_server(self):\n        return self._server_ready\n",
+     [(2, "def _init_server"), (3, "_server_ready")]),
+    ("def _init_server():\n    pass\n", []),  # a module-level function of the same name is finephrase's own
+    ("x = step.__dict__['_stats']\n", [(1, "['_stats']")]),
+])
+def test_the_private_scan_sees_overrides_reads_and_dict_access(source, expected):
+    private = {"_init_server", "_server_ready", "_stats"}
+    assert sorted(_private_uses(ast.parse(source), private)) == expected
+
+
+def test_every_package_says_what_lives_there_and_what_it_may_import():
+    for init in sorted(PACKAGE.rglob("__init__.py")):
+        if "_packaged" in init.parts:
+            continue
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        assert "import" in doc.lower() and len(doc) > 200, f"{init.relative_to(PACKAGE.parent)}: docstring"
