@@ -96,18 +96,25 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
 
 
+def _munge_works() -> bool:
+    try:
+        return subprocess.run(["munge", "-n"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 def _start_munge(folder: str) -> subprocess.Popen | None:
     """munged (its own, unless one already runs): returns the process to stop, or None."""
-    if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode == 0:
+    if _munge_works():
         return None
     os.makedirs("/run/munge", exist_ok=True)
     shutil.chown("/run/munge", "munge", "munge")
     if not os.path.exists("/etc/munge/munge.key"):
         subprocess.run(["/usr/sbin/mungekey", "--create"], check=True, timeout=30)
         shutil.chown("/etc/munge/munge.key", "munge", "munge")
-    proc = subprocess.Popen(["runuser", "-u", "munge", "--", "/usr/sbin/munged", "--foreground"],
+    proc = subprocess.Popen(["/usr/sbin/munged", "--foreground"], user="munge", group="munge", extra_groups=[],
                             stdout=open(os.path.join(folder, "munged.log"), "ab"), stderr=subprocess.STDOUT)
-    _wait(lambda: os.path.exists("/run/munge/munge.socket.2"), "munged's socket", proc)
+    _wait(_munge_works, "munged (munge -n)", proc)
     return proc
 
 
