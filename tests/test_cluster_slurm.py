@@ -163,3 +163,33 @@ def test_stop_cancels_every_job_of_the_run(slurm_cluster, demo_data, tmp_path):
         assert endpoints.read_text().strip() == "", "the server job removed its endpoint when cancelled"
     finally:
         stop_run(str(out), timeout=60)
+
+
+def test_a_server_cancelled_mid_run_loses_nothing(slurm_cluster, demo_data, tmp_path):
+    """Two server jobs; one is cancelled while the rephrase task runs: the run finishes on the other, every document
+    rephrased."""
+    recipe = write_recipe(tmp_path / "recipe.yaml", {"run": {"limit": 8}}, base=cluster_recipe(tmp_path / "base.yaml", 2))
+    out = tmp_path / "out"
+    run_cli("launch", str(recipe), "--executor", "slurm", "--output", str(out))
+    ledger = load_ledger(str(out))
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while True:  # both replicas registered and the rephrase task under way
+            st = run_status(str(out), probe=False)
+            if len(st.endpoints) == 2 and st.documents >= 1:
+                break
+            assert time.monotonic() < deadline and not any(s.failed for s in st.stages), logs_tail(out)
+            time.sleep(0.5)
+        victim = ledger.launches[0].servers[1]
+        subprocess.run(["scancel", victim], check=True, timeout=30)
+        deadline = time.monotonic() + 30
+        while len(run_status(str(out), probe=False).endpoints) != 1:  # its trap removed its line
+            assert time.monotonic() < deadline, logs_tail(out)
+            time.sleep(0.5)
+        final = wait_complete(out)
+        assert final.documents_in and final.documents_in > st.documents, "cancelled while documents were left"
+        assert final.documents == final.documents_in and len(rows(out)) == final.documents_in
+        stats = json.loads((out / ".finephrase" / "logs" / "rephrase" / "stats.json").read_text())
+        assert not any(k.startswith("failed/") for step in stats for k in (step.get("stats") or {})), stats
+    finally:
+        stop_run(str(out), timeout=60)
