@@ -65,14 +65,25 @@ def launch_slurm(stages: list[Stage], executors: dict, recorders: dict[str, JobR
 
 
 def run_ray(stages: list[Stage], output: str, cluster: ClusterConfig, workers: int | None = None) -> None:
-    """Run the stages on the Ray cluster ``ray.init()`` finds (``RAY_ADDRESS``, or a local one), in order; blocks."""
+    """Run the stages, in order, on the Ray cluster ``ray.init()`` finds (``RAY_ADDRESS``, else a local one); blocks.
+    Stages are not chained with ``depends`` (datatrove's Ray executor then polls a failed dependency forever): a
+    stage with a task left unfinished stops the run (a relaunch resumes it)."""
+    import ray
     from datatrove.executor.ray import RayPipelineExecutor
 
+    from finephrase.cluster import ClusterError
+
+    if not ray.is_initialized():
+        ray.init(log_to_driver=False)
     paths = RunPaths(output)
-    executors: dict = {}
     for stage in stages:
-        executors[stage.name] = RayPipelineExecutor(
-            pipeline=stage.pipeline, tasks=stage.tasks, workers=workers or stage.tasks, logging_dir=paths.logs(stage.name),
-            depends=executors.get(stage.depends) if stage.depends else None, skip_completed=True,
-            cpus_per_task=cluster.task_cpus, mem_per_cpu_gb=cluster.task_mem_per_cpu_gb)
-    executors[stages[-1].name].run()
+        executor = RayPipelineExecutor(
+            pipeline=stage.pipeline, tasks=stage.tasks, workers=workers or stage.tasks,
+            logging_dir=paths.logs(stage.name), skip_completed=True, cpus_per_task=cluster.task_cpus,
+            mem_per_cpu_gb=cluster.task_mem_per_cpu_gb)
+        executor.run()
+        left = executor.get_incomplete_ranks(skip_completed=True)
+        if left:
+            raise ClusterError(f"stage {stage.name}: {len(left)} of {stage.tasks} task(s) did not finish "
+                               f"(logs: {paths.logs(stage.name)})\nfix the cause, then launch again: finished tasks "
+                               "are skipped")

@@ -58,7 +58,13 @@ def _cluster_recipe(recipe: Recipe) -> Recipe:
 
 
 def _check_idle(ledger: Ledger) -> None:
-    queued = sorted({j.job for j in slurm.squeue(ledger.pipeline_ids())})
+    """Refuse while an earlier launch's stage or finish jobs are queued; those that can never start (a stage before
+    them failed: ``DependencyNeverSatisfied``) are cancelled, so a relaunch after a failure just works."""
+    jobs = slurm.squeue(ledger.pipeline_ids())
+    stuck = {j.job for j in jobs if j.reason == "DependencyNeverSatisfied"}
+    slurm.scancel(sorted(stuck))
+    slurm.wait_gone(sorted(stuck), timeout=60)
+    queued = sorted({j.job for j in jobs} - stuck)
     if queued:
         raise ClusterError(f"jobs of an earlier launch of this run are still queued ({', '.join(queued)})\n"
                            "wait for them (`finephrase status RUN_DIR`) or cancel them (`finephrase stop RUN_DIR`)")
@@ -140,7 +146,11 @@ def launch(recipe: Recipe, executor: str = "slurm", servers: int | None = None, 
             from finephrase.cluster.executors import run_ray
 
             current.stages = [_stage_entry(s) for s in stages]
+            save_ledger(output, ledger)
             run_ray(stages, output, cluster, workers=workers)
+            from finephrase.cluster.finish import finish  # report, card, push; releases server jobs if any
+
+            finish(output, os.path.abspath(recipe.path), push_to)
     finally:
         path = save_ledger(output, ledger)
     return LaunchResult(output, executor, path, current.servers, current.servers[len(reused):],
