@@ -165,30 +165,46 @@ def test_stop_cancels_every_job_of_the_run(slurm_cluster, demo_data, tmp_path):
         stop_run(str(out), timeout=60)
 
 
-def test_a_server_cancelled_mid_run_loses_nothing(slurm_cluster, demo_data, tmp_path):
-    """Two server jobs; one is cancelled while the rephrase task runs: the run finishes on the other, every document
-    rephrased."""
-    recipe = write_recipe(tmp_path / "recipe.yaml", {"run": {"limit": 8}}, base=cluster_recipe(tmp_path / "base.yaml", 2))
+def wait_for(what: str, out: Path, ready, timeout: float = RUN_TIMEOUT):
+    """Poll ``run_status`` until ``ready(status)``; fail with the logs after ``timeout`` s or on a failed stage."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = run_status(str(out), probe=False)
+        if ready(st):
+            return st
+        if time.monotonic() > deadline or any(s.failed for s in st.stages if s.name != "rephrase"):
+            pytest.fail(f"{what}: not after {timeout:.0f}s: {st}\n{logs_tail(out)}")
+        time.sleep(0.5)
+
+
+def test_a_lost_server_and_a_lost_task_lose_nothing(slurm_cluster, demo_data, tmp_path):
+    """Two server jobs; one is cancelled while the rephrase task runs: the task goes on with the other replica. Then
+    the rephrase task itself is cancelled: ``launch --servers 1`` again reuses the live server, submits neither the
+    filter stage nor a new server, resumes the task from its checkpoint, and every document is rephrased exactly once."""
+    recipe = write_recipe(tmp_path / "recipe.yaml", {"run": {"limit": 8}, "output": {"records_per_chunk": 1}},
+                          base=cluster_recipe(tmp_path / "base.yaml", 2))
     out = tmp_path / "out"
     run_cli("launch", str(recipe), "--executor", "slurm", "--output", str(out))
-    ledger = load_ledger(str(out))
+    first = load_ledger(str(out)).launches[0]
     try:
-        deadline = time.monotonic() + RUN_TIMEOUT
-        while True:  # both replicas registered and the rephrase task under way
-            st = run_status(str(out), probe=False)
-            if len(st.endpoints) == 2 and st.documents >= 1:
-                break
-            assert time.monotonic() < deadline and not any(s.failed for s in st.stages), logs_tail(out)
-            time.sleep(0.5)
-        victim = ledger.launches[0].servers[1]
-        subprocess.run(["scancel", victim], check=True, timeout=30)
-        deadline = time.monotonic() + 30
-        while len(run_status(str(out), probe=False).endpoints) != 1:  # its trap removed its line
-            assert time.monotonic() < deadline, logs_tail(out)
-            time.sleep(0.5)
+        st = wait_for("two replicas and a first document", out, lambda s: len(s.endpoints) == 2 and s.documents >= 1)
+        subprocess.run(["scancel", first.servers[1]], check=True, timeout=30)
+        wait_for("the cancelled server's endpoint removed", out, lambda s: len(s.endpoints) == 1, timeout=30)
+        st = wait_for("a document from the remaining replica", out, lambda s: s.documents > st.documents)
+        assert st.documents_in and st.documents < st.documents_in, "documents were left for the rest of the test"
+        rephrase = next(s for s in first.stages if s.name == "rephrase").arrays
+        subprocess.run(["scancel", *rephrase], check=True, timeout=30)
+        wait_for("the rephrase task gone", out, lambda s: s.stages[1].running + s.stages[1].pending == 0, timeout=60)
+        done_before = run_status(str(out), probe=False).documents
+        run_cli("launch", str(recipe), "--executor", "slurm", "--output", str(out), "--servers", "1")
+        second = load_ledger(str(out)).launches[-1]
+        assert second.servers == [first.servers[0]], "the live server job is reused, none submitted"
+        assert {s.name: bool(s.jobs) for s in second.stages} == {"filter": False, "rephrase": True, "rows": True}
         final = wait_complete(out)
-        assert final.documents_in and final.documents_in > st.documents, "cancelled while documents were left"
-        assert final.documents == final.documents_in and len(rows(out)) == final.documents_in
+        ids = [json.loads(line)["id"] for p in (out / ".finephrase" / "rephrased").glob("*.jsonl")
+               for line in p.read_text().splitlines() if line.strip()]
+        assert len(ids) == len(set(ids)) == final.documents_in > done_before > 0
+        assert len(rows(out)) == final.documents_in
         stats = json.loads((out / ".finephrase" / "logs" / "rephrase" / "stats.json").read_text())
         assert not any(k.startswith("failed/") for step in stats for k in (step.get("stats") or {})), stats
     finally:

@@ -58,16 +58,20 @@ def _cluster_recipe(recipe: Recipe) -> Recipe:
 
 
 def _check_idle(ledger: Ledger) -> None:
-    """Refuse while an earlier launch's stage or finish jobs are queued; those that can never start (a stage before
-    them failed: ``DependencyNeverSatisfied``) are cancelled, so a relaunch after a failure just works."""
+    """Refuse while a stage or finish job of an earlier launch runs. Those that have not started (waiting on a
+    dependency, or on one that failed: ``DependencyNeverSatisfied``) are cancelled: this launch submits what is
+    unfinished again, so a relaunch after a failure just works."""
     jobs = slurm.squeue(ledger.pipeline_ids())
-    stuck = {j.job for j in jobs if j.reason == "DependencyNeverSatisfied"}
-    slurm.scancel(sorted(stuck))
-    slurm.wait_gone(sorted(stuck), timeout=60)
-    queued = sorted({j.job for j in jobs} - stuck)
-    if queued:
-        raise ClusterError(f"jobs of an earlier launch of this run are still queued ({', '.join(queued)})\n"
+    running = sorted({j.job for j in jobs if j.state != "PENDING"})
+    if running:
+        raise ClusterError(f"jobs of an earlier launch of this run are still running ({', '.join(running)})\n"
                            "wait for them (`finephrase status RUN_DIR`) or cancel them (`finephrase stop RUN_DIR`)")
+    waiting = sorted({j.job for j in jobs})
+    slurm.scancel(waiting)
+    left = slurm.wait_gone(waiting, timeout=60)
+    if left:
+        raise ClusterError(f"could not cancel the earlier launch's waiting jobs {', '.join(left)}\n"
+                           "cancel them with `finephrase stop RUN_DIR`, then launch again")
 
 
 def submit_finish(recipe: Recipe, output: str, after: list[str], partition: str, push_to: str | None) -> str:
