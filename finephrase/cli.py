@@ -237,7 +237,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     from finephrase import cli_prompts
     from finephrase.cluster import cli as cli_cluster
-
     cli_prompts.register(sub)
     cli_cluster.register(sub)  # launch, status, stop
     return p

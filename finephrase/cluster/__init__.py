@@ -16,6 +16,10 @@ from ``cluster.servers`` server jobs of kind ``cluster.server`` (default: ``embe
 else ``tgi``), which register in the run's endpoints file (``generator.endpoints_file``, default
 ``OUTPUT/.finephrase/endpoints.txt``); the rephrase stage's replica pool re-reads it. ``generator.endpoints`` are
 used as well (``cluster.servers: 0`` uses only them).
+
+Imports: the recipe, the pipeline's stages, the report and the inference backends (for how requests are addressed)
+of finephrase, datatrove's executors, and the Slurm command-line tools through :mod:`~finephrase.cluster.slurm`;
+nothing outside this package imports it except the CLI (``finephrase.cluster.cli.register``).
 """
 
 from finephrase.errors import FinephraseError
