@@ -56,11 +56,11 @@ def test_tgi_from_apptainer_or_a_local_binary(tmp_path, demo_data, container, pr
 def test_other_servers(tmp_path, demo_data, kind, command):
     generator = TGI if kind != "embedded" else {"server": "embedded"}
     script = render_server_job(recipe_with(tmp_path, {**generator, "server": "openai" if kind != "embedded" else "embedded"},
-                                           {"server": kind, "gpus": 2 if kind != "embedded" else 0}), JOB)
+                                           {"server": kind, "gpus": 2}), JOB)
     bash_syntax_ok(script)
     assert command in script
     if kind == "embedded":
-        assert "--gpus" not in script and "--container-image" not in script
+        assert "--gpus" not in script and "--container-image" not in script  # llama.cpp on CPUs
     else:
         assert "#SBATCH --gpus=2" in script
 
@@ -82,3 +82,16 @@ def test_status_and_stop_outside_a_launched_run_say_so(tmp_path):
         proc = run_cli(command, str(tmp_path), check=False)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert "no jobs.json" in proc.stderr and "launched run" in proc.stderr
+
+
+def test_launch_off_a_slurm_submit_node_says_so(tmp_path, demo_data):
+    import os
+    import sys
+
+    from conftest import run_cli
+
+    recipe = write_recipe(tmp_path / "r.yaml", {"generator": TGI, "cluster": {"servers": 1}})
+    proc = run_cli("launch", str(recipe), "--output", str(tmp_path / "out"), check=False,
+                   env={"PATH": os.path.dirname(sys.executable)})  # no Slurm tools on the PATH
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "not found: this machine is not a Slurm submit node" in proc.stderr and "--executor local" in proc.stderr
