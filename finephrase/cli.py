@@ -236,8 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.set_defaults(func=cmd_push)
 
     from finephrase import cli_prompts
-
+    from finephrase.cluster import cli as cli_cluster
     cli_prompts.register(sub)
+    cli_cluster.register(sub)  # launch, status, stop
     return p
 
 

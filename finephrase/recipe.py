@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -132,10 +133,11 @@ class GeneratorConfig(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _check(self):
+    def _check(self, info: ValidationInfo):
         from finephrase.inference.backends import backend_for
 
-        backend_for(self.server).check(self)
+        # with a `cluster:` block, server jobs provide the endpoints (finephrase.cluster)
+        backend_for(self.server).check(self, launched=bool(info.context and info.context.get("cluster")))
         return self
 
 
@@ -171,6 +173,49 @@ class RunConfig(_Strict):
     limit: int = Field(-1, description="documents read per task; -1 = all")
 
 
+class ClusterConfig(_Strict):
+    """Where and how ``finephrase launch`` runs the recipe on Slurm (finephrase.cluster). Server jobs get ``gpus``,
+    ``cpus``, ``memory`` each; the pipeline's datatrove tasks get ``task_cpus`` and ``task_mem_per_cpu_gb`` each.
+    The defaults fit a typical H100 node (8 GPUs, ~100 cores, ~1 TB): one replica per GPU, 12 cores beside it."""
+
+    server: Literal["tgi", "vllm", "sglang", "embedded"] | None = Field(
+        None, description="inference server of each server job (default: embedded for generator.server embedded, "
+        "else tgi)")
+    servers: int = Field(1, ge=0, description="server jobs (replicas); 0 = use generator.endpoints only")
+    model_path: str | None = Field(None, description="what the server loads (Hub id or path; default generator.model, "
+                                   "or the GGUF for embedded)")
+    gpus: int = Field(1, ge=0, description="GPUs per server job (tensor parallel / TGI --num-shard)")
+    cpus: int = Field(12, ge=1, description="CPUs per server job")
+    memory: str | None = Field("120G", description="memory per server job (sbatch --mem)")
+    time: str = Field("24:00:00", description="time limit of server jobs and pipeline tasks")
+    partition: str | None = Field(None, description="partition of server jobs (default: the cluster's default)")
+    task_partition: str | None = Field(None, description="partition of pipeline tasks (default: partition)")
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    task_cpus: int = Field(1, ge=1, description="CPUs per pipeline task")
+    task_mem_per_cpu_gb: int = Field(2, ge=1)
+    container: Literal["pyxis", "apptainer", "none"] = Field(
+        "pyxis", description="how tgi/vllm/sglang start: srun --container-image (pyxis), apptainer exec, or a local binary")
+    image: str | None = Field(None, description="container image (default per server, e.g. TGI's ghcr.io image)")
+    environment: dict[str, str] = Field(default_factory=dict, description="exported in every job")
+    max_concurrent_requests: int = Field(512, ge=1)
+    max_input_tokens: int = Field(6144, ge=1)
+    max_total_tokens: int = Field(8192, ge=2)
+    max_batch_prefill_tokens: int = Field(16384, ge=1)
+    server_args: list[str] = Field(default_factory=list, description="extra arguments for the server command")
+    ready_timeout: int = Field(1800, ge=10, description="seconds a server job waits for its first generation")
+    venv: str | None = Field(None, description="bin/activate of finephrase's environment on the nodes "
+                             "(default: this Python's)")
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _time(cls, v):
+        if isinstance(v, int):  # YAML 1.1 reads an unquoted 24:00:00 as sexagesimal seconds
+            return f"{v // 3600}:{v % 3600 // 60:02d}:{v % 60:02d}"
+        return v
+
+
 class Recipe(_Strict):
     name: str
     description: str = ""
@@ -187,6 +232,7 @@ class Recipe(_Strict):
     mix: MixConfig | None = None
     output: OutputConfig = Field(default_factory=OutputConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+    cluster: ClusterConfig | None = Field(None, description="Slurm settings of `finephrase launch` (finephrase.cluster)")
 
     # filled by load_recipe
     path: str | None = Field(None, exclude=True)
@@ -242,7 +288,7 @@ def parse_recipe(data: dict, path: str = "<recipe>", raw_text: str | None = None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a YAML mapping")
     try:
-        recipe = Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data, context={"cluster": bool(data.get("cluster"))})
     except ValidationError as e:
         err = e.errors()[0]
         msg = err["msg"]

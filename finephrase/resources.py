@@ -22,7 +22,7 @@ INSTALLED = "_packaged"  # finephrase/_packaged/<name> inside a wheel
 
 
 def data_dir(name: str) -> Path:
-    """The folder ``name`` (``prompts`` or ``cards``): the wheel's copy, else the source tree's.
+    """The folder ``name`` (``prompts``, ``cards`` or ``launch``): the wheel's copy, else the source tree's.
 
     Never raises (module constants are computed from it at import time): when neither exists,
     the wheel location is returned, so a missing file is reported with the path it should have."""
@@ -34,6 +34,11 @@ def data_dir(name: str) -> Path:
     if (source_root / name).is_dir() and (source_root / "pyproject.toml").is_file():
         return source_root / name
     return installed
+
+
+def launch_dir() -> Path:
+    """The sbatch templates of inference server jobs (``server.sbatch.j2``, ``servers/<kind>.sh.j2``)."""
+    return data_dir("launch")
 
 
 def prompts_dir() -> Path:

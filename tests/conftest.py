@@ -16,6 +16,8 @@ DEMO_RECIPE = ROOT / "pipelines" / "demo.yaml"
 DEMO_DATA = ROOT / "data" / "demo"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from slurm_cluster import slurm_cluster  # noqa: E402,F401 - the session's one-node Slurm (tests/slurm_cluster.py)
+
 
 def _merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)

@@ -30,7 +30,7 @@ from conftest import ROOT, write_recipe
 from finephrase.prompts import load_prompt
 
 TEST_SITE_PACKAGES = Path(sysconfig.get_paths()["purelib"])  # the venv running pytest: dependencies only
-SOURCE_ITEMS = ["pyproject.toml", "README.md", "finephrase", "prompts", "cards"]
+SOURCE_ITEMS = ["pyproject.toml", "README.md", "finephrase", "prompts", "cards", "launch"]
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
 
 DOCS = [
@@ -113,6 +113,9 @@ def test_wheel_carries_code_prompts_and_card_template(installed):
                  for p in (src / "prompts").rglob("*") if p.suffix in (".yaml", ".yml", ".md")}
     expected |= {f"finephrase/_packaged/cards/{p.relative_to(src / 'cards').as_posix()}"
                  for p in (src / "cards").rglob("*") if p.is_file()}
+    expected |= {f"finephrase/_packaged/launch/{p.relative_to(src / 'launch').as_posix()}"
+                 for p in (src / "launch").rglob("*.j2")}
+    assert "finephrase/_packaged/launch/servers/tgi.sh.j2" in expected
     assert "finephrase/_packaged/prompts/finephrase/faq.yaml" in expected
     assert "finephrase/_packaged/prompts/_context/kimi_k2_chunk.yaml" in expected
     assert "finephrase/_packaged/cards/dataset_card.md.j2" in expected

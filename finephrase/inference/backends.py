@@ -61,9 +61,10 @@ class Backend:
     needs_endpoints: ClassVar[bool] = True
     apis: ClassVar[tuple[str, ...]] = ("chat",)
 
-    def check(self, g: GeneratorConfig) -> None:
-        """Raise ValueError (a recipe error) for settings this backend cannot run with."""
-        if self.needs_endpoints and not (g.endpoints or g.endpoints_file):
+    def check(self, g: GeneratorConfig, launched: bool = False) -> None:
+        """Raise ValueError (a recipe error) for settings this backend cannot run with. ``launched``: the recipe has
+        a ``cluster:`` block, whose server jobs provide the endpoints."""
+        if self.needs_endpoints and not launched and not (g.endpoints or g.endpoints_file):
             raise ValueError(f"generator.endpoints or generator.endpoints_file is required for server {self.name!r}")
         if g.api not in self.apis:
             raise ValueError(f"generator.api: {g.api!r} is not available with server {self.name!r} "

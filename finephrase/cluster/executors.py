@@ -1,0 +1,89 @@
+"""``build_stages``' stages on datatrove's distributed executors: ``SlurmPipelineExecutor`` (one job array per stage,
+chained with ``depends``) and ``RayPipelineExecutor``."""
+
+from __future__ import annotations
+
+import shlex
+
+from datatrove.executor.slurm import SlurmPipelineExecutor
+
+from finephrase.cluster.jobs import JobRecorder, StageJobs
+from finephrase.pipeline import RunPaths, Stage
+from finephrase.recipe import ClusterConfig
+
+# a task's own Xet cache: a shared one corrupted under parallel tasks in FinePhrase's production run
+XET_CACHE = 'export HF_XET_CACHE="${TMPDIR:-/tmp}/finephrase-xet/${SLURM_JOB_ID:-0}_${SLURM_ARRAY_TASK_ID:-0}"'
+
+
+class FinephraseSlurmExecutor(SlurmPipelineExecutor):
+    """datatrove's executor, plus ``after_started``: the stage starts only once that job (the first server job) has
+    started (``--dependency=after:ID``): rephrase tasks do not burn their wait for a replica while servers queue."""
+
+    def __init__(self, *args, after_started: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.after_started = after_started
+
+    @property
+    def dependency(self) -> str:
+        deps = [d for d in (super().dependency, f"after:{self.after_started}" if self.after_started else "") if d]
+        return ",".join(deps)
+
+
+def task_env_command(cluster: ClusterConfig, activate: str) -> str:
+    lines = [activate] if activate else []
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in cluster.environment.items()]
+    return "\n".join(lines + [XET_CACHE])
+
+
+def slurm_executors(stages: list[Stage], output: str, cluster: ClusterConfig, job_prefix: str, partition: str,
+                    activate: str, after_started: str | None = None) -> tuple[dict, dict[str, JobRecorder]]:
+    """One executor per stage, chained with ``depends`` ({name: executor}, {name: its job recorder}). The
+    inference stage waits for ``after_started``. Nothing is submitted yet: ``launch_slurm`` does."""
+    paths = RunPaths(output)
+    executors: dict[str, SlurmPipelineExecutor] = {}
+    recorders: dict[str, JobRecorder] = {}
+    for stage in stages:
+        recorders[stage.name] = JobRecorder()
+        executors[stage.name] = FinephraseSlurmExecutor(
+            pipeline=stage.pipeline, tasks=stage.tasks, time=cluster.time, partition=partition,
+            cpus_per_task=cluster.task_cpus, mem_per_cpu_gb=cluster.task_mem_per_cpu_gb, workers=-1,
+            job_name=f"{job_prefix}-{stage.name}", qos=cluster.qos or "",
+            env_command=task_env_command(cluster, activate),
+            sbatch_args={k: v for k, v in (("account", cluster.account),) if v},
+            depends=executors.get(stage.depends) if stage.depends else None,
+            logging_dir=paths.logs(stage.name), skip_completed=True, srun_args={"cpu-bind": "none"},
+            job_id_retriever=recorders[stage.name], mail_user=None, requeue=False,
+            after_started=after_started if stage.kind == "inference" else None)
+    return executors, recorders
+
+
+def launch_slurm(stages: list[Stage], executors: dict, recorders: dict[str, JobRecorder]) -> list[StageJobs]:
+    """Submit every stage (datatrove submits the chain from the last one; completed tasks are skipped, a stage
+    with none left is not submitted) and return the job ids of each."""
+    executors[stages[-1].name].run()
+    return [StageJobs(name=s.name, tasks=s.tasks, kind=s.kind, jobs=list(recorders[s.name].ids)) for s in stages]
+
+
+def run_ray(stages: list[Stage], output: str, cluster: ClusterConfig, workers: int | None = None) -> None:
+    """Run the stages, in order, on the Ray cluster ``ray.init()`` finds (``RAY_ADDRESS``, else a local one); blocks.
+    Stages are not chained with ``depends`` (datatrove's Ray executor then polls a failed dependency forever): a
+    stage with a task left unfinished stops the run (a relaunch resumes it)."""
+    import ray
+    from datatrove.executor.ray import RayPipelineExecutor
+
+    from finephrase.cluster import ClusterError
+
+    if not ray.is_initialized():
+        ray.init(log_to_driver=False)
+    paths = RunPaths(output)
+    for stage in stages:
+        executor = RayPipelineExecutor(
+            pipeline=stage.pipeline, tasks=stage.tasks, workers=workers or stage.tasks,
+            logging_dir=paths.logs(stage.name), skip_completed=True, cpus_per_task=cluster.task_cpus,
+            mem_per_cpu_gb=cluster.task_mem_per_cpu_gb)
+        executor.run()
+        left = executor.get_incomplete_ranks(skip_completed=True)
+        if left:
+            raise ClusterError(f"stage {stage.name}: {len(left)} of {stage.tasks} task(s) did not finish "
+                               f"(logs: {paths.logs(stage.name)})\nfix the cause, then launch again: finished tasks "
+                               "are skipped")

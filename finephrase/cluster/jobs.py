@@ -1,0 +1,97 @@
+"""The run's job ledger: ``OUTPUT/.finephrase/jobs.json``, every job a launch submitted, by id.
+
+``{"launches": [{"time", "executor", "servers": [ids], "stages": [{"name", "tasks", "arrays": [ids], "jobs": [ids]}],
+"finish": id}], "endpoints_file": path, "recipe": path}``. ``finephrase stop`` cancels exactly these ids;
+``finephrase status`` reads them back; a new launch reuses the server jobs still alive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+from finephrase.pipeline import RunPaths
+
+LEDGER = "jobs.json"
+
+
+def ledger_path(output: str) -> str:
+    return RunPaths(output).w(LEDGER)
+
+
+class JobRecorder:
+    """datatrove's ``job_id_retriever`` for one stage: reads the id from sbatch's answer and keeps it (the stage's
+    arrays first, then its merge-stats job). Module level: it travels with the pickled executor."""
+
+    def __init__(self):
+        self.ids: list[str] = []
+
+    def __call__(self, sbatch_output: str) -> str:
+        job = sbatch_output.split()[-1].split(";")[0]
+        self.ids.append(job)
+        return job
+
+
+@dataclass
+class StageJobs:
+    name: str
+    tasks: int
+    kind: str = "cpu"
+    jobs: list[str] = field(default_factory=list)  # every job of the stage: its arrays, then merge-stats
+
+    @property
+    def arrays(self) -> list[str]:
+        return self.jobs[:-1] if len(self.jobs) > 1 else list(self.jobs)
+
+
+@dataclass
+class Launch:
+    time: float
+    executor: str
+    servers: list[str] = field(default_factory=list)
+    stages: list[StageJobs] = field(default_factory=list)
+    finish: str | None = None
+
+    def all_ids(self) -> list[str]:
+        ids = list(self.servers) + [j for s in self.stages for j in s.jobs]
+        return ids + ([self.finish] if self.finish else [])
+
+
+@dataclass
+class Ledger:
+    recipe: str | None = None
+    endpoints_file: str | None = None
+    launches: list[Launch] = field(default_factory=list)
+
+    def all_ids(self) -> list[str]:
+        return [i for launch in self.launches for i in launch.all_ids()]
+
+    def server_ids(self) -> list[str]:
+        return [i for launch in self.launches for i in launch.servers]
+
+    def pipeline_ids(self) -> list[str]:
+        """Stage and finish jobs (not servers)."""
+        return [i for launch in self.launches for i in launch.all_ids() if i not in launch.servers]
+
+
+def load_ledger(output: str) -> Ledger | None:
+    try:
+        with open(ledger_path(output)) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return None
+    launches = [Launch(time=x["time"], executor=x["executor"], servers=x.get("servers", []),
+                       stages=[StageJobs(**s) for s in x.get("stages", [])], finish=x.get("finish"))
+                for x in data.get("launches", [])]
+    return Ledger(recipe=data.get("recipe"), endpoints_file=data.get("endpoints_file"), launches=launches)
+
+
+def save_ledger(output: str, ledger: Ledger) -> str:
+    path = ledger_path(output)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(asdict(ledger), f, indent=1)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,175 @@
+"""``finephrase launch``: server jobs, the pipeline's stages on Slurm (or Ray, or this machine), the finish job.
+
+A relaunch of the same output folder resubmits only what is unfinished (datatrove's completion markers; the rephrase
+checkpoints inside a task) and reuses the run's server jobs that are still alive; it refuses while a stage of an
+earlier launch is still queued (``finephrase status`` / ``finephrase stop``).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+
+from finephrase.cluster import ClusterError, slurm
+from finephrase.cluster.jobs import Launch, Ledger, load_ledger, save_ledger
+from finephrase.cluster.servers import activate_command, endpoints_file, job_prefix, live_servers, submit_servers
+from finephrase.cluster.templates import model_for, server_kind
+from finephrase.inference.backends import GeneratorRuntime, backend_for
+from finephrase.pipeline import RunPaths, Stage, build_stages
+from finephrase.recipe import ClusterConfig, Recipe, check_recipe
+
+EXECUTORS = ("slurm", "ray", "local")
+
+
+@dataclass
+class LaunchResult:
+    output: str
+    executor: str
+    ledger: str | None = None
+    servers: list[str] = field(default_factory=list)  # server jobs of this launch (new and reused)
+    new_servers: list[str] = field(default_factory=list)
+    stages: dict[str, list[str]] = field(default_factory=dict)  # stage -> job ids (empty: nothing left to run)
+    finish: str | None = None
+
+
+def cluster_runtime(recipe: Recipe, output: str) -> GeneratorRuntime:
+    """How the rephrase stage reaches the launched servers: the run's endpoints file (plus generator.endpoints)."""
+    g = recipe.generator
+    kind = server_kind(recipe)
+    settings = backend_for(g.server).request_settings(g)
+    protocol = settings.protocol
+    if kind != "tgi" and protocol.startswith("tgi"):
+        protocol = "openai"  # vLLM, SGLang and llama.cpp speak the OpenAI API only
+    model = model_for(recipe, kind)[0] if (recipe.cluster and recipe.cluster.servers) else settings.model
+    return GeneratorRuntime(endpoints=list(g.endpoints), endpoints_file=endpoints_file(recipe, output),
+                            protocol=protocol, model=model, tokenizer=settings.tokenizer,
+                            context_length=settings.context_length, api_key_env=g.api_key_env)
+
+
+def _cluster_recipe(recipe: Recipe) -> Recipe:
+    """The recipe as the tasks run it: a rephrase task also waits for a server job to become ready."""
+    out = recipe.model_copy(deep=True)
+    cluster = out.cluster or ClusterConfig()
+    out.generator.unavailable_timeout = recipe.generator.unavailable_timeout + cluster.ready_timeout
+    return out
+
+
+def _check_idle(ledger: Ledger) -> None:
+    """Refuse while a stage or finish job of an earlier launch runs. Those that have not started (waiting on a
+    dependency, or on one that failed: ``DependencyNeverSatisfied``) are cancelled: this launch submits what is
+    unfinished again, so a relaunch after a failure just works."""
+    jobs = slurm.squeue(ledger.pipeline_ids())
+    running = sorted({j.job for j in jobs if j.state != "PENDING"})
+    if running:
+        raise ClusterError(f"jobs of an earlier launch of this run are still running ({', '.join(running)})\n"
+                           "wait for them (`finephrase status RUN_DIR`) or cancel them (`finephrase stop RUN_DIR`)")
+    waiting = sorted({j.job for j in jobs})
+    slurm.scancel(waiting)
+    left = slurm.wait_gone(waiting, timeout=60)
+    if left:
+        raise ClusterError(f"could not cancel the earlier launch's waiting jobs {', '.join(left)}\n"
+                           "cancel them with `finephrase stop RUN_DIR`, then launch again")
+
+
+def submit_finish(recipe: Recipe, output: str, after: list[str], partition: str, push_to: str | None) -> str:
+    """The job after the last stage (``afterok``): report, card, optional push, then the server jobs are released."""
+    cluster = recipe.cluster or ClusterConfig()
+    log = RunPaths(output).w("logs", "finish-%j.out")
+    cmd = [sys.executable, "-m", "finephrase.cluster.finish", output, os.path.abspath(recipe.path)]
+    cmd += ["--push-to", push_to] if push_to else []
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={job_prefix(recipe)}-finish", f"#SBATCH --output={log}",
+             "#SBATCH --cpus-per-task=1", f"#SBATCH --mem-per-cpu={cluster.task_mem_per_cpu_gb}G",
+             f"#SBATCH --time={cluster.time}", f"#SBATCH --partition={partition}"]
+    lines += [f"#SBATCH --{k}={v}" for k, v in (("account", cluster.account), ("qos", cluster.qos)) if v]
+    lines += [activate_command(cluster)]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in cluster.environment.items()]
+    lines += [" ".join(shlex.quote(c) for c in cmd)]
+    args = ["--chdir", os.getcwd()] + ([f"--dependency=afterok:{':'.join(after)}"] if after else [])
+    return slurm.sbatch("\n".join(lines) + "\n", *args)
+
+
+def _submit_stages(recipe: Recipe, stages: list[Stage], output: str, partition: str, first_server: str | None,
+                   launch: Launch) -> None:
+    from finephrase.cluster.executors import launch_slurm, slurm_executors
+
+    cluster = recipe.cluster or ClusterConfig()
+    executors, recorders = slurm_executors(stages, output, cluster, job_prefix(recipe), partition,
+                                           activate_command(cluster), after_started=first_server)
+    try:
+        launch.stages = launch_slurm(stages, executors, recorders)
+    finally:  # what was submitted is recorded even when a later sbatch fails
+        if not launch.stages:
+            from finephrase.cluster.jobs import StageJobs
+
+            launch.stages = [StageJobs(s.name, s.tasks, s.kind, list(recorders[s.name].ids)) for s in stages]
+
+
+def launch(recipe: Recipe, executor: str = "slurm", servers: int | None = None, output: str | None = None,
+           tasks: int | None = None, limit: int | None = None, push_to: str | None = None,
+           workers: int | None = None) -> LaunchResult:
+    """Launch a recipe. ``slurm``: submit and return (the jobs are in ``OUTPUT/.finephrase/jobs.json``); ``ray``:
+    servers as Slurm jobs when ``servers`` > 0, the stages on Ray, blocking; ``local``: ``finephrase run``."""
+    if executor not in EXECUTORS:
+        raise ClusterError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
+    output = os.path.abspath(output or recipe.output.folder)
+    if executor == "local":
+        from finephrase.run import run_recipe
+
+        run_recipe(recipe, output=output, limit=limit, tasks=tasks, workers=workers)
+        return LaunchResult(output, executor)
+    prompts = check_recipe(recipe)
+    cluster = recipe.cluster or ClusterConfig()
+    count = cluster.servers if servers is None else servers
+    os.makedirs(RunPaths(output).work, exist_ok=True)
+    ledger = load_ledger(output) or Ledger()
+    ledger.recipe, ledger.endpoints_file = os.path.abspath(recipe.path), endpoints_file(recipe, output)
+    needs_slurm = executor == "slurm" or count > 0
+    if needs_slurm:
+        _check_idle(ledger)
+    partition = (cluster.partition or slurm.default_partition()) if needs_slurm else None
+    reused = live_servers(ledger) if needs_slurm else []
+    current = Launch(time=time.time(), executor=executor)
+    ledger.launches.append(current)
+    try:
+        stages = build_stages(_cluster_recipe(recipe), prompts, output, cluster_runtime(recipe, output),
+                              tasks=tasks, limit=limit)
+        if not _inference_done(stages, output):  # no server for a run whose rephrase stage is complete
+            current.servers = reused + submit_servers(recipe, output, max(0, count - len(reused)), partition)
+        if executor == "slurm":
+            task_partition = cluster.task_partition or partition
+            if not task_partition:
+                raise ClusterError("no partition: set cluster.partition in the recipe (the cluster has no default)")
+            _submit_stages(recipe, stages, output, task_partition, current.servers[0] if current.servers else None,
+                           current)
+            after = [j for s in current.stages for j in s.jobs]
+            current.finish = submit_finish(recipe, output, after, task_partition, push_to)
+        else:
+            from finephrase.cluster.executors import run_ray
+
+            current.stages = [_stage_entry(s) for s in stages]
+            save_ledger(output, ledger)
+            run_ray(stages, output, cluster, workers=workers)
+            from finephrase.cluster.finish import finish  # report, card, push; releases server jobs if any
+
+            finish(output, os.path.abspath(recipe.path), push_to)
+    finally:
+        path = save_ledger(output, ledger)
+    return LaunchResult(output, executor, path, current.servers, current.servers[len(reused):],
+                        {s.name: s.jobs for s in current.stages}, current.finish)
+
+
+def _inference_done(stages: list[Stage], output: str) -> bool:
+    """Every task of every inference stage has its completion marker (datatrove's, as a relaunch skips them)."""
+    import glob
+
+    return all(len(glob.glob(os.path.join(RunPaths(output).logs(s.name), "completions", "*"))) >= s.tasks
+               for s in stages if s.kind == "inference")
+
+
+def _stage_entry(stage: Stage):
+    from finephrase.cluster.jobs import StageJobs
+
+    return StageJobs(stage.name, stage.tasks, stage.kind)

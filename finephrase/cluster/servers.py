@@ -1,0 +1,66 @@
+"""Server jobs: submit them (plain ``sbatch`` of a rendered ``launch/`` template) and find those still alive."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+
+from finephrase.cluster import slurm
+from finephrase.cluster.jobs import Ledger
+from finephrase.cluster.templates import ServerJob, render_server_job, server_kind
+from finephrase.pipeline import RunPaths
+from finephrase.recipe import ClusterConfig, Recipe
+
+ENDPOINTS_FILE = "endpoints.txt"
+
+
+def endpoints_file(recipe: Recipe, output: str) -> str:
+    """The run's endpoints file: ``generator.endpoints_file``, else ``OUTPUT/.finephrase/endpoints.txt``."""
+    g = recipe.generator
+    return os.path.abspath(g.endpoints_file) if g.endpoints_file else RunPaths(output).w(ENDPOINTS_FILE)
+
+
+def venv_activate(cluster: ClusterConfig) -> str | None:
+    """``bin/activate`` of the environment jobs run in: ``cluster.venv``, else this Python's (if it has one)."""
+    if cluster.venv:
+        return cluster.venv
+    path = os.path.join(sys.prefix, "bin", "activate")
+    return path if os.path.isfile(path) else None
+
+
+def activate_command(cluster: ClusterConfig) -> str:
+    venv = venv_activate(cluster)
+    return f"source {shlex.quote(venv)}" if venv else ""
+
+
+def job_prefix(recipe: Recipe) -> str:
+    return "fp-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", recipe.name)[:40]
+
+
+def submit_servers(recipe: Recipe, output: str, count: int, partition: str | None) -> list[str]:
+    """Submit ``count`` server jobs; their ids."""
+    if count <= 0:
+        return []
+    paths = RunPaths(output)
+    log_dir = paths.w("logs", "servers")
+    os.makedirs(log_dir, exist_ok=True)
+    file = endpoints_file(recipe, output)
+    os.makedirs(os.path.dirname(file), exist_ok=True)
+    cluster = recipe.cluster or ClusterConfig()
+    script = render_server_job(recipe, ServerJob(
+        endpoints_file=file, log_dir=log_dir, job_name=f"{job_prefix(recipe)}-server-{server_kind(recipe)}",
+        partition=partition, env_command=activate_command(cluster)))
+    with open(os.path.join(log_dir, "server.sbatch"), "w") as f:
+        f.write(script)  # what was submitted, for the user to read
+    args = ["--chdir", os.getcwd()]
+    return [slurm.sbatch(script, *args) for _ in range(count)]
+
+
+def live_servers(ledger: Ledger | None) -> list[str]:
+    """The run's server jobs still queued or running."""
+    if ledger is None or not ledger.server_ids():
+        return []
+    alive = {j.job for j in slurm.squeue(ledger.server_ids()) if j.state in ("PENDING", "RUNNING", "CONFIGURING")}
+    return [i for i in ledger.server_ids() if i in alive]
