@@ -235,9 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--revision", help="branch to push to (created if needed)")
     h.set_defaults(func=cmd_push)
 
-    from finephrase import cli_prompts
+    from finephrase import cli_prompts, cli_quality
 
     cli_prompts.register(sub)
+    cli_quality.register(sub)
     return p
 
 
