@@ -235,10 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--revision", help="branch to push to (created if needed)")
     h.set_defaults(func=cmd_push)
 
-    from finephrase import cli_prompts
+    from finephrase import cli_prompts, cli_quality
     from finephrase.cluster import cli as cli_cluster
-    cli_prompts.register(sub)
-    cli_cluster.register(sub)  # launch, status, stop
+    for module in (cli_prompts, cli_quality, cli_cluster):
+        module.register(sub)  # prompts ...; quality train/score; launch, status, stop
     return p
 
 

@@ -38,6 +38,7 @@ from datatrove.pipeline.writers import JsonlWriter, ParquetWriter
 
 from finephrase.inference.backends import GeneratorRuntime
 from finephrase.prompts import Prompt
+from finephrase.quality.models import resolve_classifier
 from finephrase.recipe import Recipe
 from finephrase.report import names
 from finephrase.steps.format_rows import ROW_SCHEMA, FormatRows, row_adapter
@@ -144,7 +145,7 @@ def _filter_stage(recipe: Recipe, paths: RunPaths, tasks: int, limit: int) -> St
         steps.append(LanguageFilter(lang.languages, lang.threshold, None if lang.model == "auto" else lang.model))
     if filters.quality:
         q = filters.quality
-        steps.append(QualityFilter(q.model, q.label, q.threshold))
+        steps.append(QualityFilter(resolve_classifier(q.model), q.label, q.threshold))
     steps.append(JsonlWriter(paths.w("filtered"), output_filename="${rank}.jsonl.gz"))
     return Stage(names.STAGE_FILTER, steps, tasks)
 

@@ -68,7 +68,8 @@ class LanguageFilterConfig(_Strict):
 
 
 class QualityFilterConfig(_Strict):
-    model: str = Field(..., description="path to a fastText quality classifier (.bin/.ftz)")
+    model: str = Field(..., description="fastText quality classifier: a local .bin/.ftz, or a Hub model repo "
+                       "(org/name, org/name/file.bin, hf://...; e.g. mlfoundations/fasttext-oh-eli5)")
     label: str = "hq"
     threshold: float = Field(0.5, ge=0, le=1)
 
@@ -348,8 +349,13 @@ def check_recipe(recipe: Recipe) -> list[Prompt]:
             if not os.access(f, os.R_OK):
                 raise _error(path, "source.path", f"{f!r} is not readable")
     q = recipe.filters.quality
-    if q and not os.path.isfile(q.model):
-        raise _error(path, "filters.quality.model", f"fastText model {q.model!r} not found")
+    if q:
+        from finephrase.quality.models import ClassifierNotFound, resolve_classifier
+
+        try:
+            resolve_classifier(q.model)  # a Hub model is downloaded (and cached) here, before anything runs
+        except ClassifierNotFound as e:
+            raise _error(path, "filters.quality.model", str(e)) from None
     lang = recipe.filters.language
     if lang and lang.model != "auto" and not os.path.isfile(lang.model):
         raise _error(path, "filters.language.model", f"fastText LID model {lang.model!r} not found")

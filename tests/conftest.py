@@ -49,7 +49,7 @@ def write_recipe(path: Path, overrides: dict | None = None, base: Path = DEMO_RE
     if src.get("path") and not os.path.isabs(src["path"]):
         src["path"] = str(ROOT / src["path"])
     q = (data.get("filters") or {}).get("quality")
-    if q and not os.path.isabs(q["model"]):
+    if q and not os.path.isabs(q["model"]) and (ROOT / q["model"]).exists():  # else a Hub model reference
         q["model"] = str(ROOT / q["model"])
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

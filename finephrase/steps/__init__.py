@@ -9,7 +9,8 @@ What lives here:
 * :mod:`.mix` — ``Mix``: real and synthetic rows at a token ratio.
 
 What it may import: datatrove, and from finephrase ``finephrase.inference`` (the request path),
-``finephrase.prompts``, ``finephrase.errors`` and ``finephrase.report.names`` (stat names). Never
+``finephrase.prompts``, ``finephrase.quality`` (classifier text and scores), ``finephrase.errors`` and
+``finephrase.report.names`` (stat names). Never
 ``finephrase.pipeline``, ``finephrase.run``, ``finephrase.report`` beyond ``names``, or ``finephrase.cli``:
 those use the steps.
 """

@@ -1,12 +1,15 @@
 """fastText quality filter: keep documents whose score for a label reaches a threshold.
 
 Wraps datatrove's ``FastTextClassifierFilter`` (whole-document mode) and records the score
-under ``metadata["quality_score"]`` so it travels into every generated row's provenance.
+under ``metadata["quality_score"]`` so it travels into every generated row's provenance. ``model_path`` is a
+local file; a Hub reference is resolved to one first (:func:`finephrase.quality.models.resolve_classifier`).
 """
 
 from __future__ import annotations
 
 from datatrove.pipeline.filters.fasttext_filter import FastTextClassifierFilter
+
+from finephrase.quality.score import label_score
 
 
 class QualityFilter(FastTextClassifierFilter):
@@ -24,9 +27,8 @@ class QualityFilter(FastTextClassifierFilter):
         self.threshold = threshold
 
     def filter(self, doc) -> bool:
-        labels, scores = self.model.predict(doc.text.replace("\n", " "), k=-1)
-        score = dict(zip(labels, scores)).get(f"__label__{self.label}", 0.0)
-        doc.metadata["quality_score"] = round(float(score), 6)
+        score = label_score(self.model, doc.text, self.label)  # the text as training saw it (fasttext_text)
+        doc.metadata["quality_score"] = round(score, 6)
         if score >= self.threshold:
             return True
         return False, "low_quality"
