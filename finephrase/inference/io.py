@@ -146,13 +146,13 @@ class FastCheckpointManager(CheckpointManager):
         super().__init__(*args, **kwargs)
         self._handles: dict[int, int] = {}
         self._pending: dict[int, list[bytes]] = {}
-        self._rank = 0
+        self._task_rank = 0
         self._writer = None  # the output writer with queued lines (LeanJsonlWriter), flushed with the checkpoints
 
     def _fd(self, chunk_index: int) -> int:
         fd = self._handles.get(chunk_index)
         if fd is None:
-            path = os.path.join(self.checkpoints_local_dir, f"{self._rank:05d}/chunk_{chunk_index:05d}.jsonl")
+            path = os.path.join(self.checkpoints_local_dir, f"{self._task_rank:05d}/chunk_{chunk_index:05d}.jsonl")
             os.makedirs(os.path.dirname(path), exist_ok=True)
             fd = self._handles[chunk_index] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         return fd
@@ -199,7 +199,7 @@ class FastCheckpointManager(CheckpointManager):
         self.per_chunk_counts[chunk_index] += 1
         if self.checkpoints_local_dir is None:
             return False
-        self._rank = rank
+        self._task_rank = rank
         pending = self._pending.get(chunk_index)
         if pending is None:
             self._pending[chunk_index] = [line]
@@ -221,7 +221,7 @@ class FastCheckpointManager(CheckpointManager):
             await self.complete_chunk(document, rank, chunk_index, output_writer_context)
 
     async def parse_existing_checkpoints(self, rank: int, output_writer_context):
-        self._rank = rank
+        self._task_rank = rank
         if self.checkpoints_local_dir:
             folder = os.path.join(self.checkpoints_local_dir, f"{rank:05d}")
             if os.path.isdir(folder):

@@ -202,6 +202,7 @@ class ReplicaPool(InferenceServer):
         self._inflight: dict[asyncio.Task, float] = {}
         self._timed_out: set[asyncio.Task] = set()
         self._watchdog: asyncio.Task | None = None
+        self._monitor: asyncio.Task | None = None  # the health monitor, started once the pool is ready
         self.timeouts = 0  # requests that ran past request_timeout (each retried or counted as failed)
         self._refresh_endpoints()
 
@@ -247,14 +248,14 @@ class ReplicaPool(InferenceServer):
         The reason the pool could not become ready (:class:`GeneratorUnavailable`, :class:`ReplicasCrashed`)
         reaches every waiting request as it is."""
         try:
-            await self._wait_until_ready()
+            await self.wait_for_replicas()
         except Exception as e:  # noqa: BLE001 - handed to every waiter
             if not self._server_ready.done():
                 self._server_ready.set_exception(e)
             return
         if not self._server_ready.done():
             self._server_ready.set_result(True)
-        self._server_monitoring_task = asyncio.create_task(self.monitor_health())
+        self._monitor = asyncio.create_task(self.monitor_health())
 
     def get_base_url(self) -> str:
         healthy = [r for r in self.replicas.values() if r.healthy]
@@ -303,7 +304,7 @@ class ReplicaPool(InferenceServer):
         results = await asyncio.gather(*(self._probe(r) for r in list(self.replicas.values()) if not r.healthy))
         return any(results) or any(r.healthy for r in self.replicas.values())
 
-    async def _wait_until_ready(self, max_attempts: int = 0, delay_sec: float = 1.0) -> None:
+    async def wait_for_replicas(self, max_attempts: int = 0, delay_sec: float = 1.0) -> None:
         attempt = 0
         while not await self.is_ready():
             attempt += 1
@@ -377,6 +378,9 @@ class ReplicaPool(InferenceServer):
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+        if self._monitor is not None:  # the health monitor (this pool's own task)
+            self._monitor.cancel()
+            self._monitor = None
         await super().server_cleanup()
         if self._session is not None and not self._session.closed:
             await self._session.close()
@@ -425,7 +429,7 @@ class ReplicaPool(InferenceServer):
             if r is not None:
                 return r
             self._check_unavailable()
-            monitor = self._server_monitoring_task
+            monitor = self._monitor
             if monitor is None or monitor.done():
                 await asyncio.gather(*(self._probe(r) for r in list(self.replicas.values()) if not r.probing))
                 if self._pick(()) is not None:

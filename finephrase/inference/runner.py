@@ -298,7 +298,7 @@ class LeanInferenceRunner(InferenceRunner):
         if hasattr(cache, "release_document"):
             cache.release_document(doc.id)
         else:
-            cache._doc_ids_in_cache.discard(doc.id)  # RequestCache.mark_document_complete
+            await cache.mark_document_complete(doc.id)
 
     async def _handle_record(self, doc: Document, rank: int, chunk_index: int, rollout_fn, output_writer_context,
                              server, semaphore) -> None:
