@@ -94,6 +94,7 @@ def cmd_run(args) -> int:
         table.add_row(escape(label), escape(value))
     console.print(table)
     console.print(f"dataset: {os.path.join(result.output, 'data')}/<config>/*.parquet  card: {os.path.join(result.output, 'README.md')}")
+    console.print(f"report: {os.path.join(result.output, 'report.html')} (samples, funnel, distributions)", soft_wrap=True)
     if args.push_to:
         from finephrase.hub import HubError, push_output
 
@@ -171,6 +172,18 @@ def cmd_card(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from finephrase.recipe import RecipeError, load_recipe
+    from finephrase.report.html import write_html_report
+
+    if not os.path.isdir(args.output):
+        raise RecipeError(f"{args.output}: no such output folder\nname the folder a `finephrase run` wrote")
+    recipe = load_recipe(args.recipe, check_files=False) if args.recipe else None
+    path = write_html_report(args.output, recipe=recipe, samples=args.samples)
+    console.print(f"wrote {path}", soft_wrap=True)
+    return 0
+
+
 def cmd_push(args) -> int:
     from finephrase.hub import push_output
 
@@ -227,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--recipe", help="default: OUTPUT/recipe.yaml")
     c.add_argument("--repo-id")
     c.set_defaults(func=cmd_card)
+
+    rp = sub.add_parser("report", help="(re)write OUTPUT/report.html: samples, funnel and distributions in one page")
+    rp.add_argument("output")
+    rp.add_argument("--recipe", help="default: OUTPUT/recipe.yaml")
+    rp.add_argument("--samples", type=int, default=200, help="rows per config shown in the page (default 200)")
+    rp.set_defaults(func=cmd_report)
 
     h = sub.add_parser("push", help="push an output folder (data, card, prompts, recipe) to a Hub dataset repo")
     h.add_argument("output")

@@ -67,5 +67,8 @@ def run_recipe(recipe: Recipe, output: str | None = None, limit: int | None = No
     from finephrase.report.card import write_card
 
     write_card(output, recipe=recipe, prompts=prompts, summary=report)
+    from finephrase.report.html import write_html_report
+
+    write_html_report(output, recipe=recipe, prompts=prompts, report=report)  # OUTPUT/report.html
     logger.info(f"done in {wall:.0f}s: {output}")
     return RunResult(output, prompts, runtime, wall, report.to_summary())
