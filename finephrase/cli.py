@@ -86,7 +86,7 @@ def cmd_run(args) -> int:
         recipe.output.hub_repo = args.push_to
         check_push_access(args.push_to)  # a token the push cannot use fails now, not after the run
     result = run_recipe(recipe, output=args.output, limit=args.limit, tasks=args.tasks, workers=args.workers,
-                        fresh=args.fresh)
+                        fresh=args.fresh, verbose=args.verbose)
     table = Table(title=f"finephrase run: {recipe.name}", show_header=True)
     table.add_column("step")
     table.add_column("result", justify="right")
@@ -204,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, help="tasks run at once")
     r.add_argument("--fresh", action="store_true", help="delete the output folder first (no resume)")
     r.add_argument("--push-to", metavar="REPO_ID", help="push the result to this Hub dataset repo")
+    r.add_argument("-v", "--verbose", action="store_true",
+                   help="print datatrove's full log instead of the progress display (it always goes to "
+                   "OUTPUT/.finephrase/logs/)")
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("serve", help="start the embedded generator (llama.cpp, OpenAI-compatible) until Ctrl-C")

@@ -8,6 +8,9 @@ source document carries a planted string. The page is then opened in headless Ch
 driven by Playwright over the DevTools protocol) from ``file://``: no console error, no request leaves the page,
 the funnel and the distributions are drawn (Chart.js objects, non-blank canvases), and the filters and the search
 show exactly the rows the parquet files say they should. A screenshot is kept under the test's tmp folder.
+
+The same run's console (stdout a pipe) is checked for the live progress of :mod:`finephrase.progress`; ``-v`` and
+a pseudo-terminal are checked on copies of its finished output (every stage is skipped: seconds, not a new run).
 """
 
 from __future__ import annotations
@@ -249,3 +252,62 @@ def test_the_page_in_chromium(report_run, browser, tmp_path):
     assert shot.stat().st_size > 10_000
     assert errors == []
     page.close()
+
+
+# --- the console of a run (finephrase.progress) ------------------------------------------------------------------
+
+ESCAPE = re.compile(r"\x1b[\[\]()]")
+SEQUENCE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
+
+
+def test_a_run_on_a_pipe_prints_progress_lines_not_the_log(report_run):
+    """The fixture's run had a pipe for stdout: plain progress lines (no escape code), each stage's end, the
+    rephrase stage's documents and requests; datatrove's log went to the run's files; <= 40 lines in all."""
+    proc, out = report_run["proc"], report_run["out"]
+    assert not ESCAPE.search(proc.stdout) and not ESCAPE.search(proc.stderr)
+    lines = proc.stdout.splitlines()
+    for stage in ("filter", "minhash-signatures", "rephrase", "rows", "mix"):
+        assert any(re.match(rf"✓ {stage} +\d+/\d+ tasks", line) for line in lines), (stage, proc.stdout)
+    assert any(re.search(r"^> rephrase .*documents \d+/\d+ · requests \d+ done", line) for line in lines), proc.stdout
+    assert "finephrase run: " in proc.stdout  # the summary table stays
+    console = (proc.stdout + proc.stderr).splitlines()
+    assert len(console) <= 40, "\n".join(console)
+    assert "Launching pipeline for rank=0" not in proc.stderr  # datatrove's INFO lines: in the log file
+    log = (out / ".finephrase" / "logs" / "console.log").read_text()
+    assert "Launching pipeline for rank=0" in log and "Model call" in log
+    progress = json.loads((out / ".finephrase" / "progress" / "rephrase-00000.json").read_text())
+    assert progress["documents"] == json.loads((out / ".finephrase" / "report.json").read_text())[
+        "counts"]["rephrase_documents"]
+    assert progress["ok"] == progress["requests"] > 0 and progress["replicas_healthy"] == progress["replicas"] > 0
+
+
+def test_verbose_prints_datatroves_log(report_run, tmp_path):
+    """``-v`` on a finished output (every stage is skipped): datatrove's log on the console, as before."""
+    out = tmp_path / "again"
+    shutil.copytree(report_run["out"], out)
+    proc = run_cli("run", str(out / "recipe.yaml"), "--output", str(out), "-v")
+    assert "Not doing anything as all" in proc.stderr
+    assert "✓ filter" not in proc.stdout and "finephrase run: " in proc.stdout
+
+
+def test_a_terminal_gets_the_live_display(report_run, tmp_path):
+    """Under a pseudo-terminal (``script``) on a finished output: the live region is drawn (escape codes), every
+    stage shows as done by the earlier run, and the summary table ends the output."""
+    if shutil.which("script") is None:
+        pytest.skip("no `script` (util-linux)")
+    import shlex
+    import subprocess
+    import sys
+
+    out = tmp_path / "tty"
+    shutil.copytree(report_run["out"], out)
+    cmd = shlex.join([sys.executable, "-m", "finephrase.cli", "run", str(out / "recipe.yaml"), "--output", str(out)])
+    proc = subprocess.run(["script", "-qefc", cmd, "/dev/null"], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parent.parent, env={**os.environ, "COLUMNS": "160"})
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    screen = proc.stdout
+    assert ESCAPE.search(screen)  # drawn in place
+    plain = SEQUENCE.sub("", screen)
+    assert "rephrase" in plain and "(done by an earlier run)" in plain
+    assert plain.rstrip().splitlines()[-1].startswith("report: ")
+    assert plain.index("(done by an earlier run)") < plain.index("finephrase run: ")
