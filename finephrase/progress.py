@@ -70,8 +70,9 @@ class LogFilter:
         return self.shown
 
 
-def _pump(read_fd: int, log, show, keep: LogFilter) -> None:
-    """Copy the pipe to the log file; hand the lines ``keep`` accepts to ``show``. Runs until the pipe closes."""
+def _pump(read_fd: int, log, show, keep: LogFilter, marks: dict) -> None:
+    """Copy the pipe to the log file; hand the lines ``keep`` accepts to ``show``. Runs until the pipe closes.
+    A line that is a key of ``marks`` only sets its event (everything written before it has been handled)."""
     with os.fdopen(read_fd, "rb", buffering=0) as pipe:
         pending = b""
         while chunk := pipe.read(65536):
@@ -79,6 +80,9 @@ def _pump(read_fd: int, log, show, keep: LogFilter) -> None:
             *lines, pending = pending.split(b"\n")
             for raw in lines:
                 line = raw.decode("utf-8", "replace")
+                if line in marks:
+                    marks[line].set()
+                    continue
                 try:
                     log.write(line + "\n")
                     log.flush()
@@ -101,11 +105,15 @@ def captured_stderr(log_path: str, show):
     read_fd, write_fd = os.pipe()
     os.dup2(write_fd, 2)
     os.close(write_fd)
-    threading.Thread(target=_pump, args=(read_fd, log, show, LogFilter()), daemon=True, name="stderr-pump").start()
+    mark, drained = f"finephrase-drained-{os.getpid()}-{time.monotonic_ns()}", threading.Event()
+    threading.Thread(target=_pump, args=(read_fd, log, show, LogFilter(), {mark: drained}), daemon=True,
+                     name="stderr-pump").start()
     try:
         yield os.fdopen(os.dup(saved), "w", buffering=1, encoding="utf-8", errors="replace")
     finally:
         sys.stderr.flush()
+        os.write(2, f"{mark}\n".encode())
+        drained.wait(timeout=5)  # what was written before this point is logged and shown, in order
         os.dup2(saved, 2)
         os.close(saved)
 
@@ -145,7 +153,8 @@ class RunWatch:
 
     def set_stages(self, stages) -> None:
         self.stages = [(s.name, s.tasks) for s in stages]
-        self.earlier = {name for name, _ in self.stages if os.path.exists(os.path.join(self.paths.logs(name), "stats.json"))}
+        self.earlier = {name for name, _ in self.stages
+                        if os.path.exists(os.path.join(self.paths.logs(name), "stats.json"))}
 
     def _input_documents(self, index: int) -> int | None:
         """Documents the stage at ``index`` reads: what the stage before it wrote (its last step's ``total``)."""
@@ -166,7 +175,8 @@ class RunWatch:
                                                             "in_flight", "prompt_tokens", "completion_tokens",
                                                             "replicas_healthy", "replicas")}
         now = time.time()
-        self._rates = [r for r in self._rates if now - r[0] <= 10] + [(now, out["prompt_tokens"], out["completion_tokens"])]
+        self._rates = [r for r in self._rates if now - r[0] <= 10]
+        self._rates.append((now, out["prompt_tokens"], out["completion_tokens"]))
         t0, p0, c0 = self._rates[0]
         out["now"] = ((out["prompt_tokens"] - p0) / (now - t0), (out["completion_tokens"] - c0) / (now - t0)) \
             if now - t0 >= 2 else None
@@ -178,7 +188,8 @@ class RunWatch:
         for i, (name, tasks) in enumerate(self.stages):
             logs = self.paths.logs(name)
             finished = os.path.exists(os.path.join(logs, "stats.json"))
-            done = len(os.listdir(os.path.join(logs, "completions"))) if os.path.isdir(os.path.join(logs, "completions")) else 0
+            completions = os.path.join(logs, "completions")
+            done = len(os.listdir(completions)) if os.path.isdir(completions) else 0
             if name not in self.started and (os.path.exists(os.path.join(logs, "executor.json")) or finished):
                 self.started[name] = now
             if finished and name not in self.ended:
@@ -253,7 +264,8 @@ class PlainDisplay:
         last = self.printed.get(row["name"])
         if last is None or last[0] != row["state"]:
             return True
-        return row["state"] == "running" and (row["done"], row.get("moved")) != last[1] and now - last[2] >= self.interval
+        moved = (row["done"], row.get("moved")) != last[1]
+        return row["state"] == "running" and moved and now - last[2] >= self.interval
 
     def tick(self) -> None:
         with self._lock:

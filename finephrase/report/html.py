@@ -54,7 +54,8 @@ def distribution_charts(configs: list[ConfigRows]) -> dict[str, dict]:
         "lengths": plots.scatter(
             "Source vs generated length", "source tokens", "generated tokens",
             {n: list(zip(c["source_tokens"], c["completion_tokens"])) for n, c in col.items()}),
-        "source_tokens": plots.histogram("Source length", "source tokens", {n: c["source_tokens"] for n, c in col.items()}),
+        "source_tokens": plots.histogram("Source length", "source tokens",
+                                         {n: c["source_tokens"] for n, c in col.items()}),
         "completion_tokens": plots.histogram("Generated tokens per prompt", "completion tokens",
                                              {n: c["completion_tokens"] for n, c in col.items()}),
         "ratio": plots.histogram("Generated / source tokens (the part of the source the model saw)", "ratio",
@@ -79,11 +80,9 @@ def samples_payload(configs: list[ConfigRows]) -> tuple[list[dict], dict[str, di
     rows, sources = [], {}
     for c in configs:
         for r in c.samples:
-            sid = str(r.get("source_id"))
-            sources.setdefault(sid, {"text": r.pop("source_text"), "cut": r.pop("source_cut"), "url": r.get("source_url")})
-            r.pop("source_text", None), r.pop("source_cut", None)
-            r["flags"] = flags_of(r.get("checks"))
-            rows.append(r)
+            source = {"text": r.pop("source_text"), "cut": r.pop("source_cut"), "url": r.get("source_url")}
+            sources.setdefault(str(r.get("source_id")), source)
+            rows.append({**r, "flags": flags_of(r.get("checks"))})
     return rows, sources
 
 

@@ -89,7 +89,8 @@ def cut(text: str | None, max_chars: int) -> tuple[str, int]:
     return (text, 0) if len(text) <= max_chars else (text[:max_chars], len(text) - max_chars)
 
 
-def read_config(output: str, name: str, samples: int = DEFAULT_SAMPLES, max_chars: int = DEFAULT_MAX_CHARS) -> ConfigRows:
+def read_config(output: str, name: str, samples: int = DEFAULT_SAMPLES,
+                max_chars: int = DEFAULT_MAX_CHARS) -> ConfigRows:
     """A config's small columns and its sample of ``samples`` rows (texts cut to ``max_chars``)."""
     files = parquet_files(output, name)
     columns = read_small_columns(files)
