@@ -15,7 +15,7 @@
 
 On a terminal the display is a rich ``Live`` region redrawn in place. When stdout is not a terminal (CI, a pipe,
 ``| tee``) it prints plain lines, no escape codes: one when a stage starts and when it ends, and for a running
-stage at most one every ``FINEPHRASE_PROGRESS_INTERVAL`` seconds (default 15) when something moved.
+stage at most one every ``FINEPHRASE_PROGRESS_INTERVAL`` seconds (default 30) when something moved.
 ``verbose`` (``finephrase run -v``) changes nothing: datatrove's log is printed as before.
 """
 
@@ -338,7 +338,7 @@ def run_console(output: str, verbose: bool = False, stream=None):
     os.environ[PROGRESS_ENV] = folder
     isatty = getattr(stream, "isatty", lambda: False)()
     display = LiveDisplay(watch, stream) if isatty else \
-        PlainDisplay(watch, stream, float(os.environ.get(INTERVAL_ENV) or 15))
+        PlainDisplay(watch, stream, float(os.environ.get(INTERVAL_ENV) or 30))
     try:
         with captured_stderr(watch.paths.w("logs", "console.log"), display.show) as real_stderr:
             display.err = real_stderr
