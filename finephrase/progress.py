@@ -307,7 +307,11 @@ class LiveDisplay:
         rows = self.watch.poll()
         if not rows:
             return Text("starting the generator ...")
-        return Text("\n".join(stage_line(r) for r in rows))
+        lines = []
+        for row in rows:  # a running stage's details on a line of their own: terminals are narrower than CI logs
+            detail, row["detail"] = row["detail"], ""
+            lines += [stage_line(row)] + ([f"    {detail}"] if detail else [])
+        return Text("\n".join(lines))
 
     def show(self, line: str) -> None:
         from rich.text import Text

@@ -127,6 +127,14 @@ def test_report_matches_the_card(report_run):
     assert "/tmp/" not in re.sub(r"<script.*?</script>", "", html, flags=re.DOTALL)  # no local path in the text
 
 
+def test_the_push_publishes_the_report(report_run):
+    from finephrase.hub import local_files
+
+    out = report_run["out"]
+    page = {f.path_in_repo: f for f in local_files(str(out))}["report.html"]
+    assert page.source == str(out / "report.html") and page.size == (out / "report.html").stat().st_size
+
+
 def test_report_command_bounds_the_samples(report_run, tmp_path):
     """``finephrase report`` rewrites the page; ``--samples`` bounds the rows shown per config, and they are the same
     source documents in every config."""
