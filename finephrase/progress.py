@@ -141,10 +141,8 @@ class RunWatch:
     """The state of a run's stages, read from its output folder: datatrove's ``executor.json`` (started),
     ``completions/`` (tasks done) and ``stats.json`` (finished), and the rephrase step's published progress."""
 
-    def __init__(self, output: str):
-        from finephrase.pipeline import RunPaths
-
-        self.paths = RunPaths(output)
+    def __init__(self, paths):
+        self.paths = paths  # a RunPaths (finephrase.pipeline is not imported: its steps import this module)
         self.stages: list[tuple[str, int]] = []
         self.started: dict[str, float] = {}
         self.ended: dict[str, float] = {}
@@ -326,13 +324,14 @@ class LiveDisplay:
 
 
 @contextlib.contextmanager
-def run_console(output: str, verbose: bool = False, stream=None):
-    """Show the run's progress (see the module docstring) while the block runs; yields the :class:`RunWatch`
-    (call ``set_stages`` once the stages are built), or ``None`` when ``verbose`` (nothing changes)."""
+def run_console(paths, verbose: bool = False, stream=None):
+    """Show the progress of the run writing to ``paths`` (a :class:`finephrase.pipeline.RunPaths`; see the module
+    docstring) while the block runs; yields the :class:`RunWatch` (call ``set_stages`` once the stages are built),
+    or ``None`` when ``verbose`` (nothing changes)."""
     if verbose:
         yield None
         return
-    watch = RunWatch(output)
+    watch = RunWatch(paths)
     stream = stream or sys.stdout
     folder = watch.paths.w("progress")
     if os.path.isdir(folder):  # an earlier run's numbers

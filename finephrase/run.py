@@ -51,7 +51,7 @@ def run_recipe(recipe: Recipe, output: str | None = None, limit: int | None = No
     start = time.time()
     from finephrase.progress import run_console
 
-    with run_console(output, verbose=verbose) as watch, generator_runtime(recipe, paths) as (runtime, generator_info):
+    with run_console(paths, verbose=verbose) as watch, generator_runtime(recipe, paths) as (runtime, generator_info):
         stages = build_stages(recipe, prompts, output, runtime, tasks=tasks, limit=limit)
         if watch is not None:
             watch.set_stages(stages)

@@ -41,11 +41,11 @@ def test_log_filter_follows_the_record_level():
 
 
 def test_stage_lines_from_datatroves_folders(tmp_path, monkeypatch):
-    from finephrase.pipeline import Stage
+    from finephrase.pipeline import RunPaths, Stage
 
     out = tmp_path / "out"
     logs = out / ".finephrase" / "logs"
-    watch = RunWatch(str(out))
+    watch = RunWatch(RunPaths(str(out)))
     watch.set_stages([Stage("filter", [], 1), Stage("rephrase", [], 2), Stage("rows", [], 1)])
     (logs / "filter" / "completions").mkdir(parents=True)
     (logs / "filter" / "completions" / "00000").touch()
