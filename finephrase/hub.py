@@ -2,8 +2,9 @@
 ``finephrase run --push-to``.
 
 What is uploaded: ``data/**`` (the parquet files of every config), ``README.md`` (the dataset card),
-``prompts/<set>/<name>.yaml`` (the prompts used, written from the recipe if missing) and ``recipe.yaml``
-(tokens and local absolute paths scrubbed as in the card: ``/home/me/x.jsonl`` -> ``<local>/x.jsonl``).
+``prompts/<set>/<name>.yaml`` (the prompts used, written from the recipe if missing), ``recipe.yaml``
+(tokens and local absolute paths scrubbed as in the card: ``/home/me/x.jsonl`` -> ``<local>/x.jsonl``) and
+``report.html`` when the output has one (the run's self-contained report page, :mod:`finephrase.report.html`).
 The ``.finephrase/`` work folder is never uploaded.
 
 How:
@@ -201,8 +202,8 @@ def _data_files(output: str) -> list[LocalFile]:
 
 
 def local_files(output: str, card: bytes | None = None) -> list[LocalFile]:
-    """What is published from ``output``: data/**, prompts/**, recipe.yaml and the card (``card`` overrides
-    ``OUTPUT/README.md``). Never ``.finephrase/`` or other files."""
+    """What is published from ``output``: data/**, prompts/**, recipe.yaml, the card (``card`` overrides
+    ``OUTPUT/README.md``) and report.html. Never ``.finephrase/`` or other files."""
     from finephrase.report.card import scrub
 
     files = _data_files(output)
@@ -220,6 +221,8 @@ def local_files(output: str, card: bytes | None = None) -> list[LocalFile]:
     elif os.path.exists(os.path.join(output, "README.md")):
         with open(os.path.join(output, "README.md"), encoding="utf-8") as f:
             files.append(LocalFile.from_bytes("README.md", scrub(f.read()).encode()))
+    if os.path.exists(os.path.join(output, "report.html")):  # opens as a file of the repository
+        files.append(LocalFile.from_path("report.html", os.path.join(output, "report.html")))
     return files
 
 

@@ -1,4 +1,5 @@
-"""Where finephrase's data files are read from: the published prompt sets and the card template.
+"""Where finephrase's data files are read from: the published prompt sets, the card and HTML report templates
+(and Chart.js, vendored for the report).
 
 The source of truth is the repository's top-level ``prompts/`` and ``cards/`` folders. A wheel
 (``pip install .``) carries them as package data, ``finephrase/_packaged/prompts`` and
@@ -49,3 +50,13 @@ def prompts_dir() -> Path:
 def card_template() -> Path:
     """The dataset-card template (Jinja2, rendered by huggingface_hub's ``DatasetCard``)."""
     return data_dir("cards") / "dataset_card.md.j2"
+
+
+def report_template() -> Path:
+    """The HTML report's page template (Jinja2, rendered by :mod:`finephrase.report.html`)."""
+    return data_dir("cards") / "report.html.j2"
+
+
+def chart_js() -> Path:
+    """Chart.js (MIT; ``cards/vendor/chart.js.LICENSE.md``), inlined into the HTML report."""
+    return data_dir("cards") / "vendor" / "chart.umd.min.js"

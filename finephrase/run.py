@@ -36,7 +36,9 @@ def generator_runtime(recipe: Recipe, paths: RunPaths):
 
 
 def run_recipe(recipe: Recipe, output: str | None = None, limit: int | None = None, tasks: int | None = None,
-               workers: int | None = None, fresh: bool = False) -> RunResult:
+               workers: int | None = None, fresh: bool = False, verbose: bool = True) -> RunResult:
+    """Run ``recipe`` into ``output``. ``verbose=False`` (``finephrase run`` without ``-v``): a live progress
+    display instead of datatrove's log, which goes to ``.finephrase/logs/console.log`` (:mod:`finephrase.progress`)."""
     prompts = check_recipe(recipe)
     from finephrase.lifetime import children_die_with_this_process
 
@@ -47,8 +49,12 @@ def run_recipe(recipe: Recipe, output: str | None = None, limit: int | None = No
         shutil.rmtree(output)
     os.makedirs(paths.work, exist_ok=True)
     start = time.time()
-    with generator_runtime(recipe, paths) as (runtime, generator_info):
+    from finephrase.progress import run_console
+
+    with run_console(paths, verbose=verbose) as watch, generator_runtime(recipe, paths) as (runtime, generator_info):
         stages = build_stages(recipe, prompts, output, runtime, tasks=tasks, limit=limit)
+        if watch is not None:
+            watch.set_stages(stages)
         run_local(stages, output, workers=workers or recipe.run.workers)
     wall = time.time() - start
     from finephrase.report import build_report, empty_output_problem, save_report
@@ -67,5 +73,8 @@ def run_recipe(recipe: Recipe, output: str | None = None, limit: int | None = No
     from finephrase.report.card import write_card
 
     write_card(output, recipe=recipe, prompts=prompts, summary=report)
+    from finephrase.report.html import write_html_report
+
+    write_html_report(output, recipe=recipe, prompts=prompts, report=report)  # OUTPUT/report.html
     logger.info(f"done in {wall:.0f}s: {output}")
     return RunResult(output, prompts, runtime, wall, report.to_summary())

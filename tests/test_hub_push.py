@@ -47,6 +47,7 @@ def remote_files(repo_id: str, revision: str | None = None) -> list[str]:
 def expected_files(output: Path) -> list[str]:
     files = [p.relative_to(output).as_posix() for p in (output / "data").rglob("*.parquet")]
     files += [p.relative_to(output).as_posix() for p in (output / "prompts").rglob("*.yaml")]
+    files += ["report.html"] if (output / "report.html").exists() else []
     return sorted(files + ["README.md", "recipe.yaml", ".gitattributes"])
 
 

@@ -204,6 +204,7 @@ class ReplicaPool(InferenceServer):
         self._watchdog: asyncio.Task | None = None
         self._monitor: asyncio.Task | None = None  # the health monitor, started once the pool is ready
         self.timeouts = 0  # requests that ran past request_timeout (each retried or counted as failed)
+        self.retries = 0  # attempts sent again after a failed one (the live progress shows them)
         self._refresh_endpoints()
 
     # ---------------------------------------------------------------- membership
@@ -487,6 +488,7 @@ class ReplicaPool(InferenceServer):
                     inflight.pop(task, None)
             attempt += 1
             if attempt <= self.max_retries:
+                self.retries += 1
                 logger.debug(f"retrying request (attempt {attempt}/{self.max_retries}): {last_error}")
                 await asyncio.sleep(self._backoff(attempt - 1))
         raise RequestFailed(f"gave up after {self.max_retries + 1} tries: {last_error}")

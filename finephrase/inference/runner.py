@@ -109,6 +109,7 @@ class DocumentTasks:
     def __init__(self, limit: int):
         self.pending: set[asyncio.Task] = set()
         self.failed: list[BaseException] = []
+        self.done = 0  # documents finished without an error (the live progress shows them)
         self._slots = FastSemaphore(limit)
 
     async def start(self, make_coroutine) -> None:
@@ -129,6 +130,7 @@ class DocumentTasks:
         self.pending.discard(task)
         self._slots.release()
         error = None if task.cancelled() else task.exception()  # retrieved even when not the first
+        self.done += not task.cancelled() and error is None
         if self.failed:
             return
         if task.cancelled():  # nothing but the shutdown cancels a document
@@ -166,6 +168,8 @@ class LeanInferenceRunner(InferenceRunner):
     def __init__(self, *args, **kwargs):
         self._stat_buffer: dict[str, list] = {}  # label -> [unit, values]; str keys (datatrove dumps attributes)
         self._metric_sums = [0, 0, 0, 0, 0]  # tokens_input, tokens_output, requests, successful, failed
+        self._totals = [0, 0, 0, 0, 0]  # the same, never reset: the live progress (finephrase.progress)
+        self._document_tasks, self._pool, self._rank = None, None, 0
         super().__init__(*args, **kwargs)
 
     @property
@@ -208,14 +212,23 @@ class LeanInferenceRunner(InferenceRunner):
 
     def count_request(self, prompt_tokens: int = 0, completion_tokens: int = 0, ok: bool = True) -> None:
         """What ``_send_request`` reports per request (``MetricsKeeper`` fields), summed until the next flush."""
-        sums = self._metric_sums
-        sums[0] += prompt_tokens
-        sums[1] += completion_tokens
-        sums[2] += 1
-        if ok:
-            sums[3] += 1
-        else:
-            sums[4] += 1
+        for sums in (self._metric_sums, self._totals):
+            sums[0] += prompt_tokens
+            sums[1] += completion_tokens
+            sums[2] += 1
+            sums[3 if ok else 4] += 1
+
+    def publish_progress(self) -> None:
+        """This task's counters for the live display of ``finephrase run`` (a no-op when nothing watches)."""
+        from finephrase.progress import publish
+
+        t, pool = self._totals, self._pool
+        replicas = list(getattr(pool, "replicas", {}).values())
+        publish(f"rephrase-{self._rank:05d}", {
+            "documents": getattr(self._document_tasks, "done", 0), "requests": t[2], "ok": t[3], "failed": t[4],
+            "prompt_tokens": t[0], "completion_tokens": t[1], "in_flight": len(getattr(pool, "_inflight", ())),
+            "retried": getattr(pool, "retries", 0), "replicas": len(replicas),
+            "replicas_healthy": sum(1 for r in replicas if r.healthy)})
 
     async def metrics_reporter(self, interval: int = 600):
         while True:
@@ -233,6 +246,7 @@ class LeanInferenceRunner(InferenceRunner):
             now = time.monotonic()
             if now - last_stats >= self.stats_flush_interval_s:
                 self.flush_stats()
+                self.publish_progress()
                 last_stats = now
 
     def _flush_progress(self) -> None:
@@ -342,11 +356,12 @@ class LeanInferenceRunner(InferenceRunner):
             if not inference_server:
                 return  # a worker: it does not send requests
             semaphore = FastSemaphore(self.config.max_concurrent_generations)
+            self._pool, self._rank = inference_server, rank
             await self.request_cache.initialize(rank)
             self.metrics.reset()
             metrics_task = asyncio.create_task(self.metrics_reporter(interval=self.config.metric_interval))
             flusher_task = asyncio.create_task(self._flusher())
-            documents = DocumentTasks(self.config.max_concurrent_documents)
+            documents = self._document_tasks = DocumentTasks(self.config.max_concurrent_documents)
             completed_successfully = False
             try:
                 with self._inference_timer(), self.output_writer as output_writer_context, \
@@ -364,6 +379,7 @@ class LeanInferenceRunner(InferenceRunner):
                 completed_successfully = True
             finally:
                 self._flush_progress()
+                self.publish_progress()
                 flusher_task.cancel()
                 await self._cleanup(metrics_task, documents.pending, delete_cache_file=completed_successfully)
 

@@ -16,11 +16,15 @@ What lives here:
   produced nothing;
 * :mod:`~finephrase.report.card` — the dataset card: renders the report through ``cards/dataset_card.md.j2``
   (the run and the push render the same card); :mod:`~finephrase.report.summary` — the summary-dict functions
-  of earlier versions, over the report.
+  of earlier versions, over the report;
+* :mod:`~finephrase.report.html` — ``OUTPUT/report.html``, one self-contained page (samples, funnel, distributions,
+  generator and prompts as the card shows them), rendered through ``cards/report.html.j2``;
+  :mod:`~finephrase.report.samples` reads a bounded sample of each config's rows and every row's small columns,
+  :mod:`~finephrase.report.plots` turns them (and the counts' funnel) into Chart.js configurations.
 
 What it may import: the standard library, pydantic, pyarrow, and from finephrase only ``finephrase.pipeline``
 (``RunPaths``, imported inside functions: the steps that ``finephrase.pipeline`` imports may import
-``finephrase.report.names``). The report's own modules never import ``card``/``summary`` (which read the report,
+``finephrase.report.names``). The report's own modules never import ``card``/``summary``/``html`` (which read the report,
 and may import ``finephrase.prompts``, ``finephrase.inference`` for defaults and backends, and the row
 columns of ``finephrase.steps.format_rows`` / ``finephrase.steps.mix``), nor
 ``finephrase.hub``, ``finephrase.run`` or ``finephrase.cli``.
