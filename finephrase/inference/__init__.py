@@ -16,7 +16,8 @@ What lives here:
   replicas on this machine.
 
 What it may import: datatrove, aiohttp, orjson, the standard library, and from finephrase only
-``finephrase.errors``, ``finephrase.lifetime``, ``finephrase.resources``, ``finephrase.embedded_setup`` and ``finephrase.prompts`` (the prompt
-model, for payloads). Never ``finephrase.steps``, ``finephrase.pipeline``, ``finephrase.report``, ``finephrase.run``
+``finephrase.errors``, ``finephrase.lifetime``, ``finephrase.resources``, ``finephrase.embedded_setup``,
+``finephrase.progress`` (the runner publishes its counters for the live display) and ``finephrase.prompts``
+(the prompt model, for payloads). Never ``finephrase.steps``, ``finephrase.pipeline``, ``finephrase.report``, ``finephrase.run``
 or ``finephrase.cli``: those use it. The recipe's ``GeneratorConfig`` is a type only (see ``backends``).
 """
