@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from finephrase.errors import EmptyOutputError
 from finephrase.inference.backends import GeneratorRuntime
 from finephrase.pipeline import RunPaths, build_stages, run_local
 from finephrase.prompts import Prompt
@@ -57,24 +56,13 @@ def run_recipe(recipe: Recipe, output: str | None = None, limit: int | None = No
             watch.set_stages(stages)
         run_local(stages, output, workers=workers or recipe.run.workers)
     wall = time.time() - start
-    from finephrase.report import build_report, empty_output_problem, save_report
+    from finephrase.report import build_report
+    from finephrase.report.finish import finish_output
 
     # the run report: datatrove's stats and the parquet footers, read once (.finephrase/report.json + run.json)
     report = build_report(output, [s.name for s in stages], prompts,
                           generator={**generator_info, "model": runtime.model}, wall_time_s=round(wall, 1),
                           limit=limit, tasks=tasks or recipe.run.tasks)
-    save_report(output, report)
-    problem = empty_output_problem(report, output)
-    if problem:
-        raise EmptyOutputError(f"empty output: {problem}")
-    if recipe.raw_text:
-        with open(os.path.join(output, "recipe.yaml"), "w", encoding="utf-8") as f:
-            f.write(recipe.raw_text)
-    from finephrase.report.card import write_card
-
-    write_card(output, recipe=recipe, prompts=prompts, summary=report)
-    from finephrase.report.html import write_html_report
-
-    write_html_report(output, recipe=recipe, prompts=prompts, report=report)  # OUTPUT/report.html
+    finish_output(output, recipe, prompts, report)  # report.json, recipe.yaml, README.md (card), report.html
     logger.info(f"done in {wall:.0f}s: {output}")
     return RunResult(output, prompts, runtime, wall, report.to_summary())

@@ -6,14 +6,12 @@ Hub push (as ``finephrase run`` does at its end), then the run's server jobs are
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 from finephrase.cluster import slurm
 from finephrase.cluster.jobs import load_ledger
 from finephrase.cluster.templates import model_for, server_kind
-from finephrase.errors import EmptyOutputError
 from finephrase.recipe import load_recipe
 
 
@@ -28,8 +26,8 @@ def finish(output: str, recipe_path: str, push_to: str | None = None) -> str:
 
 
 def _finish(output: str, recipe_path: str, push_to: str | None) -> str:
-    from finephrase.report import build_report, empty_output_problem, save_report
-    from finephrase.report.card import write_card
+    from finephrase.report import build_report
+    from finephrase.report.finish import finish_output
 
     recipe = load_recipe(recipe_path, check_files=False)
     prompts = recipe.resolved_prompts()
@@ -42,14 +40,7 @@ def _finish(output: str, recipe_path: str, push_to: str | None) -> str:
     start = ledger.launches[0].time if ledger and ledger.launches else time.time()
     report = build_report(output, stages, prompts, generator=generator, wall_time_s=round(time.time() - start, 1),
                           tasks=last.stages[0].tasks if last and last.stages else None)
-    save_report(output, report)
-    problem = empty_output_problem(report, output)
-    if problem:
-        raise EmptyOutputError(f"empty output: {problem}")
-    if recipe.raw_text:
-        with open(os.path.join(output, "recipe.yaml"), "w", encoding="utf-8") as f:
-            f.write(recipe.raw_text)
-    path = write_card(output, recipe=recipe, prompts=prompts, summary=report)
+    path = finish_output(output, recipe, prompts, report)  # report.json, recipe.yaml, card, report.html
     if push_to:
         from finephrase.hub import push_output
 

@@ -14,6 +14,7 @@ What lives here:
   used by the card and by the push;
 * :mod:`~finephrase.report.table` — the end-of-run table; :mod:`~finephrase.report.problems` — why a run
   produced nothing;
+* :mod:`~finephrase.report.finish` — the end of every run (local or cluster): report, card, ``report.html``;
 * :mod:`~finephrase.report.card` — the dataset card: renders the report through ``cards/dataset_card.md.j2``
   (the run and the push render the same card); :mod:`~finephrase.report.summary` — the summary-dict functions
   of earlier versions, over the report;
