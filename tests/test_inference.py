@@ -236,7 +236,9 @@ def test_endpoints_file_replicas_join_while_running(tmp_path, demo_data, make_re
         output = log.read_text(errors="replace")
         assert run.returncode == 0, output[-3000:]
         assert sorted(_rows(out)["source_id"]) == sorted(_source_ids(out))
-        assert f"replica joined: {url1}" in output and f"replica joined: {url2}" in output
+        # INFO lines go to the run's log file (the console shows progress, warnings and errors)
+        full = (out / ".finephrase" / "logs" / "console.log").read_text(errors="replace")
+        assert f"replica joined: {url1}" in full and f"replica joined: {url2}" in full
     finally:
         if run.poll() is None:
             run.kill()

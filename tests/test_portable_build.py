@@ -147,7 +147,7 @@ def test_install_replaces_another_build_of_the_same_version(tmp_path, monkeypatc
         calls.append(cmd[3:])
         if "--force-reinstall" in cmd:
             installed["url"] = wheel.as_uri()
-            installed["archive_info"] = {"hashes": {"sha256": es._sha256(wheel)}}
+            installed["archive_info"] = {"hashes": {"sha256": es.file_sha256(wheel)}}
 
     monkeypatch.setattr(es, "_run", fake_run)
     monkeypatch.setattr(es, "installed_direct_url", lambda package=es.LLAMA_CPP_PACKAGE: dict(installed))
