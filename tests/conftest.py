@@ -41,6 +41,16 @@ def demo_data() -> Path:
     return DEMO_DATA
 
 
+def first_demo_docs(demo_data: Path, n: int) -> list[dict]:
+    """The first ``n`` records of the demo corpus (data/demo/docs.jsonl.gz), as dicts."""
+    import gzip
+    import itertools
+    import json
+
+    with gzip.open(demo_data / "docs.jsonl.gz", "rt") as f:
+        return [json.loads(line) for line in itertools.islice(f, n)]
+
+
 def write_recipe(path: Path, overrides: dict | None = None, base: Path = DEMO_RECIPE) -> Path:
     """A recipe derived from `base` with `overrides` merged in (None deletes a key); absolute data paths."""
     data = yaml.safe_load(base.read_text())

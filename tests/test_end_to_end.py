@@ -50,12 +50,9 @@ def demo_run(tmp_path_factory, demo_data):
     from conftest import write_recipe
 
     tmp = tmp_path_factory.mktemp("e2e")
-    originals = []
-    with gzip.open(demo_data / "docs.jsonl.gz", "rt") as f:
-        for line in f:
-            originals.append(json.loads(line))
-            if len(originals) == N_ORIGINALS:
-                break
+    from conftest import first_demo_docs
+
+    originals = first_demo_docs(demo_data, N_ORIGINALS)
     copies = [{**d, "id": f"{d['id']}-copy"} for d in originals]
     src = tmp / "src"
     src.mkdir()

@@ -60,12 +60,9 @@ def _chromium() -> str | None:
 @pytest.fixture(scope="module")
 def report_run(tmp_path_factory, demo_data):
     tmp = tmp_path_factory.mktemp("report")
-    docs = []
-    with gzip.open(demo_data / "docs.jsonl.gz", "rt") as f:
-        for line in f:
-            docs.append(json.loads(line))
-            if len(docs) == N_DOCS:
-                break
+    from conftest import first_demo_docs
+
+    docs = first_demo_docs(demo_data, N_DOCS)
     docs[1]["text"] = f"{PLANTED} is the name of this example.\n" + docs[1]["text"]
     (tmp / "src").mkdir()
     with gzip.open(tmp / "src" / "docs.jsonl.gz", "wt") as f:
