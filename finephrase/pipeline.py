@@ -13,13 +13,21 @@ Layout of an output folder::
       README.md                    dataset card
       recipe.yaml, prompts/        what made it
       .finephrase/                 work files: intermediate documents, checkpoints, logs (not published)
+
+Stages: (``decont-index``: the eval sets' n-grams, with a ``decontamination``) -> ``filter`` (read, filters,
+the sources' decontamination with ``check_sources``) -> exact / MinHash dedup of the sources -> ``rephrase`` ->
+``rows`` (the output rules) -> exact / MinHash dedup of the rows per config (``output_dedup``) ->
+``decontaminate`` (the rows) -> ``mix``. The last stage before ``mix`` writes ``data/<prompt>/``; the stages before
+it write ``.finephrase/rows*/``.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from datatrove.pipeline.decont import NGramsDecontConfig, NGramsDecontFilter
 from datatrove.pipeline.dedup import (
     MinhashDedupBuckets,
     MinhashDedupCluster,
@@ -41,15 +49,24 @@ from finephrase.prompts import Prompt
 from finephrase.quality.models import resolve_classifier
 from finephrase.recipe import Recipe
 from finephrase.report import names
+from finephrase.steps.decont_index import EvalSetIndex
+from finephrase.steps.decontaminate import Decontaminate
 from finephrase.steps.format_rows import ROW_SCHEMA, FormatRows, row_adapter
 from finephrase.steps.language_filter import LanguageFilter
 from finephrase.steps.length_filter import MinCharsFilter
 from finephrase.steps.mix import MIX_SCHEMA, Mix, mix_adapter
+from finephrase.steps.output_dedup import (
+    ConfigMinhashSignature,
+    OutputExactDedupFilter,
+    OutputMinhashDedupFilter,
+    config_and_text,
+)
 from finephrase.steps.quality_filter import QualityFilter
 from finephrase.steps.read_jsonl import SafeJsonlReader
 from finephrase.steps.rephrase import Rephrase
 
 WORK_DIR = ".finephrase"
+DECONT_INDEX = "decont-index"  # the eval sets' n-gram index, under the work folder
 
 
 @dataclass
@@ -113,20 +130,23 @@ def _intermediate_reader(folder: str, compressed: bool = True) -> JsonlReader:
 
 def build_stages(recipe: Recipe, prompts: list[Prompt], output: str, runtime: GeneratorRuntime,
                  tasks: int | None = None, limit: int | None = None) -> list[Stage]:
-    """The recipe as datatrove stages, each depending on the one before: filter, dedup, rephrase, rows, mix."""
+    """The recipe as datatrove stages, each depending on the one before: (eval sets' index), filter, dedup,
+    rephrase, rows, (output dedup, decontamination), mix."""
     paths = RunPaths(output)
     tasks = tasks or recipe.run.tasks
     limit = recipe.run.limit if limit is None else limit
-    stages = [_filter_stage(recipe, paths, tasks, limit)]
+    stages = [_decont_index_stage(recipe.decontamination, paths)] if recipe.decontamination else []
+    stages.append(_filter_stage(recipe, paths, tasks, limit))
     current = paths.w("filtered")
     if recipe.dedup.exact:
-        stages += _exact_stages(paths, current, tasks)
+        stages += _exact_stages(SOURCE_SIDE, paths, current, tasks, _jsonl_writer(paths.w("exact-deduped")))
         current = paths.w("exact-deduped")
     if recipe.dedup.minhash:
-        stages += _minhash_stages(recipe.dedup.minhash, paths, current, tasks)
+        stages += _minhash_stages(SOURCE_SIDE, recipe.dedup.minhash, paths, current, tasks,
+                                  _jsonl_writer(paths.w("deduped")))
         current = paths.w("deduped")
     stages.append(_rephrase_stage(recipe, prompts, paths, runtime, current, tasks))
-    stages.append(_rows_stage(recipe, prompts, paths, runtime, tasks))
+    stages += _rows_stages(recipe, prompts, paths, runtime, tasks)
     if recipe.mix:
         stages.append(_mix_stage(recipe, prompts, paths, runtime, current))
     for before, stage in zip(stages, stages[1:]):
@@ -134,8 +154,29 @@ def build_stages(recipe: Recipe, prompts: list[Prompt], output: str, runtime: Ge
     return stages
 
 
+def _jsonl_writer(folder: str) -> JsonlWriter:
+    return JsonlWriter(folder, output_filename="${rank}.jsonl.gz")
+
+
+def _parquet_writer(paths: RunPaths) -> ParquetWriter:
+    """The prompt configs: ``data/<prompt>/<rank>.parquet``."""
+    return ParquetWriter(paths.data, output_filename="${config}/${rank}.parquet", adapter=row_adapter,
+                         schema=ROW_SCHEMA)
+
+
+def _decont_config(decont) -> NGramsDecontConfig:
+    return NGramsDecontConfig(n_grams=decont.n_grams)
+
+
+def _decont_index_stage(decont, paths: RunPaths) -> Stage:
+    """0. the eval sets' n-gram index (decontamination), one task."""
+    eval_sets = [{**e.model_dump(), "text_key": e.text_keys} for e in decont.eval_sets]
+    return Stage(names.STAGE_DECONT_INDEX, [EvalSetIndex(paths.w(DECONT_INDEX), eval_sets, _decont_config(decont),
+                                                         language=decont.language)], 1)
+
+
 def _filter_stage(recipe: Recipe, paths: RunPaths, tasks: int, limit: int) -> Stage:
-    """1. read + filter (length, language, quality)."""
+    """1. read + filter (length, language, quality, eval-set n-grams)."""
     filters = recipe.filters
     steps: list = [source_reader(recipe, limit)]
     if filters.min_chars > 1:
@@ -146,34 +187,53 @@ def _filter_stage(recipe: Recipe, paths: RunPaths, tasks: int, limit: int) -> St
     if filters.quality:
         q = filters.quality
         steps.append(QualityFilter(resolve_classifier(q.model), q.label, q.threshold))
-    steps.append(JsonlWriter(paths.w("filtered"), output_filename="${rank}.jsonl.gz"))
+    decont = recipe.decontamination
+    if decont and decont.check_sources:  # datatrove's filter, on the index of stage 0
+        steps.append(NGramsDecontFilter(paths.w(DECONT_INDEX), _decont_config(decont), language=decont.language))
+    steps.append(_jsonl_writer(paths.w("filtered")))
     return Stage(names.STAGE_FILTER, steps, tasks)
 
 
-def _exact_stages(paths: RunPaths, current: str, tasks: int) -> list[Stage]:
+@dataclass(frozen=True)
+class DedupSide:
+    """What a dedup runs on: the source documents, or the rows (every prompt config on its own)."""
+
+    prefix: str  # of the stage names and work folders
+    content: Callable  # exact dedup's content getter
+    exact_filter: type
+    minhash_signature: type
+    minhash_filter: type
+
+
+SOURCE_SIDE = DedupSide("", document_text, ExactDedupFilter, MinhashDedupSignature, MinhashDedupFilter)
+OUTPUT_SIDE = DedupSide("output-", config_and_text, OutputExactDedupFilter, ConfigMinhashSignature,
+                        OutputMinhashDedupFilter)
+
+
+def _exact_stages(side: DedupSide, paths: RunPaths, current: str, tasks: int, writer) -> list[Stage]:
     """2. exact dedup (datatrove's three stages)."""
-    cfg = ExactDedupConfig(content_getter=document_text)
-    sigs, dups = paths.w("exact", "sigs"), paths.w("exact", "dups")
+    cfg = ExactDedupConfig(content_getter=side.content)
+    sigs, dups = paths.w(f"{side.prefix}exact", "sigs"), paths.w(f"{side.prefix}exact", "dups")
     return [
-        Stage("exact-signatures", [_intermediate_reader(current), ExactDedupSignature(sigs, cfg)], tasks),
-        Stage("exact-find", [ExactFindDedups(sigs, dups, cfg)], 1),
-        Stage(names.STAGE_EXACT_FILTER, [_intermediate_reader(current), ExactDedupFilter(dups, cfg),
-                                         JsonlWriter(paths.w("exact-deduped"), output_filename="${rank}.jsonl.gz")],
-              tasks),
+        Stage(f"{side.prefix}exact-signatures", [_intermediate_reader(current), ExactDedupSignature(sigs, cfg)], tasks),
+        Stage(f"{side.prefix}exact-find", [ExactFindDedups(sigs, dups, cfg)], 1),
+        Stage(side.prefix + names.STAGE_EXACT_FILTER, [_intermediate_reader(current), side.exact_filter(dups, cfg),
+                                                       writer], tasks),
     ]
 
 
-def _minhash_stages(m, paths: RunPaths, current: str, tasks: int) -> list[Stage]:
+def _minhash_stages(side: DedupSide, m, paths: RunPaths, current: str, tasks: int, writer) -> list[Stage]:
     """3. MinHash dedup (datatrove's four stages)."""
     cfg = MinhashConfig(n_grams=m.n_grams, num_buckets=m.num_buckets, hashes_per_bucket=m.hashes_per_bucket)
-    sigs, buckets, clusters = paths.w("minhash", "sigs"), paths.w("minhash", "buckets"), paths.w("minhash", "clusters")
+    work = f"{side.prefix}minhash"
+    sigs, buckets, clusters = paths.w(work, "sigs"), paths.w(work, "buckets"), paths.w(work, "clusters")
     return [
-        Stage("minhash-signatures", [_intermediate_reader(current),
-                                     MinhashDedupSignature(sigs, cfg, language=m.language)], tasks),
-        Stage("minhash-buckets", [MinhashDedupBuckets(sigs, buckets, config=cfg)], m.num_buckets),
-        Stage("minhash-cluster", [MinhashDedupCluster(buckets, clusters, config=cfg)], 1),
-        Stage(names.STAGE_MINHASH_FILTER, [_intermediate_reader(current), MinhashDedupFilter(clusters),
-                                           JsonlWriter(paths.w("deduped"), output_filename="${rank}.jsonl.gz")], tasks),
+        Stage(f"{work}-signatures", [_intermediate_reader(current),
+                                     side.minhash_signature(sigs, cfg, language=m.language)], tasks),
+        Stage(f"{work}-buckets", [MinhashDedupBuckets(sigs, buckets, config=cfg)], m.num_buckets),
+        Stage(f"{work}-cluster", [MinhashDedupCluster(buckets, clusters, config=cfg)], 1),
+        Stage(side.prefix + names.STAGE_MINHASH_FILTER, [_intermediate_reader(current),
+                                                         side.minhash_filter(clusters), writer], tasks),
     ]
 
 
@@ -199,15 +259,43 @@ def _rephrase_stage(recipe: Recipe, prompts: list[Prompt], paths: RunPaths, runt
     ], tasks, kind="inference")
 
 
+def _rows_stages(recipe: Recipe, prompts: list[Prompt], paths: RunPaths, runtime: GeneratorRuntime,
+                 tasks: int) -> list[Stage]:
+    """5. rows per prompt config with the output rules, then the output dedup and the decontamination of the
+    rows (when the recipe has them): the last of these stages writes the parquet configs, the others
+    ``.finephrase/rows*/``."""
+    out_dedup, decont = recipe.output_dedup, recipe.decontamination
+    after = [kind for kind, on in (("exact", out_dedup.exact), ("minhash", out_dedup.minhash),
+                                   ("decontaminated", decont)) if on]
+    folders = ["rows"] + [f"rows-{kind}" for kind in after]
+
+    def writer(i: int):
+        return _parquet_writer(paths) if i == len(folders) - 1 else _jsonl_writer(paths.w(folders[i]))
+
+    stages = [_rows_stage(recipe, prompts, paths, runtime, tasks, writer(0))]
+    for i, kind in enumerate(after, start=1):
+        current = paths.w(folders[i - 1])
+        if kind == "exact":
+            stages += _exact_stages(OUTPUT_SIDE, paths, current, tasks, writer(i))
+        elif kind == "minhash":
+            stages += _minhash_stages(OUTPUT_SIDE, out_dedup.minhash, paths, current, tasks, writer(i))
+        else:
+            stages.append(Stage(names.STAGE_DECONTAMINATE, [
+                _intermediate_reader(current),
+                Decontaminate(paths.w(DECONT_INDEX), _decont_config(decont), decont.action, decont.language),
+                writer(i)], tasks))
+    return stages
+
+
 def _rows_stage(recipe: Recipe, prompts: list[Prompt], paths: RunPaths, runtime: GeneratorRuntime,
-                tasks: int) -> Stage:
+                tasks: int, writer) -> Stage:
     """5. rows per prompt config, with the output rules."""
     lang = recipe.filters.language
     lid_model = lang.model if lang and lang.model != "auto" else None
     return Stage(names.STAGE_ROWS, [
         _intermediate_reader(paths.w("rephrased"), compressed=False),
         FormatRows(prompts, model=runtime.model, lid_model_path=lid_model, on_fail=recipe.output_checks),
-        ParquetWriter(paths.data, output_filename="${config}/${rank}.parquet", adapter=row_adapter, schema=ROW_SCHEMA),
+        writer,
     ], tasks)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Literal
@@ -90,6 +91,64 @@ class MinhashConfig(_Strict):
 class DedupConfig(_Strict):
     exact: bool = False
     minhash: MinhashConfig | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.exact or self.minhash)
+
+
+_EVAL_SUFFIXES = (".jsonl.gz", ".jsonl", ".json.gz", ".json", ".parquet")
+
+
+class EvalSetConfig(_Strict):
+    """One evaluation set of ``decontamination``: local files, or a Hub dataset (``path`` wins when both are set)."""
+
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="label in the stats and "
+                             "the card (default: from dataset or path)")
+    path: str | None = Field(None, description="a jsonl/json/parquet file, a folder of them, or a local copy of the "
+                             "Hub dataset")
+    dataset: str | None = Field(None, description="Hub dataset id (datasets.load_dataset), e.g. openai/gsm8k")
+    config: str | None = Field(None, description="Hub dataset config, e.g. main")
+    split: str = "test"
+    text_key: str | list[str] = Field("text", description="the field(s) checked, joined: e.g. [question, answer]")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not (self.path or self.dataset):
+            raise ValueError("an eval set needs path (local files) or dataset (a Hub dataset id)")
+        if not self.text_key:
+            raise ValueError("text_key names no field")
+        if self.name is None:
+            base = self.dataset.rstrip("/").rsplit("/", 1)[-1] if self.dataset else os.path.basename(
+                self.path.rstrip("/"))
+            for suffix in _EVAL_SUFFIXES:
+                base = base.removesuffix(suffix)
+            self.name = re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("_.-") or "eval"
+        return self
+
+    @property
+    def text_keys(self) -> list[str]:
+        return [self.text_key] if isinstance(self.text_key, str) else list(self.text_key)
+
+
+class DecontaminationConfig(_Strict):
+    """n-gram overlap with evaluation sets (datatrove's n-gram decontamination): rows that share an n-gram with
+    an eval set are dropped or flagged; with ``check_sources``, such source documents are dropped first."""
+
+    eval_sets: list[EvalSetConfig] = Field(..., min_length=1)
+    n_grams: int = Field(13, ge=1, description="n-gram size in words (13, as in GPT-3 and datatrove)")
+    action: Literal["drop", "flag"] = Field("drop", description="contaminated rows dropped, or kept and flagged "
+                                            "(`contaminated:<eval set>` in `checks`)")
+    check_sources: bool = Field(False, description="also drop the source documents that share an n-gram")
+    language: str = Field("eng", description="word tokenizer language (datatrove's Languages)")
+
+    @field_validator("eval_sets")
+    @classmethod
+    def _unique_names(cls, v):
+        found = [e.name for e in v]
+        if len(set(found)) != len(found):
+            raise ValueError(f"eval set names must be unique: {found} (set `name`)")
+        return v
 
 
 class GenerationParams(_Strict):
@@ -223,6 +282,9 @@ class Recipe(_Strict):
     source: SourceConfig
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
+    output_dedup: DedupConfig = Field(default_factory=DedupConfig, description="exact / MinHash dedup of the "
+                                      "generated rows, per prompt config")
+    decontamination: DecontaminationConfig | None = None
     prompts: list[str] = Field(..., min_length=1)
     context: Literal["truncate", "chunked"] | None = Field(
         None, description="long documents: override every prompt's `context` (truncate, or chunked as in Kimi K2)")
@@ -335,6 +397,13 @@ def _source_files(recipe: Recipe) -> list[str]:
     return sorted(glob.glob(os.path.join(src.path, src.default_glob), recursive=True))
 
 
+def _check_eval_sets(recipe: Recipe, path: str) -> None:
+    decont = recipe.decontamination
+    for i, e in enumerate(decont.eval_sets if decont else []):
+        if e.path and not os.path.exists(e.path):
+            raise _error(path, f"decontamination.eval_sets[{i}].path", f"{e.path!r} does not exist")
+
+
 def check_recipe(recipe: Recipe) -> list[Prompt]:
     """Checks that need the file system: source readable, models present, prompts resolvable."""
     path = recipe.path or "<recipe>"
@@ -359,6 +428,7 @@ def check_recipe(recipe: Recipe) -> list[Prompt]:
     lang = recipe.filters.language
     if lang and lang.model != "auto" and not os.path.isfile(lang.model):
         raise _error(path, "filters.language.model", f"fastText LID model {lang.model!r} not found")
+    _check_eval_sets(recipe, path)
     g = recipe.generator
     if g.endpoints_file and not os.path.exists(g.endpoints_file) and not g.endpoints:
         # a server job may create it later; only an error when it is the only source of endpoints and its folder is missing

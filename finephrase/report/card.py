@@ -249,6 +249,36 @@ def _mix_view(report: RunReport, recipe, mix: ConfigFiles | None) -> dict | None
             "rows": mix.rows if mix else 0, "seed": recipe.mix.seed if recipe.mix else None}
 
 
+def _eval_set_view(e, decont_counts, prompts: dict) -> dict:
+    """One eval set of the recipe's ``decontamination``, with its index and the rows it caught per config."""
+    counts = decont_counts
+    return {"name": e.name, "dataset": e.dataset, "config": e.config, "split": e.split, "fields": e.text_keys,
+            "file": _basename(e.path) if e.path else None,
+            "passages": counts.passages.get(e.name) if counts else None,
+            "ngrams": counts.ngrams.get(e.name) if counts else None,
+            "sources_dropped": counts.sources_dropped.get(e.name, 0) if counts else None,
+            "rows": {name: p.contaminated.get(e.name, 0) + p.contaminated_flagged.get(e.name, 0)
+                     for name, p in prompts.items()}}
+
+
+def _cleaning_view(report: RunReport, recipe) -> dict:
+    """Dedup (sources, rows) and decontamination: the recipe's settings with the report's counts."""
+    counts = report.counts
+    prompts = counts.prompts if counts else {}
+    source = [{"label": label, "minhash": recipe.dedup.minhash if label == "minhash" else None,
+               "count": counts.dedup.get(label) if counts else None}
+              for label, on in (("exact", recipe.dedup.exact), ("minhash", recipe.dedup.minhash)) if on]
+    od = recipe.output_dedup
+    decont = recipe.decontamination
+    decont_view = None
+    if decont:
+        decont_view = {"n": decont.n_grams, "action": decont.action, "check_sources": decont.check_sources,
+                       "eval_sets": [_eval_set_view(e, counts.decontamination if counts else None, prompts)
+                                     for e in decont.eval_sets]}
+    return {"source": source, "output": {"exact": od.exact, "minhash": od.minhash} if od.enabled else None,
+            "decont": decont_view}
+
+
 def _step_rows(report: RunReport) -> list[dict]:
     """Every datatrove step with the counters the card shows (per-prompt ``<stat>/<prompt>`` ones included)."""
     rows = []
@@ -297,6 +327,7 @@ def render_card(report: RunReport, recipe, prompts: list[Prompt], repo_id: str |
         generator=_generator_view(report, recipe, configs),
         mix=_mix_view(report, recipe, mix),
         output_checks=recipe.output_checks,
+        cleaning=_cleaning_view(report, recipe),
         recipe_text=(recipe.raw_text or "").strip(),
         fmt=_fmt_num,
         row_columns=ROW_COLUMNS,

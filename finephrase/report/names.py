@@ -20,6 +20,13 @@ STAGE_REPHRASE = "rephrase"
 STAGE_ROWS = "rows"
 STAGE_MIX = "mix"
 DEDUP_STAGES = {"exact": STAGE_EXACT_FILTER, "minhash": STAGE_MINHASH_FILTER}  # report label -> stage
+# after the rows stage, when the recipe has `output_dedup` or `decontamination` (the rows stage then writes
+# .finephrase/rows/ and the last of these writes the parquet configs)
+STAGE_DECONT_INDEX = "decont-index"  # the eval sets' n-gram index (first stage of the run)
+STAGE_OUTPUT_EXACT_FILTER = "output-exact-filter"
+STAGE_OUTPUT_MINHASH_FILTER = "output-minhash-filter"
+STAGE_DECONTAMINATE = "decontaminate"
+OUTPUT_STAGES = (STAGE_OUTPUT_EXACT_FILTER, STAGE_OUTPUT_MINHASH_FILTER, STAGE_DECONTAMINATE)
 
 # --- datatrove's own stats ---------------------------------------------------------------------------------------
 
@@ -48,6 +55,21 @@ ROW_DROPPED = "dropped"  # dropped/<prompt>/<reason>
 ROW_FLAGGED = "flagged"  # flagged/<prompt>/<reason>
 GENERATION_FAILED = "generation_failed"  # the <reason> of dropped/<prompt>/<reason> for a failed generation
 
+# --- the output stages (finephrase.steps.output_dedup, finephrase.steps.decontaminate): per prompt ---------------
+
+DUPLICATES = "duplicates"  # duplicates/<prompt>/<exact|minhash>: rows removed as duplicates of a row of their config
+CONTAMINATED = "contaminated"  # contaminated/<prompt>/<eval set>: rows dropped for an n-gram of the eval set
+CONTAMINATED_FLAGGED = "contaminated_flagged"  # contaminated_flagged/<prompt>/<eval set>: kept, flagged in `checks`
+REMOVED_PROMPT_TOKENS = "removed_prompt_tokens"  # of the rows these stages removed (the written rows' tokens are
+REMOVED_COMPLETION_TOKENS = "removed_completion_tokens"  # the rows stage's row_* counters minus these)
+OUTPUT_STATS = (DUPLICATES, CONTAMINATED, CONTAMINATED_FLAGGED, REMOVED_PROMPT_TOKENS, REMOVED_COMPLETION_TOKENS)
+
+# --- finephrase.steps.decont_index.EvalSetIndex, and datatrove's NGramsDecontFilter on the sources --------------
+
+EVAL_PASSAGES = "eval_passages"  # eval_passages/<eval set>: passages (rows of the eval set) read
+EVAL_NGRAMS = "eval_ngrams"  # eval_ngrams/<eval set>: distinct n-grams indexed
+SOURCE_CONTAMINATED_PREFIX = "contaminated_"  # datatrove's NGramsDecontFilter: contaminated_<eval set>
+
 # --- finephrase.steps.mix.Mix -----------------------------------------------------------------------------------
 
 MIX_STATS = ("synthetic_documents", "synthetic_tokens", "real_documents", "real_tokens", "real_tokens_short")
@@ -56,7 +78,7 @@ MIX_STATS = ("synthetic_documents", "synthetic_tokens", "real_documents", "real_
 
 SHOWN_STEP_STATS = (DOCUMENTS, TOTAL, FORWARDED, DROPPED, INPUT_FILES, "documents_processed", *SKIPPED_INPUT,
                     "synthetic_documents", "real_documents")
-HIDDEN_STEP_STAT_PREFIXES = ("row_", "prompt_tokens", "completion_tokens")
+HIDDEN_STEP_STAT_PREFIXES = ("row_", "prompt_tokens", "completion_tokens", "removed_")
 
 
 def per_prompt(stat: str, prompt: str, reason: str | None = None) -> str:

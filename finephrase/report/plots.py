@@ -120,7 +120,7 @@ def _step(step: str, n_in: int, kept: int, reasons: dict | None = None, flagged:
 
 def funnel_steps(counts: RunCounts | None) -> list[dict]:
     """The documents in, kept and dropped at every step of the run (read, filters, dedup, generation, output
-    rules), with the drop reasons the stats name and the flags of the rows kept."""
+    rules, output dedup, decontamination), with the drop reasons the stats name and the flags of the rows kept."""
     if counts is None or counts.documents_read is None:
         return []
     skipped = dict(counts.skipped_input)
@@ -132,6 +132,11 @@ def funnel_steps(counts: RunCounts | None) -> list[dict]:
                            {"generation_failed": p.failed} if p.failed else {}))
         rules = {reason: n for reason, n in p.dropped.items() if reason != "generation_failed"}
         steps.append(_step(f"{name}: output rules", p.rephrased, p.rows, rules, p.flagged))
+        deduped = p.rows - sum(p.duplicates.values())
+        if p.duplicates:
+            steps.append(_step(f"{name}: output dedup", p.rows, deduped, p.duplicates))
+        if p.contaminated or p.contaminated_flagged:
+            steps.append(_step(f"{name}: decontamination", deduped, p.written, p.contaminated, p.contaminated_flagged))
     return steps
 
 

@@ -4,7 +4,8 @@ A :class:`RunReport` holds
 
 * ``counts`` (:class:`RunCounts`): datatrove's stats of every stage (``logs/<stage>/stats.json``), read once by
   :func:`finephrase.report.stats.counts_from_stats` — documents read, kept by each filter and by the dedup,
-  per prompt generations, failures, output-rule drops and flags, tokens, the mix; ``None`` when unknown (an
+  per prompt generations, failures, output-rule drops and flags, output duplicates and contaminated rows,
+  tokens, the mix, the decontamination's eval sets; ``None`` when unknown (an
   output whose ``.finephrase/`` was pruned);
 * ``configs`` (:class:`ConfigFiles`): each config's parquet files, from their footers
   (:func:`finephrase.report.files.config_files_report`);
@@ -56,6 +57,17 @@ class PromptCount(_Model):
     row_completion_tokens: int | None = None
     dropped: dict[str, int] = {}  # output rule (or generation_failed) -> generations dropped
     flagged: dict[str, int] = {}  # output rule -> rows kept with a flag in `checks`
+    # after the output rules (the output stages, finephrase.steps.output_dedup / decontaminate)
+    duplicates: dict[str, int] = {}  # "exact" / "minhash" -> rows removed as duplicates of a row of this config
+    contaminated: dict[str, int] = {}  # eval set -> rows dropped for sharing an n-gram with it
+    contaminated_flagged: dict[str, int] = {}  # eval set -> rows kept, flagged `contaminated:<set>` in `checks`
+    removed_prompt_tokens: int = 0  # of the rows removed after the output rules (duplicates, contaminated)
+    removed_completion_tokens: int = 0
+
+    @property
+    def written(self) -> int:
+        """Rows written: kept by the output rules, minus the duplicates and the contaminated rows dropped."""
+        return self.rows - sum(self.duplicates.values()) - sum(self.contaminated.values())
 
 
 class MixCount(_Model):
@@ -64,6 +76,14 @@ class MixCount(_Model):
     real_documents: int = 0
     real_tokens: int = 0
     real_tokens_short: int = 0  # real tokens missing to reach the target share (the real data ran out)
+
+
+class DecontCount(_Model):
+    """Decontamination: each eval set's index (stage ``decont-index``) and the source documents it dropped."""
+
+    passages: dict[str, int] = {}  # eval set -> rows (passages) read
+    ngrams: dict[str, int] = {}  # eval set -> distinct n-grams indexed
+    sources_dropped: dict[str, int] = {}  # eval set -> source documents dropped (decontamination.check_sources)
 
 
 class StepCount(_Model):
@@ -86,6 +106,7 @@ class RunCounts(_Model):
     rephrase_documents: int | None = None  # documents the rephrase stage got
     inference_time_s: int | float | None = None  # seconds, summed over tasks
     mix: MixCount | None = None
+    decontamination: DecontCount | None = None  # None: the recipe had no `decontamination`
 
     @classmethod
     def from_summary(cls, summary: dict) -> RunCounts | None:
@@ -103,11 +124,13 @@ class RunCounts(_Model):
 
     def to_summary(self) -> dict:
         """The ``run.json`` summary shape (its keys and their order as before the report existed)."""
-        out = self.model_dump(by_alias=True, exclude={"mix"})
+        out = self.model_dump(by_alias=True, exclude={"mix", "decontamination"})
         out = {k: out[k] for k in ("documents_read", "skipped_input", "filters", "dedup", "prompts", "steps",
                                    "rephrase_documents", "inference_time_s")}
         if self.mix is not None:
             out["mix"] = self.mix.model_dump()
+        if self.decontamination is not None:
+            out["decontamination"] = self.decontamination.model_dump()
         return out
 
     def row_tokens(self, prompt: str) -> tuple[int, int] | None:
@@ -115,7 +138,7 @@ class RunCounts(_Model):
         p = self.prompts.get(prompt)
         if p is None or p.row_prompt_tokens is None or p.row_completion_tokens is None:
             return None
-        return p.row_prompt_tokens, p.row_completion_tokens
+        return p.row_prompt_tokens - p.removed_prompt_tokens, p.row_completion_tokens - p.removed_completion_tokens
 
 
 class KindCount(_Model):

@@ -3,8 +3,9 @@
 ``stats.json`` lists a stage's steps in pipeline order, each with its display name and its counters. A step is
 found here by the counters it carries (:mod:`finephrase.report.names`), never by its display name or its place
 in the list: the reader carries ``documents``, a filter ``forwarded``/``dropped``, the rephrase step
-``inference_time``, the rows step ``generated/<prompt>`` and friends, the mix step ``synthetic_documents``. A step
-that saw no document carries no counter, and counts as zero.
+``inference_time``, the rows step ``generated/<prompt>`` and friends, the output stages ``duplicates/<prompt>/...``
+and ``contaminated/<prompt>/...``, the eval sets' index ``eval_ngrams/<set>``, the mix step
+``synthetic_documents``. A step that saw no document carries no counter, and counts as zero.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 
 from finephrase.report import names
 from finephrase.report.run_report import (
+    DecontCount,
     DedupCount,
     FilterCount,
     MixCount,
@@ -92,6 +94,7 @@ def _by_reason(rows: dict, stat: str, prompt: str) -> dict[str, int]:
 
 
 def _prompt(rows: dict, name: str) -> PromptCount:
+    """One prompt's counts from the per-prompt counters of the rows stage and the output stages."""
     def get(stat: str, reason: str | None = None):
         return rows.get(names.per_prompt(stat, name, reason), 0)
 
@@ -101,13 +104,41 @@ def _prompt(rows: dict, name: str) -> PromptCount:
         prompt_tokens=get(names.GENERATED_PROMPT_TOKENS), completion_tokens=get(names.GENERATED_COMPLETION_TOKENS),
         rows=get(names.ROWS), row_prompt_tokens=get(names.ROW_PROMPT_TOKENS),
         row_completion_tokens=get(names.ROW_COMPLETION_TOKENS),
-        dropped=_by_reason(rows, names.ROW_DROPPED, name), flagged=_by_reason(rows, names.ROW_FLAGGED, name))
+        dropped=_by_reason(rows, names.ROW_DROPPED, name), flagged=_by_reason(rows, names.ROW_FLAGGED, name),
+        duplicates=_by_reason(rows, names.DUPLICATES, name), contaminated=_by_reason(rows, names.CONTAMINATED, name),
+        contaminated_flagged=_by_reason(rows, names.CONTAMINATED_FLAGGED, name),
+        removed_prompt_tokens=get(names.REMOVED_PROMPT_TOKENS),
+        removed_completion_tokens=get(names.REMOVED_COMPLETION_TOKENS))
 
 
-def _rows_counters(steps: list[dict]) -> dict:
+def _rows_counters(steps: list[dict], stats=ROWS_STATS) -> dict:
     """The rows step's per-prompt counters (``<stat>/<prompt>...``)."""
-    return {k: v for c in map(_counters, steps) for k, v in c.items() if k.partition("/")[0] in ROWS_STATS
+    return {k: v for c in map(_counters, steps) for k, v in c.items() if k.partition("/")[0] in stats
             and "/" in k}
+
+
+def _output_counters(output: str) -> dict:
+    """The output stages' per-prompt counters (duplicates, contaminated rows, their tokens), summed."""
+    out: dict = {}
+    for stage in names.OUTPUT_STAGES:
+        for k, v in _rows_counters(load_stage_stats(output, stage), names.OUTPUT_STATS).items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def _per_set(counters: dict, stat: str) -> dict[str, int]:
+    prefix = stat + "/"
+    return {k[len(prefix):]: v for k, v in counters.items() if k.startswith(prefix)}
+
+
+def _decontamination(output: str, filter_stage: list[dict]) -> DecontCount | None:
+    index = {k: v for c in map(_counters, load_stage_stats(output, names.STAGE_DECONT_INDEX)) for k, v in c.items()}
+    if not index:
+        return None
+    prefix = names.SOURCE_CONTAMINATED_PREFIX
+    sources = {k[len(prefix):]: v for c in map(_counters, filter_stage) for k, v in c.items() if k.startswith(prefix)}
+    return DecontCount(passages=_per_set(index, names.EVAL_PASSAGES), ngrams=_per_set(index, names.EVAL_NGRAMS),
+                       sources_dropped=sources)
 
 
 def _mix(output: str) -> MixCount | None:
@@ -124,7 +155,7 @@ def counts_from_stats(output: str, stages: list[str], prompts: list[str]) -> Run
     filter_stage = load_stage_stats(output, names.STAGE_FILTER)
     reader = next(iter(_carrying(filter_stage, names.READER_STATS)), {})
     rows_stage = load_stage_stats(output, names.STAGE_ROWS)
-    rows = _rows_counters(rows_stage)
+    rows = {**_rows_counters(rows_stage), **_output_counters(output)}
     return RunCounts(
         documents_read=reader.get(names.DOCUMENTS, 0),
         skipped_input={k: reader[k] for k in names.SKIPPED_INPUT if reader.get(k)},
@@ -135,4 +166,5 @@ def counts_from_stats(output: str, stages: list[str], prompts: list[str]) -> Run
         rephrase_documents=_value(rows_stage, names.DOCUMENTS),
         inference_time_s=_value(load_stage_stats(output, names.STAGE_REPHRASE), names.INFERENCE_TIME),
         mix=_mix(output),
+        decontamination=_decontamination(output, filter_stage),
     )

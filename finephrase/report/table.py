@@ -12,7 +12,21 @@ def _prompt_rows(name: str, p: PromptCount) -> list[tuple[str, str]]:
         (f"rephrased [{name}]", f"{p.rephrased} ok, {p.failed} failed, {p.truncated_inputs} truncated inputs"),
         (f"  rows kept [{name}]", f"{p.rows} (dropped by checks: {dropped})" + (f"; flagged: {flagged}" if flagged else "")),
         (f"  tokens [{name}]", f"prompt {p.prompt_tokens:,}, completion {p.completion_tokens:,}"),
-    ]
+    ] + _removed_rows(name, p)
+
+
+def _removed_rows(name: str, p: PromptCount) -> list[tuple[str, str]]:
+    """Output dedup and decontamination of a prompt's rows (only when they removed or flagged any)."""
+    rows = []
+    if p.duplicates:
+        rows.append((f"  duplicates [{name}]", ", ".join(f"{k} {v}" for k, v in p.duplicates.items())))
+    contaminated = [f"{k} {v}" for k, v in p.contaminated.items()]
+    contaminated += [f"{k} {v} flagged" for k, v in p.contaminated_flagged.items()]
+    if contaminated:
+        rows.append((f"  contaminated [{name}]", ", ".join(contaminated)))
+    if p.duplicates or p.contaminated:
+        rows.append((f"  rows written [{name}]", str(p.written)))
+    return rows
 
 
 def summary_rows(report: RunReport) -> list[tuple[str, str]]:

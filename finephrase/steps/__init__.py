@@ -6,6 +6,10 @@ What lives here:
 * :mod:`.length_filter`, :mod:`.language_filter`, :mod:`.quality_filter` — the source filters (fastText models);
 * :mod:`.rephrase` — ``Rephrase``, the inference step, with its two strategies (truncate, chunked);
 * :mod:`.format_rows` — ``FormatRows``: one row per generation, with the output rules of :mod:`.output_checks`;
+* :mod:`.output_dedup` — datatrove's exact and MinHash dedup on the rows, each prompt config on its own, counting
+  the duplicates removed per config;
+* :mod:`.decont_index`, :mod:`.decontaminate` — ``EvalSetIndex`` (the eval sets' n-grams as datatrove's decont
+  index) and ``Decontaminate`` (datatrove's ``NGramsDecontFilter`` check: rows dropped or flagged, counted);
 * :mod:`.mix` — ``Mix``: real and synthetic rows at a token ratio.
 
 What it may import: datatrove, and from finephrase ``finephrase.inference`` (the request path),

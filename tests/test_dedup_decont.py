@@ -1,0 +1,273 @@
+"""Data quality the way the papers do it: output dedup per config and n-gram decontamination (issue 14).
+
+The stages after the rephrase stage run here for real (datatrove's executor, two tasks) on planted rephrased
+documents: no model is needed. Planted in the generations: exact and near duplicates inside a config and across
+configs, and passages of a benchmark (13-gram overlap); the counts are checked in datatrove's stats, the run
+report and the dataset card. The source side (``check_sources``) runs the index and filter stages on planted
+source documents.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import first_demo_docs
+
+from finephrase.inference.backends import GeneratorRuntime
+from finephrase.pipeline import RunPaths, build_stages, run_local
+from finephrase.recipe import RecipeError, load_recipe
+from finephrase.report import build_report, load_stage_stats, names
+from finephrase.report import summary_rows
+from finephrase.report.card import render_card
+from finephrase.report.plots import funnel_steps
+from finephrase.report.stats import total
+from finephrase.steps.decont_index import EvalSetIndex, eval_rows
+from finephrase.steps.decontaminate import Decontaminate
+
+PROMPT = """\
+name: {name}
+set: local
+version: "1.0"
+source: {{title: test prompt}}
+description: Rewrites the text (test prompt).
+template: |-
+  Rewrite the text below.
+
+  Document:
+  {{{{ document }}}}
+output_rules: {{drop_refusals: false}}
+"""
+# a benchmark: questions long enough to have 13-grams
+BENCH = [
+    {"question": "A train leaves the station at nine in the morning travelling at sixty miles per hour towards "
+                 "a city that is one hundred and eighty miles away; at what time does it arrive?",
+     "answer": "It arrives at twelve noon."},
+    {"question": "Which planet of the solar system has the largest number of confirmed moons according to the "
+                 "latest survey published by the international astronomical union?",
+     "answer": "Saturn."},
+]
+PLANTED = BENCH[0]["question"]
+NEAR_MISS = " ".join(BENCH[1]["question"].split()[:12])  # 12 words of a question: no 13-gram in common
+
+
+def _shingles(text: str) -> set:
+    words = text.lower().split()
+    return {tuple(words[i:i + 5]) for i in range(len(words) - 4)}
+
+
+def texts(demo_data, n: int) -> list[str]:
+    """``n`` real texts of about 120 words (the demo corpus), no two of them alike (5-word shingles)."""
+    out: list[str] = []
+    for doc in first_demo_docs(demo_data, 6 * n):
+        words = doc["text"].split()
+        text = " ".join(words[20:140])
+        s = _shingles(text)
+        if len(words) >= 160 and all(len(s & _shingles(t)) < 0.2 * len(s) for t in out):
+            out.append(text)
+    assert len(out) >= n
+    return out[:n]
+
+
+def near(text: str) -> str:
+    """A near duplicate: one word changed, the spacing of the end changed."""
+    words = text.split()
+    words[60] = "zebra"
+    return " ".join(words[:-5]) + "  " + " ".join(words[-5:]) + "\n"
+
+
+def planted_generations(demo_data) -> tuple[list[dict], dict]:
+    """Rephrased documents (as the rephrase stage writes them) and what the output stages must find."""
+    t = texts(demo_data, 12)
+    alpha = [t[0], t[1], t[2], t[3], t[1], near(t[2]), t[4] + " " + PLANTED, t[5] + " " + NEAR_MISS]
+    beta = [t[1], t[2], t[6], t[7], t[8], t[7], t[9] + " " + BENCH[1]["question"], t[10]]
+    docs = []
+    for i, (a, b) in enumerate(zip(alpha, beta)):
+        results = {name: {"text": text, "finish_reason": "stop", "prompt_tokens": 100 + i, "completion_tokens": 10 + i}
+                   for name, text in (("alpha", a), ("beta", b))}
+        docs.append({"id": f"d{i}", "text": f"source document {i} " + t[11], "metadata": {"rollout_results": [results]}})
+    expected = {"alpha": {"duplicates": {"exact": 1, "minhash": 1}, "contaminated": {"bench": 1}},
+                "beta": {"duplicates": {"exact": 1}, "contaminated": {"bench": 1}}}
+    return docs, expected
+
+
+def write_inputs(tmp_path: Path, docs: list[dict]) -> None:
+    (tmp_path / "src").mkdir(exist_ok=True)
+    with open(tmp_path / "src" / "docs.jsonl", "w") as f:
+        f.writelines(json.dumps({"id": d["id"], "text": d["text"]}) + "\n" for d in docs)
+    for name in ("alpha", "beta"):
+        (tmp_path / f"{name}.yaml").write_text(PROMPT.format(name=name))
+    with open(tmp_path / "bench.jsonl", "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in BENCH)
+
+
+def recipe_for(tmp_path: Path, make_recipe, decont: dict | None = None, output_dedup: dict | None = None,
+               tasks: int = 2):
+    decont = {"eval_sets": [{"path": str(tmp_path / "bench.jsonl"), "dataset": "org/bench",
+                             "text_key": ["question", "answer"]}], **(decont or {})}
+    return load_recipe(make_recipe({
+        "source": {"path": str(tmp_path / "src")},
+        "filters": {"quality": None, "language": None, "min_chars": 1},
+        "dedup": None, "mix": None,
+        "prompts": [str(tmp_path / "alpha.yaml"), str(tmp_path / "beta.yaml")],
+        "generator": {"server": "openai", "endpoints": ["http://127.0.0.1:9"], "model": "echo", "replicas": None,
+                      "threads": 1, "n_ctx": 2048},
+        "output_checks": "drop",
+        "output_dedup": output_dedup if output_dedup is not None else {"exact": True, "minhash": {}},
+        "decontamination": decont,
+        "run": {"tasks": tasks},
+    }))
+
+
+def run_after_rephrase(recipe, out: Path, docs: list[dict], tasks: int = 2) -> list:
+    """The index stage, then every stage after the rephrase stage, on planted rephrased documents."""
+    prompts = recipe.resolved_prompts()
+    stages = build_stages(recipe, prompts, str(out), GeneratorRuntime(model="echo"), tasks=tasks)
+    rephrased = Path(RunPaths(str(out)).w("rephrased"))
+    rephrased.mkdir(parents=True)
+    for rank in range(tasks):  # a file per rephrase task, duplicates spread over them
+        with open(rephrased / f"{rank:05d}.jsonl", "w") as f:
+            f.writelines(json.dumps(d) + "\n" for d in docs[rank::tasks])
+    names_ = [s.name for s in stages]
+    after = [s for s in stages if names_.index(s.name) > names_.index(names.STAGE_REPHRASE)]
+    for stage in [stages[0], *after] if stages[0].name == names.STAGE_DECONT_INDEX else after:
+        run_local([stage], str(out))
+    return stages
+
+
+def rows_of(out: Path, config: str) -> list[dict]:
+    return [r for f in sorted((out / "data" / config).glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+
+
+@pytest.fixture
+def planted(tmp_path, demo_data):
+    docs, expected = planted_generations(demo_data)
+    write_inputs(tmp_path, docs)
+    return docs, expected
+
+
+def test_output_dedup_and_decontamination_per_config(tmp_path, make_recipe, planted):
+    docs, expected = planted
+    recipe = recipe_for(tmp_path, make_recipe)
+    out = tmp_path / "out"
+    stages = run_after_rephrase(recipe, out, docs)
+    assert [s.name for s in stages] == [
+        "decont-index", "filter", "rephrase", "rows", "output-exact-signatures", "output-exact-find",
+        "output-exact-filter", "output-minhash-signatures", "output-minhash-buckets", "output-minhash-cluster",
+        "output-minhash-filter", "decontaminate"]
+
+    alpha, beta = rows_of(out, "alpha"), rows_of(out, "beta")
+    assert len(alpha) == 8 - 3 and len(beta) == 8 - 2
+    assert not any(PLANTED in r["text"] for r in alpha), "the planted benchmark passage is caught"
+    assert any(NEAR_MISS in r["text"] for r in alpha), "12 words in common are not a 13-gram"
+    assert len({r["text"] for r in alpha}) == len(alpha) and len({r["text"] for r in beta}) == len(beta)
+    assert {r["text"] for r in alpha} & {r["text"] for r in beta}, "the same text in two configs is kept in both"
+    t2 = docs[2]["metadata"]["rollout_results"][0]["alpha"]["text"]
+    assert sum(r["text"].split()[:50] == t2.split()[:50] for r in alpha) == 1, "a near duplicate: one of the two"
+
+    # stats -> report -> card
+    stats = {k: total(v) for step in load_stage_stats(str(out), names.STAGE_OUTPUT_EXACT_FILTER)
+             for k, v in step["stats"].items()}
+    assert stats["duplicates/alpha/exact"] == 1 and stats["duplicates/beta/exact"] == 1
+    prompts = recipe.resolved_prompts()
+    report = build_report(str(out), [s.name for s in stages], prompts)
+    for name, want in expected.items():
+        p = report.counts.prompts[name]
+        assert p.duplicates == want["duplicates"] and p.contaminated == want["contaminated"]
+        assert p.written == len(rows_of(out, name)) == report.config(name).rows
+        kept = rows_of(out, name)
+        assert report.config(name).completion_tokens == sum(r["completion_tokens"] for r in kept)
+    d = report.counts.decontamination
+    assert d.passages == {"bench": 2} and d.ngrams["bench"] > 20 and d.sources_dropped == {}
+    assert report.counts.to_summary()["decontamination"]["ngrams"] == d.ngrams
+
+    table = dict(summary_rows(report))
+    assert table["  duplicates [alpha]"] == "exact 1, minhash 1" and table["  contaminated [beta]"] == "bench 1"
+    funnel = {f["step"]: f for f in funnel_steps(report.counts)}
+    assert funnel["alpha: output dedup"]["dropped"] == 2 and funnel["alpha: decontamination"]["kept"] == 5
+
+    card = str(render_card(report, recipe, prompts))
+    assert "| output dedup `alpha` | 8 | 6 | exact duplicates 1, near duplicates (MinHash) 1 |" in card
+    assert "| decontamination `alpha` (drop) | 6 | 5 | bench 1 |" in card
+    assert "13-grams" in card and "`bench`" in card and "[`org/bench`](https://huggingface.co/datasets/org/bench)" \
+        in card and "question, answer" in card
+
+
+def test_flagged_contamination_and_exact_only(tmp_path, make_recipe, planted):
+    docs, _ = planted
+    recipe = recipe_for(tmp_path, make_recipe, decont={"action": "flag"}, output_dedup={"exact": True}, tasks=1)
+    out = tmp_path / "out"
+    stages = run_after_rephrase(recipe, out, docs, tasks=1)
+    assert "output-minhash-filter" not in [s.name for s in stages]
+    alpha = rows_of(out, "alpha")
+    assert len(alpha) == 7, "exact only: the near duplicate stays"
+    flagged = [r for r in alpha if r["checks"]]
+    assert [r["checks"] for r in flagged] == ["contaminated:bench"] and PLANTED in flagged[0]["text"]
+    report = build_report(str(out), [s.name for s in stages], recipe.resolved_prompts())
+    p = report.counts.prompts["alpha"]
+    assert p.contaminated == {} and p.contaminated_flagged == {"bench": 1} and p.written == 7
+    card = str(render_card(report, recipe, recipe.resolved_prompts()))
+    assert "flagged `contaminated:bench` in the `checks` column" in card
+
+
+def test_sources_are_checked_when_asked(tmp_path, make_recipe, planted):
+    docs, _ = planted
+    docs[3]["text"] = "An exam-like page. " + PLANTED.upper() + " The end."  # normalised: case does not matter
+    write_inputs(tmp_path, docs)
+    recipe = recipe_for(tmp_path, make_recipe, decont={"check_sources": True}, tasks=1)
+    out = tmp_path / "out"
+    stages = build_stages(recipe, recipe.resolved_prompts(), str(out), GeneratorRuntime(model="echo"), tasks=1)
+    run_local(stages[:2], str(out))  # the index, the filter stage
+    kept = [json.loads(line)["id"] for f in Path(RunPaths(str(out)).w("filtered")).glob("*.jsonl.gz")
+            for line in __import__("gzip").open(f, "rt")]
+    assert kept == [d["id"] for d in docs if d["id"] != "d3"]
+    report = build_report(str(out), [s.name for s in stages[:2]], recipe.resolved_prompts())
+    assert report.counts.decontamination.sources_dropped == {"bench": 1}
+    assert [f.dropped for f in report.counts.filters] == [1]
+    card = str(render_card(report, recipe, recipe.resolved_prompts()))
+    assert "source documents dropped" in card
+
+
+def test_eval_sets_from_parquet_folders_and_flag_step(tmp_path):
+    import pyarrow as pa
+
+    folder = tmp_path / "bench"
+    (folder / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(BENCH), folder / "data" / "test-00000.parquet")
+    pq.write_table(pa.Table.from_pylist([{"question": "unrelated train question", "answer": "x"}]),
+                   folder / "data" / "train-00000.parquet")
+    eval_set = {"name": "bench", "path": str(folder), "split": "test", "text_key": ["question"]}
+    assert [r["question"] for r in eval_rows(eval_set)] == [b["question"] for b in BENCH], "the split's files"
+    index = tmp_path / "index"
+    EvalSetIndex(str(index), [eval_set]).run()
+    assert (index / "bench.index.hashes").stat().st_size > 0
+    from datatrove.data import Document
+
+    step = Decontaminate(str(index), action="flag")
+    docs = [Document(text="Intro. " + PLANTED, id="a", metadata={"config": "x", "checks": "failed:format_qa"}),
+            Document(text="clean text " * 20, id="b", metadata={"config": "x"})]
+    kept = list(step.run(iter(docs)))
+    assert [d.metadata.get("checks") for d in kept] == ["failed:format_qa,contaminated:bench", None]
+    assert "contaminated_task" not in kept[0].metadata
+
+
+@pytest.mark.parametrize("decont, key", [
+    ({"eval_sets": []}, "decontamination.eval_sets"),
+    ({"eval_sets": [{"split": "test"}]}, "decontamination.eval_sets[0]"),
+    ({"eval_sets": [{"path": "MISSING.jsonl"}]}, "decontamination.eval_sets[0].path"),
+    ({"eval_sets": [{"dataset": "a/x"}, {"dataset": "b/x"}]}, "decontamination.eval_sets"),
+    ({"eval_sets": [{"dataset": "a/x"}], "action": "delete"}, "decontamination.action"),
+])
+def test_recipe_errors_name_the_key(make_recipe, decont, key):
+    with pytest.raises(RecipeError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        load_recipe(make_recipe({"decontamination": decont}))
+
+
+def test_eval_set_names_and_output_dedup_default(make_recipe):
+    recipe = load_recipe(make_recipe({"decontamination": {"eval_sets": [
+        {"dataset": "openai/gsm8k", "config": "main"}, {"path": "data/demo/docs.jsonl.gz", "name": "demo"}]}}))
+    assert [e.name for e in recipe.decontamination.eval_sets] == ["gsm8k", "demo"]
+    assert recipe.decontamination.n_grams == 13 and recipe.decontamination.action == "drop"
+    assert not recipe.output_dedup.enabled
