@@ -253,6 +253,35 @@ def test_eval_sets_from_parquet_folders_and_flag_step(tmp_path):
     assert "contaminated_task" not in kept[0].metadata
 
 
+def test_hub_eval_sets_go_through_datasets(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load(dataset, config=None, split=None):
+        calls.append((dataset, config, split))
+        if dataset == "org/offline":
+            raise ConnectionError("Couldn't reach 'org/offline' on the Hub")
+        return BENCH
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    rows = list(eval_rows({"name": "gsm8k", "dataset": "openai/gsm8k", "config": "main", "split": "test"}))
+    assert rows == BENCH and calls == [("openai/gsm8k", "main", "test")]
+    with pytest.raises(RuntimeError, match="set the eval set's `path` to DIR"):
+        list(eval_rows({"name": "x", "dataset": "org/offline", "split": "test"}))
+
+
+def test_a_local_copy_of_a_hub_dataset_is_read_by_config_and_split(tmp_path):
+    import pyarrow as pa
+
+    for config, split, question in (("main", "test", "main test"), ("main", "train", "main train"),
+                                    ("socratic", "test", "socratic test")):
+        (tmp_path / config).mkdir(exist_ok=True)
+        pq.write_table(pa.Table.from_pylist([{"question": question}]), tmp_path / config / f"{split}-00000.parquet")
+    rows = eval_rows({"name": "g", "path": str(tmp_path), "config": "main", "split": "test"})
+    assert [r["question"] for r in rows] == ["main test"]
+
+
 @pytest.mark.parametrize("decont, key", [
     ({"eval_sets": []}, "decontamination.eval_sets"),
     ({"eval_sets": [{"split": "test"}]}, "decontamination.eval_sets[0]"),
@@ -271,3 +300,80 @@ def test_eval_set_names_and_output_dedup_default(make_recipe):
     assert [e.name for e in recipe.decontamination.eval_sets] == ["gsm8k", "demo"]
     assert recipe.decontamination.n_grams == 13 and recipe.decontamination.action == "drop"
     assert not recipe.output_dedup.enabled
+
+
+# ------------------------------------------------------------------ end to end: `finephrase run`, an echo server
+class EchoOpenAI:
+    """An OpenAI-compatible server whose answer is the request's document, verbatim: planted sources become planted
+    generations."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, body: dict):
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._send({"object": "list", "data": [{"id": "echo", "object": "model", "owned_by": "test"}]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                user = body["messages"][-1]["content"]
+                text = user.split("Document:\n", 1)[1] if "Document:\n" in user else "OK"
+                self._send({"id": "x", "object": "chat.completion", "created": 0, "model": "echo",
+                            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                         "finish_reason": "stop" if "Document:\n" in user else "length"}],
+                            "usage": {"prompt_tokens": len(user) // 4, "completion_tokens": len(text) // 4,
+                                      "total_tokens": (len(user) + len(text)) // 4}})
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+def test_finephrase_run_dedups_and_decontaminates_its_outputs(tmp_path, demo_data, make_recipe):
+    from conftest import run_cli
+
+    server = EchoOpenAI()
+    t = texts(demo_data, 6)
+    sources = [t[0], t[1], t[2], t[3], t[1], near(t[2]), t[4] + " " + PLANTED, t[5]]
+    (tmp_path / "src").mkdir()
+    with open(tmp_path / "src" / "docs.jsonl", "w") as f:
+        f.writelines(json.dumps({"id": f"s{i}", "text": text}) + "\n" for i, text in enumerate(sources))
+    (tmp_path / "alpha.yaml").write_text(PROMPT.format(name="alpha"))
+    with open(tmp_path / "bench.jsonl", "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in BENCH)
+    recipe = make_recipe({
+        "source": {"path": str(tmp_path / "src")},
+        "filters": {"quality": None, "language": None, "min_chars": 1},
+        "dedup": None, "mix": None,
+        "prompts": [str(tmp_path / "alpha.yaml")],
+        "generator": {"server": "openai", "endpoints": [server.url], "model": "echo", "replicas": None,
+                      "threads": 1, "n_ctx": 2048, "context_length": 2048, "max_retries": 0,
+                      "params": {"max_new_tokens": 512, "temperature": 0.0, "top_p": None, "seed": 0}},
+        "output_checks": "drop",
+        "output_dedup": {"exact": True, "minhash": {}},
+        "decontamination": {"eval_sets": [{"path": str(tmp_path / "bench.jsonl"), "text_key": "question"}]},
+    })
+    try:
+        run_cli("run", str(recipe), "--output", str(tmp_path / "out"))
+    finally:
+        server.httpd.shutdown()
+    out = tmp_path / "out"
+    assert sorted(r["source_id"] for r in rows_of(out, "alpha")) == ["s0", "s1", "s2", "s3", "s7"]
+    summary = json.loads((out / ".finephrase" / "run.json").read_text())["summary"]
+    p = summary["prompts"]["alpha"]
+    assert p["rows"] == 8 and p["duplicates"] == {"exact": 1, "minhash": 1} and p["contaminated"] == {"bench": 1}
+    card = (out / "README.md").read_text()
+    assert "| decontamination `alpha` (drop) | 6 | 5 | bench 1 |" in card and "| `bench` | local file `bench.jsonl`" \
+        in card

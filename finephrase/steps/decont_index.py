@@ -57,20 +57,28 @@ def _file_rows(path: str) -> Iterator[dict]:
         yield from _json_rows(path)
 
 
-def eval_files(path: str, split: str | None = None) -> list[str]:
-    """The data files of a local eval set: the file, or the folder's files (those naming ``split``, if any do)."""
+def eval_files(path: str, split: str | None = None, config: str | None = None) -> list[str]:
+    """The data files of a local eval set: the file, or the folder's files — those whose path names ``config`` and
+    ``split`` (a local copy of a Hub dataset: ``<config>/test-00000-of-00001.parquet``), else those naming
+    ``split``, else all of them."""
     if os.path.isfile(path):
         return [path]
     found = sorted(f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True) if f.endswith(FILE_SUFFIXES))
-    named = [f for f in found if split and split in os.path.relpath(f, path)]
-    return named or found
+
+    def naming(*words):
+        return [f for f in found if all(w in os.path.relpath(f, path) for w in words if w)]
+
+    for words in ((config, split), (split,)):
+        if any(words) and naming(*words):
+            return naming(*words)
+    return found
 
 
 def eval_rows(eval_set: dict) -> Iterator[dict]:
     """The rows of an eval set: its local files, else the Hub dataset (``datasets.load_dataset``)."""
     path = eval_set.get("path")
     if path:
-        files = eval_files(path, eval_set.get("split"))
+        files = eval_files(path, eval_set.get("split"), eval_set.get("config"))
         if not files:
             raise FileNotFoundError(f"eval set {eval_set['name']!r}: no {'/'.join(FILE_SUFFIXES)} files at {path!r}")
         for f in files:
@@ -78,7 +86,14 @@ def eval_rows(eval_set: dict) -> Iterator[dict]:
         return
     from datasets import load_dataset
 
-    yield from load_dataset(eval_set["dataset"], eval_set.get("config"), split=eval_set.get("split") or "test")
+    dataset, config, split = eval_set["dataset"], eval_set.get("config"), eval_set.get("split") or "test"
+    try:
+        rows = load_dataset(dataset, config, split=split)
+    except Exception as e:  # no network, a gated dataset, a wrong config or split: say what to do
+        raise RuntimeError(f"eval set {eval_set['name']!r}: could not load the Hub dataset {dataset!r} (config "
+                           f"{config!r}, split {split!r}): {e}. Download it (hf download {dataset} --repo-type "
+                           "dataset --local-dir DIR) and set the eval set's `path` to DIR") from e
+    yield from rows
 
 
 def passage(row: dict, keys: list[str]) -> str:
