@@ -19,8 +19,7 @@ from conftest import first_demo_docs
 from finephrase.inference.backends import GeneratorRuntime
 from finephrase.pipeline import RunPaths, build_stages, run_local
 from finephrase.recipe import RecipeError, load_recipe
-from finephrase.report import build_report, load_stage_stats, names
-from finephrase.report import summary_rows
+from finephrase.report import build_report, load_stage_stats, names, summary_rows
 from finephrase.report.card import render_card
 from finephrase.report.plots import funnel_steps
 from finephrase.report.stats import total
@@ -377,3 +376,13 @@ def test_finephrase_run_dedups_and_decontaminates_its_outputs(tmp_path, demo_dat
     card = (out / "README.md").read_text()
     assert "| decontamination `alpha` (drop) | 6 | 5 | bench 1 |" in card and "| `bench` | local file `bench.jsonl`" \
         in card
+
+
+def test_rows_all_removed_after_the_output_rules_is_an_empty_output():
+    from finephrase.report import PromptCount, RunCounts, RunReport, empty_output_problem
+
+    report = RunReport(counts=RunCounts(documents_read=3, rephrase_documents=3, prompts={
+        "faq": PromptCount(rephrased=3, rows=3, duplicates={"exact": 2}, contaminated={"bench": 1})}))
+    assert empty_output_problem(report, "/nonexistent") == (
+        "prompt faq: the output dedup and decontamination removed all 3 rows (exact duplicates 2, contaminated by "
+        "bench 1); check the generations (.finephrase/rows/) and the eval sets")

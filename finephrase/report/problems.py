@@ -46,9 +46,14 @@ def empty_output_problem(report: RunReport, output: str) -> str | None:
         return _nothing_rephrased(counts)
     problems = []
     for name, p in counts.prompts.items():
-        if p.rows or not (p.rephrased or p.failed):
+        if p.written or not (p.rephrased or p.failed):
             continue
-        if not p.rephrased:
+        if p.rows:
+            removed = [f"{k} duplicates {v}" for k, v in p.duplicates.items()]
+            removed += [f"contaminated by {k} {v}" for k, v in p.contaminated.items()]
+            problems.append(f"prompt {name}: the output dedup and decontamination removed all {p.rows} rows "
+                            f"({', '.join(removed)}); check the generations (.finephrase/rows/) and the eval sets")
+        elif not p.rephrased:
             error = first_generation_error(output, name)
             problems.append(f"prompt {name}: all {p.failed} generations failed"
                             + (f"; the first error: {error}" if error else ""))
