@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from conftest import first_demo_docs
+from hub_server import hub_repo_id, hub_server  # noqa: F401  (pytest fixtures)
 
 from finephrase.inference.backends import GeneratorRuntime
 from finephrase.pipeline import RunPaths, build_stages, run_local
@@ -252,22 +253,32 @@ def test_eval_sets_from_parquet_folders_and_flag_step(tmp_path):
     assert "contaminated_task" not in kept[0].metadata
 
 
-def test_hub_eval_sets_go_through_datasets(monkeypatch):
-    import datasets
+def test_hub_eval_sets_go_through_datasets(tmp_path, hub_server, hub_repo_id):  # noqa: F811
+    """An eval set named by its Hub dataset id is loaded by ``datasets.load_dataset`` from the (offline, test)
+    Hub, by config and split; a dataset the Hub does not have says how to use a local copy instead."""
+    import pyarrow as pa
+    from huggingface_hub import HfApi
 
-    calls = []
+    api = HfApi()
+    api.create_repo(hub_repo_id, repo_type="dataset")
+    card = "---\nconfigs:\n"
+    for config, split, rows in (("main", "test", BENCH), ("main", "train", [{"question": "main train", "answer": "-"}]),
+                                ("socratic", "test", [{"question": "socratic test", "answer": "-"}])):
+        local = tmp_path / f"{config}-{split}.parquet"
+        pq.write_table(pa.Table.from_pylist(rows), local)
+        api.upload_file(path_or_fileobj=str(local), path_in_repo=f"{config}/{split}-00000-of-00001.parquet",
+                        repo_id=hub_repo_id, repo_type="dataset")
+    for config in ("main", "socratic"):
+        card += f"- config_name: {config}\n  data_files:\n"
+        card += "".join(f"  - split: {split}\n    path: {config}/{split}-*.parquet\n"
+                        for split in (("test", "train") if config == "main" else ("test",)))
+    api.upload_file(path_or_fileobj=(card + "---\n").encode(), path_in_repo="README.md", repo_id=hub_repo_id,
+                    repo_type="dataset")
 
-    def fake_load(dataset, config=None, split=None):
-        calls.append((dataset, config, split))
-        if dataset == "org/offline":
-            raise ConnectionError("Couldn't reach 'org/offline' on the Hub")
-        return BENCH
-
-    monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    rows = list(eval_rows({"name": "gsm8k", "dataset": "openai/gsm8k", "config": "main", "split": "test"}))
-    assert rows == BENCH and calls == [("openai/gsm8k", "main", "test")]
+    rows = list(eval_rows({"name": "gsm8k", "dataset": hub_repo_id, "config": "main", "split": "test"}))
+    assert rows == BENCH
     with pytest.raises(RuntimeError, match="set the eval set's `path` to DIR"):
-        list(eval_rows({"name": "x", "dataset": "org/offline", "split": "test"}))
+        list(eval_rows({"name": "x", "dataset": f"{hub_repo_id}-missing", "split": "test"}))
 
 
 def test_a_local_copy_of_a_hub_dataset_is_read_by_config_and_split(tmp_path):
