@@ -103,7 +103,12 @@ def document_text(doc) -> str:
 
 
 def source_reader(recipe: Recipe, limit: int = -1):
-    src = recipe.source
+    """The recipe's source as a datatrove reader."""
+    return reader_for(recipe.source, limit)
+
+
+def reader_for(src, limit: int = -1):
+    """A datatrove reader over a ``SourceConfig`` (the recipe's source, or the mix's mix-in source)."""
     common = dict(limit=limit, text_key=src.text_key, id_key=src.id_key)
     if src.kind == "jsonl":
         if os.path.isfile(src.path):
@@ -292,9 +297,12 @@ def _rows_stage(recipe: Recipe, prompts: list[Prompt], paths: RunPaths, runtime:
     """5. rows per prompt config, with the output rules."""
     lang = recipe.filters.language
     lid_model = lang.model if lang and lang.model != "auto" else None
+    q = recipe.filters.quality
     return Stage(names.STAGE_ROWS, [
         _intermediate_reader(paths.w("rephrased"), compressed=False),
-        FormatRows(prompts, model=runtime.model, lid_model_path=lid_model, on_fail=recipe.output_checks),
+        FormatRows(prompts, model=runtime.model, lid_model_path=lid_model, on_fail=recipe.output_checks,
+                   # scored outputs: the generated text scored by the quality filter's classifier
+                   quality_model=resolve_classifier(q.model) if q else None, quality_label=q.label if q else "hq"),
         writer,
     ], tasks)
 
@@ -302,9 +310,11 @@ def _rows_stage(recipe: Recipe, prompts: list[Prompt], paths: RunPaths, runtime:
 def _mix_stage(recipe: Recipe, prompts: list[Prompt], paths: RunPaths, runtime: GeneratorRuntime,
                current: str) -> Stage:
     """6. real + synthetic mix."""
+    m = recipe.mix
+    real = reader_for(m.source) if m.source is not None else _intermediate_reader(current)
     return Stage(names.STAGE_MIX, [
-        Mix([ParquetReader(os.path.join(paths.data, p.config_name)) for p in prompts], _intermediate_reader(current),
-            synthetic=recipe.mix.synthetic, tokenizer=runtime.tokenizer, seed=recipe.mix.seed),
+        Mix([ParquetReader(os.path.join(paths.data, p.config_name)) for p in prompts], real,
+            synthetic=m.synthetic, per_prompt=m.per_prompt, tokenizer=runtime.tokenizer, seed=m.seed),
         ParquetWriter(os.path.join(paths.data, "mix"), output_filename="${rank}.parquet", adapter=mix_adapter,
                       schema=MIX_SCHEMA),
     ], 1)

@@ -201,17 +201,57 @@ class GeneratorConfig(_Strict):
         return self
 
 
+class BucketConfig(_Strict):
+    name: str = Field(..., min_length=1)
+    min: float = Field(0.0, description="lowest score of the bucket (a score goes to the highest bucket it reaches)")
+    prompts: list[str] = Field(..., description="names of this recipe's prompts the bucket's documents go to")
+
+
 class RoutingConfig(_Strict):
-    """Nemotron-CC-style routing: a document goes only to the prompts whose ``suits`` matches its quality
-    bucket (``suits: any`` prompts get every document)."""
+    """Nemotron-CC-style routing by score buckets (finephrase.steps.rephrase.routing): ``buckets`` -> prompts, or
+    ``threshold``: ``high-quality`` / ``low-quality``, each to the prompts whose ``suits`` matches (or ``any``)."""
 
     by: Literal["quality_score"] = "quality_score"
-    threshold: float = Field(0.5, ge=0, le=1, description="score >= threshold: high-quality, else low-quality")
+    threshold: float | None = Field(None, ge=0, le=1, description="two buckets: score >= threshold is high-quality "
+                                    "(default 0.5 without `buckets`)")
+    buckets: list[BucketConfig] | None = Field(None, min_length=1, description="score buckets and their prompts")
+    unscored: list[str] = Field(default_factory=list, description="buckets: prompts of documents without a score")
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        if self.buckets is not None:
+            if self.threshold is not None:
+                raise ValueError("give `buckets` or `threshold`, not both")
+            names = [b.name for b in self.buckets]
+            if len(set(names)) != len(names):
+                raise ValueError(f"bucket names must be unique: {names}")
+        return self
+
+    @property
+    def lowest(self) -> float:
+        """The lowest score a bucket takes (documents below it go to no prompt)."""
+        if self.buckets:
+            return min(b.min for b in self.buckets)
+        return 0.5 if self.threshold is None else self.threshold
 
 
 class MixConfig(_Strict):
     synthetic: float = Field(0.5, gt=0, le=1, description="share of tokens that are synthetic")
-    seed: int = 0
+    per_prompt: dict[str, float] = Field(
+        default_factory=dict, description="synthetic share per prompt name, overriding `synthetic` "
+        "(FinePhrase's best: table 0.7, math 0.8, faq 0.6, tutorial 0.6)")
+    source: SourceConfig | None = Field(
+        None, description="mix-in source of the real part (any source kind; default: the rephrased source after "
+        "filters and dedup), e.g. a FineWeb-Edu-HQ sample")
+    seed: int = Field(0, description="which real documents are picked and how real and synthetic interleave")
+
+    @field_validator("per_prompt")
+    @classmethod
+    def _shares(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, share in v.items():
+            if not 0 < share <= 1:
+                raise ValueError(f"per_prompt.{name}: a synthetic share must be in (0, 1], not {share}")
+        return v
 
     @property
     def real(self) -> float:
@@ -314,9 +354,10 @@ class Recipe(_Strict):
             q = self.filters.quality
             if q is None:
                 raise ValueError("routing by quality_score needs filters.quality")
-            if q.threshold > self.routing.threshold:
-                raise ValueError(f"routing sends documents below {self.routing.threshold} to low-quality prompts, but "
-                                 f"filters.quality.threshold {q.threshold} drops them first: set it to 0")
+            low = 0.0 if self.routing.buckets is None else self.routing.lowest
+            if q.threshold > low:
+                raise ValueError(f"routing sends documents scoring {low} and above to prompts, but "
+                                 f"filters.quality.threshold {q.threshold} drops them first: set it to {low:g}")
         return self
 
     def apply(self, prompt: Prompt) -> Prompt:
@@ -404,6 +445,33 @@ def _check_eval_sets(recipe: Recipe, path: str) -> None:
             raise _error(path, f"decontamination.eval_sets[{i}].path", f"{e.path!r} does not exist")
 
 
+def _check_mix(recipe: Recipe, prompts: list[Prompt], path: str) -> None:
+    if recipe.mix is None:
+        return
+    unknown = sorted(set(recipe.mix.per_prompt) - {p.name for p in prompts})
+    if unknown:
+        raise _error(path, "mix.per_prompt", f"{', '.join(unknown)}: not a prompt of this recipe "
+                     f"(prompts: {', '.join(p.name for p in prompts)})")
+    src = recipe.mix.source
+    if src is not None and src.kind in ("jsonl", "parquet") and not os.path.exists(src.path):
+        raise _error(path, "mix.source.path", f"{src.path!r} does not exist")
+
+
+def _check_routing(recipe: Recipe, prompts: list[Prompt], path: str) -> None:
+    r = recipe.routing
+    if r is None or r.buckets is None:
+        return
+    known = {p.name for p in prompts}
+    for i, bucket in enumerate(r.buckets):
+        unknown = sorted(set(bucket.prompts) - known)
+        if unknown:
+            raise _error(path, f"routing.buckets[{i}].prompts", f"{', '.join(unknown)}: not a prompt of this recipe "
+                         f"(prompts: {', '.join(sorted(known))})")
+    unknown = sorted(set(r.unscored) - known)
+    if unknown:
+        raise _error(path, "routing.unscored", f"{', '.join(unknown)}: not a prompt of this recipe")
+
+
 def check_recipe(recipe: Recipe) -> list[Prompt]:
     """Checks that need the file system: source readable, models present, prompts resolvable."""
     path = recipe.path or "<recipe>"
@@ -440,6 +508,8 @@ def check_recipe(recipe: Recipe) -> list[Prompt]:
         prompts = recipe.resolved_prompts()
     except PromptError as e:
         raise _error(path, f"prompts[{e.index}]", str(e)) from None
+    _check_mix(recipe, prompts, path)
+    _check_routing(recipe, prompts, path)
     names = [p.config_name for p in prompts]
     reserved = {"all", "mix"} & set(names)
     if reserved or len(set(names)) != len(names):

@@ -41,7 +41,8 @@ from finephrase.resources import card_template
 from finephrase.steps.format_rows import ROW_COLUMNS
 from finephrase.steps.mix import MIX_SCHEMA_COLUMNS
 
-COLUMN_NOTES = {"text": " (generated)", "generation_params": " (JSON)", "mix.kind": " (`real` or `synthetic`)"}
+COLUMN_NOTES = {"text": " (generated)", "generation_params": " (JSON)", "mix.kind": " (`real` or `synthetic`)",
+                "mix.mixed_with": " (the prompt whose share a real document counts toward)"}
 
 CARD_TEMPLATE = card_template()  # the wheel's package data, or cards/ of a source checkout
 LICENSES_FILE = CARD_TEMPLATE.parent / "licenses.md"
@@ -245,8 +246,15 @@ def _mix_view(report: RunReport, recipe, mix: ConfigFiles | None) -> dict | None
         m = {}
     synth_t, real_t = m.get("synthetic_tokens"), m.get("real_tokens")
     achieved = synth_t / (synth_t + real_t) if synth_t is not None and real_t is not None and (synth_t + real_t) else None
-    return {"target": recipe.mix.synthetic if recipe.mix else None, "achieved": achieved, "stats": m,
-            "rows": mix.rows if mix else 0, "seed": recipe.mix.seed if recipe.mix else None}
+    cfg = recipe.mix
+    prompts = [{"name": name, "target": cfg.per_prompt.get(name, cfg.synthetic) if cfg else None,
+                "achieved": counts.achieved(name), **part}
+               for name, part in (counts.per_prompt.items() if counts else [])]
+    source = cfg.source if cfg else None
+    return {"target": cfg.synthetic if cfg else None, "per_prompt": cfg.per_prompt if cfg else {},
+            "achieved": achieved, "stats": m, "prompts": prompts, "rows": mix.rows if mix else 0,
+            "seed": cfg.seed if cfg else None,
+            "source": (source.name or source.dataset or source.path) if source else None}
 
 
 def _eval_set_view(e, decont_counts, prompts: dict) -> dict:
@@ -277,6 +285,28 @@ def _cleaning_view(report: RunReport, recipe) -> dict:
                                      for e in decont.eval_sets]}
     return {"source": source, "output": {"exact": od.exact, "minhash": od.minhash} if od.enabled else None,
             "decont": decont_view}
+
+
+def _quality_view(report: RunReport, recipe, prompts: list[Prompt]) -> dict | None:
+    """The quality classifier, the scored outputs per prompt and the routing buckets with their counts."""
+    q = recipe.filters.quality
+    if q is None:
+        return None
+    counts = report.counts
+    scores = {name: p.scores() for name, p in (counts.prompts.items() if counts else [])}
+    routing = None
+    if recipe.routing is not None:
+        from finephrase.steps.rephrase.routing import Router
+
+        routing = Router(recipe.routing.model_dump(), prompts).describe()
+        routed = counts.routing if counts else {}
+        for bucket in routing:
+            found = routed.get(bucket["name"])
+            bucket["documents"], bucket["sent"] = (found.documents, found.prompts) if found else (0, {})
+        routing += [{"name": name, "min": None, "max": None, "prompts": list(c.prompts), "documents": c.documents,
+                     "sent": c.prompts} for name, c in routed.items() if name not in {b["name"] for b in routing}]
+    return {"model": q.model, "label": q.label, "threshold": q.threshold,
+            "scores": {k: v for k, v in scores.items() if v}, "routing": routing}
 
 
 def _step_rows(report: RunReport) -> list[dict]:
@@ -328,6 +358,7 @@ def render_card(report: RunReport, recipe, prompts: list[Prompt], repo_id: str |
         mix=_mix_view(report, recipe, mix),
         output_checks=recipe.output_checks,
         cleaning=_cleaning_view(report, recipe),
+        quality=_quality_view(report, recipe, prompts),
         recipe_text=(recipe.raw_text or "").strip(),
         fmt=_fmt_num,
         row_columns=ROW_COLUMNS,

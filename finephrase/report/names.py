@@ -53,6 +53,11 @@ ROW_PROMPT_TOKENS = "row_prompt_tokens"
 ROW_COMPLETION_TOKENS = "row_completion_tokens"
 ROW_DROPPED = "dropped"  # dropped/<prompt>/<reason>
 ROW_FLAGGED = "flagged"  # flagged/<prompt>/<reason>
+ROUTED = "routed"  # routed/<bucket> (documents), routed/<bucket>/<prompt> (documents sent to the prompt)
+OUTPUT_SCORED = "output_scored"  # output_scored/<prompt>: rows whose generated text the quality classifier scored
+OUTPUT_QUALITY = "output_quality"  # output_quality/<prompt>: the sum of those scores
+QUALITY_UPLIFT = "quality_uplift"  # quality_uplift/<prompt>: the sum of output score - source score
+BELOW_SOURCE = "below_source"  # below_source/<prompt>: rows whose output scores below its source
 GENERATION_FAILED = "generation_failed"  # the <reason> of dropped/<prompt>/<reason> for a failed generation
 
 # --- the output stages (finephrase.steps.output_dedup, finephrase.steps.decontaminate): per prompt ---------------
@@ -73,6 +78,7 @@ SOURCE_CONTAMINATED_PREFIX = "contaminated_"  # datatrove's NGramsDecontFilter: 
 # --- finephrase.steps.mix.Mix -----------------------------------------------------------------------------------
 
 MIX_STATS = ("synthetic_documents", "synthetic_tokens", "real_documents", "real_tokens", "real_tokens_short")
+MIX_PER_PROMPT_STATS = ("synthetic_tokens", "real_tokens")  # <stat>/<prompt>: the tokens each prompt's share counts
 
 # --- the card's table of every step: the counters shown (per-prompt ``<stat>/<prompt>`` counters too) ------------
 

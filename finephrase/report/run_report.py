@@ -61,8 +61,21 @@ class PromptCount(_Model):
     duplicates: dict[str, int] = {}  # "exact" / "minhash" -> rows removed as duplicates of a row of this config
     contaminated: dict[str, int] = {}  # eval set -> rows dropped for sharing an n-gram with it
     contaminated_flagged: dict[str, int] = {}  # eval set -> rows kept, flagged `contaminated:<set>` in `checks`
+    # scored outputs (a quality classifier in the recipe): the generated text scored like the source
+    output_scored: int = 0  # rows scored
+    output_quality: float = 0.0  # sum of their scores
+    quality_uplift: float = 0.0  # sum of (output score - source score)
+    below_source: int = 0  # rows scoring below their source
     removed_prompt_tokens: int = 0  # of the rows removed after the output rules (duplicates, contaminated)
     removed_completion_tokens: int = 0
+
+    def scores(self) -> dict | None:
+        """Mean output score, mean uplift and the share of outputs scoring below their source (None: unscored)."""
+        n = self.output_scored
+        if not n:
+            return None
+        return {"rows": n, "mean_output": self.output_quality / n, "mean_uplift": self.quality_uplift / n,
+                "below_source": self.below_source / n}
 
     @property
     def written(self) -> int:
@@ -76,6 +89,14 @@ class MixCount(_Model):
     real_documents: int = 0
     real_tokens: int = 0
     real_tokens_short: int = 0  # real tokens missing to reach the target share (the real data ran out)
+    per_prompt: dict[str, dict[str, int]] = {}  # prompt -> synthetic_tokens, real_tokens (its share's tokens)
+
+    def achieved(self, prompt: str | None = None) -> float | None:
+        """The synthetic share of tokens, measured (of one prompt's part, or of the whole mix)."""
+        part = self.per_prompt.get(prompt, {}) if prompt else {"synthetic_tokens": self.synthetic_tokens,
+                                                                 "real_tokens": self.real_tokens}
+        s, r = part.get("synthetic_tokens", 0), part.get("real_tokens", 0)
+        return s / (s + r) if s + r else None
 
 
 class DecontCount(_Model):
@@ -84,6 +105,13 @@ class DecontCount(_Model):
     passages: dict[str, int] = {}  # eval set -> rows (passages) read
     ngrams: dict[str, int] = {}  # eval set -> distinct n-grams indexed
     sources_dropped: dict[str, int] = {}  # eval set -> source documents dropped (decontamination.check_sources)
+
+
+class RoutedCount(_Model):
+    """One routing bucket: the documents that fell in it, and how many went to each prompt."""
+
+    documents: int = 0
+    prompts: dict[str, int] = {}
 
 
 class StepCount(_Model):
@@ -107,6 +135,7 @@ class RunCounts(_Model):
     inference_time_s: int | float | None = None  # seconds, summed over tasks
     mix: MixCount | None = None
     decontamination: DecontCount | None = None  # None: the recipe had no `decontamination`
+    routing: dict[str, RoutedCount] = {}  # bucket -> documents, and documents per prompt (a recipe with routing)
 
     @classmethod
     def from_summary(cls, summary: dict) -> RunCounts | None:
@@ -124,13 +153,15 @@ class RunCounts(_Model):
 
     def to_summary(self) -> dict:
         """The ``run.json`` summary shape (its keys and their order as before the report existed)."""
-        out = self.model_dump(by_alias=True, exclude={"mix", "decontamination"})
+        out = self.model_dump(by_alias=True, exclude={"mix", "decontamination", "routing"})
         out = {k: out[k] for k in ("documents_read", "skipped_input", "filters", "dedup", "prompts", "steps",
                                    "rephrase_documents", "inference_time_s")}
         if self.mix is not None:
             out["mix"] = self.mix.model_dump()
         if self.decontamination is not None:
             out["decontamination"] = self.decontamination.model_dump()
+        if self.routing:
+            out["routing"] = {k: v.model_dump() for k, v in self.routing.items()}
         return out
 
     def row_tokens(self, prompt: str) -> tuple[int, int] | None:

@@ -19,7 +19,8 @@ from finephrase.report.files import parquet_files
 
 # what the distributions and the filters need, for every row
 SMALL_COLUMNS = ("source_id", "finish_reason", "checks", "truncated", "prompt_tokens", "completion_tokens",
-                 "source_tokens", "source_tokens_used", "quality_score", "language_score", "language")
+                 "source_tokens", "source_tokens_used", "quality_score", "language_score", "language",
+                 "output_quality_score", "quality_uplift", "bucket")
 # what a shown sample adds
 TEXT_COLUMNS = ("id", "text", "source_text", "source_url", "chunks")
 DEFAULT_SAMPLES = 200  # rows per config in the page

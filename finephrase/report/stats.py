@@ -19,6 +19,7 @@ from finephrase.report.run_report import (
     DedupCount,
     FilterCount,
     MixCount,
+    RoutedCount,
     PromptCount,
     RunCounts,
     StepCount,
@@ -26,7 +27,8 @@ from finephrase.report.run_report import (
 
 ROWS_STATS = {names.GENERATED, names.GENERATED_PROMPT_TOKENS, names.GENERATED_COMPLETION_TOKENS,
               names.GENERATED_TRUNCATED, names.ROWS, names.ROW_PROMPT_TOKENS, names.ROW_COMPLETION_TOKENS,
-              names.ROW_DROPPED, names.ROW_FLAGGED}
+              names.ROW_DROPPED, names.ROW_FLAGGED, names.OUTPUT_SCORED, names.OUTPUT_QUALITY, names.QUALITY_UPLIFT,
+              names.BELOW_SOURCE}
 
 
 def logs_dir(output: str, stage: str) -> str:
@@ -107,6 +109,8 @@ def _prompt(rows: dict, name: str) -> PromptCount:
         dropped=_by_reason(rows, names.ROW_DROPPED, name), flagged=_by_reason(rows, names.ROW_FLAGGED, name),
         duplicates=_by_reason(rows, names.DUPLICATES, name), contaminated=_by_reason(rows, names.CONTAMINATED, name),
         contaminated_flagged=_by_reason(rows, names.CONTAMINATED_FLAGGED, name),
+        output_scored=get(names.OUTPUT_SCORED), output_quality=get(names.OUTPUT_QUALITY),
+        quality_uplift=get(names.QUALITY_UPLIFT), below_source=get(names.BELOW_SOURCE),
         removed_prompt_tokens=get(names.REMOVED_PROMPT_TOKENS),
         removed_completion_tokens=get(names.REMOVED_COMPLETION_TOKENS))
 
@@ -141,11 +145,33 @@ def _decontamination(output: str, filter_stage: list[dict]) -> DecontCount | Non
                        sources_dropped=sources)
 
 
+def _routing(steps: list[dict]) -> dict[str, RoutedCount]:
+    """``routed/<bucket>`` and ``routed/<bucket>/<prompt>`` of the rows step."""
+    out: dict[str, RoutedCount] = {}
+    for key, value in ((k, v) for c in map(_counters, steps) for k, v in c.items()):
+        stat, _, rest = key.partition("/")
+        if stat != names.ROUTED or not rest:
+            continue
+        bucket, _, prompt = rest.partition("/")
+        entry = out.setdefault(bucket, RoutedCount())
+        if prompt:
+            entry.prompts[prompt] = entry.prompts.get(prompt, 0) + value
+        else:
+            entry.documents += value
+    return out
+
+
 def _mix(output: str) -> MixCount | None:
     found = _carrying(load_stage_stats(output, names.STAGE_MIX), names.MIX_STATS)
     if not found:
         return None
-    return MixCount(**{k: found[0].get(k, 0) for k in names.MIX_STATS})
+    counters = found[0]
+    per_prompt: dict[str, dict[str, int]] = {}
+    for key, value in counters.items():
+        stat, _, prompt = key.partition("/")
+        if prompt and stat in names.MIX_PER_PROMPT_STATS:
+            per_prompt.setdefault(prompt, {s: 0 for s in names.MIX_PER_PROMPT_STATS})[stat] = value
+    return MixCount(**{k: counters.get(k, 0) for k in names.MIX_STATS}, per_prompt=per_prompt)
 
 
 def counts_from_stats(output: str, stages: list[str], prompts: list[str]) -> RunCounts:
@@ -166,5 +192,6 @@ def counts_from_stats(output: str, stages: list[str], prompts: list[str]) -> Run
         rephrase_documents=_value(rows_stage, names.DOCUMENTS),
         inference_time_s=_value(load_stage_stats(output, names.STAGE_REPHRASE), names.INFERENCE_TIME),
         mix=_mix(output),
+        routing=_routing(rows_stage),
         decontamination=_decontamination(output, filter_stage),
     )

@@ -19,6 +19,7 @@ from datatrove.pipeline.base import PipelineStep
 from loguru import logger
 
 from finephrase.prompts import Prompt
+from finephrase.quality.score import label_score
 from finephrase.steps.output_checks import check_output
 
 ROW_SCHEMA = pa.schema(
@@ -44,6 +45,9 @@ ROW_SCHEMA = pa.schema(
         ("language", pa.string()),
         ("language_score", pa.float64()),
         ("quality_score", pa.float64()),
+        ("output_quality_score", pa.float64()),
+        ("quality_uplift", pa.float64()),
+        ("bucket", pa.string()),
         ("source_url", pa.string()),
         ("checks", pa.string()),
     ]
@@ -80,8 +84,10 @@ class FormatRows(PipelineStep):
     type = "Formatter"
 
     def __init__(self, prompts: list[Prompt], model: str, model_revision: str | None = None,
-                 lid_model_path: str | None = None, on_fail: str = "drop"):
+                 lid_model_path: str | None = None, on_fail: str = "drop", quality_model: str | None = None,
+                 quality_label: str = "hq"):
         super().__init__()
+        self.quality_model, self.quality_label, self._quality = quality_model, quality_label, None
         if on_fail not in ("drop", "flag"):
             raise ValueError("on_fail must be 'drop' or 'flag'")
         self.on_fail = on_fail
@@ -102,10 +108,33 @@ class FormatRows(PipelineStep):
         (lang, _score), _ = self._lid.predict(Document(text=text[:4000], id=""))
         return lang
 
+    def _score(self, text: str) -> float:
+        """The quality classifier's score of a generated text (the same model and label as the quality filter)."""
+        if self._quality is None:
+            import fasttext
+
+            self._quality = fasttext.load_model(self.quality_model)
+        return round(label_score(self._quality, text, self.quality_label), 6)
+
+    def _count_scores(self, name: str, metadata: dict) -> None:
+        """Scored outputs: the output's score, its uplift over the source's, and whether it scores below it."""
+        self.stat_update(f"output_scored/{name}")
+        self.stat_update(f"output_quality/{name}", value=metadata["output_quality_score"])
+        uplift = metadata.get("quality_uplift")
+        if uplift is not None:
+            self.stat_update(f"quality_uplift/{name}", value=uplift)
+            if uplift < 0:
+                self.stat_update(f"below_source/{name}")
+
     def run(self, data, rank: int = 0, world_size: int = 1):
         for doc in data:
             with self.track_time():
                 results = (doc.metadata.get("rollout_results") or [{}])[0] or {}
+                bucket = doc.metadata.get("bucket")
+                if bucket is not None:  # routed: documents per bucket, and per bucket and prompt
+                    self.stat_update(f"routed/{bucket}")
+                    for name in results:
+                        self.stat_update(f"routed/{bucket}/{name}")
                 for name, entry in results.items():
                     prompt = self.prompts.get(name)
                     if prompt is None:
@@ -147,7 +176,13 @@ class FormatRows(PipelineStep):
         self.stat_update(f"rows/{name}")
         self.stat_update(f"row_completion_tokens/{name}", value=entry.get("completion_tokens", 0))
         self.stat_update(f"row_prompt_tokens/{name}", value=entry.get("prompt_tokens", 0))
-        return Document(text=check.text, id=f"{doc.id}/{name}", metadata=self._row_metadata(doc, prompt, entry, notes))
+        metadata = self._row_metadata(doc, prompt, entry, notes)
+        if self.quality_model:
+            metadata["output_quality_score"] = self._score(check.text)
+            source = metadata.get("quality_score")
+            metadata["quality_uplift"] = None if source is None else round(metadata["output_quality_score"] - source, 6)
+            self._count_scores(name, metadata)
+        return Document(text=check.text, id=f"{doc.id}/{name}", metadata=metadata)
 
     def _row_metadata(self, doc: Document, prompt, entry: dict, notes: list[str]) -> dict:
         """The row's columns besides ``text`` and ``id`` (ROW_SCHEMA)."""
@@ -173,6 +208,7 @@ class FormatRows(PipelineStep):
             "language": md.get("language"),
             "language_score": md.get("language_score"),
             "quality_score": md.get("quality_score"),
+            "bucket": md.get("bucket"),
             "source_url": md.get("url") or md.get("source_url"),
             "checks": ",".join(notes) or None,
         }

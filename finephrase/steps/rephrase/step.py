@@ -47,6 +47,7 @@ from finephrase.inference.runner import LeanInferenceRunner
 from finephrase.inference.tokens import TokenCounter
 from finephrase.prompts import Prompt, load_prompt
 from finephrase.steps.rephrase.chunked import rewrite_chunked
+from finephrase.steps.rephrase.routing import Router
 from finephrase.steps.rephrase.truncate import rewrite_truncated
 
 STRATEGIES = {"truncate": rewrite_truncated, "chunked": rewrite_chunked}  # prompt.context -> strategy
@@ -72,8 +73,8 @@ class Rephrase(LeanInferenceRunner):
         records_per_chunk: documents per checkpoint chunk.
         embedded: dict of EmbeddedServers settings: when given, the step starts its own llama.cpp
             replicas for the duration of the task (used when running the step outside ``finephrase run``).
-        routing: ``{"by": "quality_score", "threshold": t}``: a document goes only to the prompts whose
-            ``suits`` is ``any`` or its bucket (score >= t: ``high-quality``, else ``low-quality``), as in Nemotron-CC.
+        routing: the recipe's ``routing`` (score buckets -> prompts, or ``threshold`` with the prompts' ``suits``),
+            as in Nemotron-CC: see :mod:`finephrase.steps.rephrase.routing`.
     """
 
     name = "✍️ Rephrase"
@@ -115,6 +116,7 @@ class Rephrase(LeanInferenceRunner):
         self.server_state_file = server_state_file
         self.embedded = embedded
         self.routing = routing
+        self.router = Router(routing, self.prompts)
         self.tokens = TokenCounter(tokenizer)
         self._server = None
         config = InferenceConfig(
@@ -279,16 +281,14 @@ class Rephrase(LeanInferenceRunner):
         return {p.name: r for p, r in zip(prompts, results)}
 
     def route(self, document: Document) -> list[Prompt]:
-        """The prompts a document goes to (all of them without routing)."""
+        """The prompts a document goes to (all of them without routing); its bucket goes in ``metadata["bucket"]``
+        (see :mod:`finephrase.steps.rephrase.routing`)."""
         if not self.routing:
             return self.prompts
-        score = document.metadata.get(self.routing.get("by", "quality_score"))
-        if score is None:
-            self.stat_update("routed/unscored")
-            return [p for p in self.prompts if p.suits == "any"]
-        bucket = "high-quality" if float(score) >= self.routing.get("threshold", 0.5) else "low-quality"
+        bucket, prompts = self.router.route(document.metadata)
+        document.metadata["bucket"] = bucket
         self.stat_update(f"routed/{bucket}")
-        return [p for p in self.prompts if p.suits in ("any", bucket)]
+        return prompts
 
     def payload(self, prompt: Prompt, text: str, params: dict, **context: Any) -> dict:
         """The request for ``text`` with ``prompt`` (RequestBuilder; ``context``: the chunk variables)."""

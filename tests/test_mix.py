@@ -1,0 +1,135 @@
+"""The mix (issue "Data quality"): a token ratio per prompt, a mix-in source read by a real datatrove reader,
+picks spread over the source and fixed by the seed, the achieved shares measured, the recipe checked."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from datatrove.data import Document
+from datatrove.pipeline.readers import JsonlReader
+
+from conftest import write_recipe
+from finephrase.steps.mix import Mix
+
+
+class Rows:
+    """Synthetic rows as the rows stage writes them (a reader-like object: ``run`` yields documents)."""
+
+    def __init__(self, docs):
+        self.docs = docs
+        self.passes = 0
+
+    def run(self, data=None, rank=0, world_size=1):
+        self.passes += 1
+        yield from self.docs
+
+
+def _synthetic(rng: random.Random) -> list[Document]:
+    return [Document(text="s", id=f"{prompt}-{i}", metadata={"completion_tokens": rng.randint(50, 400),
+                                                             "source_id": f"src-{i}", "prompt": prompt})
+            for prompt in ("table", "math", "faq") for i in range(40)]
+
+
+@pytest.fixture
+def mixin_source(tmp_path):
+    """A mix-in source (another corpus than the rephrased one) as a jsonl folder read by datatrove's JsonlReader."""
+    rng = random.Random(1)
+    folder = tmp_path / "fineweb-edu-hq"
+    folder.mkdir()
+    for part in range(3):
+        with open(folder / f"part-{part}.jsonl", "w") as f:
+            for i in range(700):
+                words = " ".join(rng.choice(["data", "model", "token", "learn", "text"]) for _ in range(rng.randint(20, 200)))
+                f.write(json.dumps({"id": f"edu-{part}-{i}", "text": words}) + "\n")
+    return folder
+
+
+def _run(mix: Mix) -> list[Document]:
+    return list(mix.run())
+
+
+def test_each_prompt_gets_its_share_within_two_percent(mixin_source):
+    synthetic = _synthetic(random.Random(0))
+    shares = {"table": 0.7, "math": 0.8}  # faq: the default 0.6
+    mix = Mix([Rows(synthetic)], JsonlReader(str(mixin_source)), synthetic=0.6, per_prompt=shares, seed=3)
+    out = _run(mix)
+    synth = [d for d in out if d.metadata["kind"] == "synthetic"]
+    real = [d for d in out if d.metadata["kind"] == "real"]
+    assert {d.id for d in synth} == {d.id for d in synthetic}  # every synthetic row kept
+    assert len({d.id for d in real}) == len(real) and all(d.id.startswith("edu-") for d in real)
+    stats = mix.stats.stats
+    for prompt in ("table", "math", "faq"):
+        s = sum(d.metadata["tokens"] for d in synth if d.metadata["prompt"] == prompt)
+        r = sum(d.metadata["tokens"] for d in real if d.metadata["mixed_with"] == prompt)
+        target = shares.get(prompt, 0.6)
+        print(f"{prompt}: target {target:.3f} achieved {s / (s + r):.4f}")
+        assert abs(s / (s + r) - target) < 0.02, prompt
+        # measured, not assumed: the stats are the rows
+        assert stats[f"synthetic_tokens/{prompt}"].total == s and stats[f"real_tokens/{prompt}"].total == r
+    assert "real_tokens_short" not in stats
+
+
+def test_picks_are_fixed_by_the_seed_spread_over_the_source_and_interleaved(mixin_source):
+    synthetic = _synthetic(random.Random(0))
+
+    def ids(seed):
+        return [d.id for d in _run(Mix([Rows(synthetic)], JsonlReader(str(mixin_source)), synthetic=0.7, seed=seed))]
+
+    first, again, other = ids(0), ids(0), ids(1)
+    assert first == again  # deterministic
+    real = [i for i in first if i.startswith("edu-")]
+    assert set(real) != {i for i in other if i.startswith("edu-")}
+    # the picks come from every file of the source, not from its beginning
+    assert {i.split("-")[1] for i in real} == {"0", "1", "2"}
+    assert len(real) < 0.8 * 2100
+    # interleaved: real documents appear before the last synthetic row and after the first one
+    kinds = ["real" if i.startswith("edu-") else "synthetic" for i in first]
+    assert kinds.index("real") < len(kinds) // 2 and kinds[-40:].count("synthetic") > 0
+
+
+def test_when_the_real_data_runs_out_all_of_it_is_used_and_the_shortfall_counted(tmp_path):
+    (tmp_path / "small").mkdir()
+    (tmp_path / "small" / "a.jsonl").write_text("".join(json.dumps({"id": f"r{i}", "text": "word " * 30}) + "\n"
+                                                        for i in range(5)))
+    synthetic = _synthetic(random.Random(0))
+    rows = Rows(synthetic)
+    mix = Mix([rows], JsonlReader(str(tmp_path / "small")), synthetic=0.5)
+    out = _run(mix)
+    real = [d for d in out if d.metadata["kind"] == "real"]
+    assert sorted(d.id for d in real) == [f"r{i}" for i in range(5)]
+    need = sum(d.metadata["completion_tokens"] for d in synthetic)
+    assert abs(mix.stats.stats["real_tokens_short"].total - (need - sum(d.metadata["tokens"] for d in real))) <= 1
+    assert rows.passes == 2  # counted once, yielded once: the synthetic rows are streamed, never listed
+
+
+def test_the_recipe_checks_the_mix(tmp_path):
+    from finephrase.recipe import RecipeError, load_recipe
+
+    bad = write_recipe(tmp_path / "a.yaml", {"prompts": ["finephrase/faq"], "mix": {"per_prompt": {"tabel": 0.7}}})
+    with pytest.raises(RecipeError, match=r"mix.per_prompt: tabel: not a prompt of this recipe"):
+        load_recipe(bad)
+    bad = write_recipe(tmp_path / "b.yaml", {"prompts": ["finephrase/faq"], "mix": {"per_prompt": {"faq": 1.5}}})
+    with pytest.raises(RecipeError, match=r"mix.per_prompt"):
+        load_recipe(bad)
+    bad = write_recipe(tmp_path / "c.yaml", {"prompts": ["finephrase/faq"],
+                                             "mix": {"source": {"kind": "jsonl", "path": str(tmp_path / "nope")}}})
+    with pytest.raises(RecipeError, match=r"mix.source.path: .* does not exist"):
+        load_recipe(bad)
+
+
+def test_the_mix_stage_reads_the_mix_in_source(tmp_path, mixin_source):
+    from finephrase.inference.backends import GeneratorRuntime
+    from finephrase.pipeline import build_stages
+    from finephrase.recipe import load_recipe
+
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", {
+        "prompts": ["finephrase/faq", "finephrase/table"],
+        "mix": {"synthetic": 0.6, "per_prompt": {"table": 0.7},
+                "source": {"kind": "jsonl", "path": str(mixin_source), "name": "FineWeb-Edu-HQ sample"}}}))
+    stages = build_stages(recipe, recipe.resolved_prompts(), str(tmp_path / "out"), GeneratorRuntime(endpoints=["http://127.0.0.1:1"]))
+    mix = stages[-1].pipeline[0]
+    assert isinstance(mix, Mix) and isinstance(mix.real_reader, JsonlReader)
+    assert mix.real_reader.data_folder.path == str(mixin_source)
+    assert mix.shares == {"table": 0.7} and mix.synthetic == 0.6
