@@ -29,7 +29,6 @@ The wire protocol is pluggable (``finephrase.inference.protocols``): OpenAI chat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import random
@@ -401,11 +400,9 @@ class ReplicaPool:
         if readiness is not None and readiness.done() and readiness.exception() is None:
             self.readiness = None
         self.starter = None
-        for task in (self._watchdog, self._monitor):
+        for task in (self._watchdog, self._monitor):  # the request watchdog and the health monitor
             if task is not None:
                 task.cancel()
-                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(task, timeout=10.0)
         self._watchdog = self._monitor = None
         if self._session is not None and not self._session.closed:
             await self._session.close()
