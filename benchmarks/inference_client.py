@@ -8,8 +8,8 @@ Measured in one run, each client in its own process pinned to CPU 0 (the server 
    - ``bare-tuned``: the same generator with finephrase's aiohttp settings (no cookie jar, URL parsed
      once, orjson, no per-request timer) and garbage-collector settings (see
      ``LeanInferenceRunner.run``): the gap to it is finephrase's own bookkeeping,
-   - ``finephrase``: the ``Rephrase`` step as ``finephrase run`` uses it (``LeanInferenceRunner`` on
-     datatrove's InferenceRunner, checkpoints + request cache, JsonlWriter),
+   - ``finephrase``: the ``Rephrase`` step as ``finephrase run`` uses it (``LeanInferenceRunner``, finephrase's
+     own loop as a datatrove step, checkpoints + request cache, LeanJsonlWriter),
    - ``finephrase-no-checkpoints``: the same step without checkpoints and request cache (no resume),
    - ``datatrove``: datatrove's own ``InferenceRunner`` with ``server_type="endpoint"``, same settings
      (checkpoints + request cache),

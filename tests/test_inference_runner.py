@@ -1,7 +1,7 @@
-"""LeanInferenceRunner and its I/O helpers: the cheaper per-document path keeps datatrove's
-results — the same stats, every document written once, checkpoints that survive a write cut
-short, chunks finalised while answers keep arriving, request deadlines enforced — against a
-real instant server process on loopback (``benchmarks/instant_server.py``)."""
+"""LeanInferenceRunner and its helpers (admission, checkpoints, request cache, writer, buffered stats): the
+cheaper per-document path keeps datatrove's results — the same stats, every document written once,
+checkpoints that survive a write cut short, chunks finalised while answers keep arriving, request deadlines
+enforced — against a real instant server process on loopback (``benchmarks/instant_server.py``)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,11 @@ from datatrove.data import Document
 from datatrove.utils.stats import MetricStats
 
 from conftest import ROOT
-from finephrase.inference.io import BatchedRequestCache, FastCheckpointManager, LeanJsonlWriter
-from finephrase.inference.runner import FastSemaphore, folded_stats
+from finephrase.inference.admission import FastSemaphore
+from finephrase.inference.checkpoints import FastCheckpointManager
+from finephrase.inference.request_cache import BatchedRequestCache
+from finephrase.inference.stat_buffer import folded_stats
+from finephrase.inference.writer import LeanJsonlWriter
 from finephrase.prompts import load_prompt
 from finephrase.steps.rephrase import Rephrase
 
@@ -126,7 +129,7 @@ def test_request_deadline_is_enforced_and_retried(tmp_path, instant_server):
                     endpoints=[instant_server], generation_params={"max_new_tokens": 16}, context_length=4096,
                     checkpoints_dir=str(tmp_path / "ckpt"), concurrency=4, request_timeout=1.0, max_retries=2)
     # the silent replica joins after the health check (it would fail /v1/models): mark it healthy by hand
-    original = step._init_server
+    original = step.make_server
 
     def init_server(rank):
         pool = original(rank)
@@ -135,13 +138,13 @@ def test_request_deadline_is_enforced_and_retried(tmp_path, instant_server):
         pool.replicas[silent_url] = Replica(silent_url, healthy=True, requests=-1000)  # picked first
         return pool
 
-    step._init_server = init_server
+    step.make_server = init_server
     step.run(iter(_docs(6)), 0, 1)
     rows = _written(tmp_path)
     assert sorted(r["id"] for r in rows) == sorted(d.id for d in _docs(6))
     assert all("text" in r["metadata"]["rollout_results"][0]["faq"] for r in rows)
     assert accepted, "the silent replica was never tried"
-    assert step._server.timeouts >= 1
+    assert step.server.timeouts >= 1
     silent.close()
 
 
@@ -210,9 +213,9 @@ def test_chunk_is_dropped_from_the_request_cache_while_answers_keep_coming(tmp_p
         stop = True
         await task
         await cache.flush()
-        cursor = await cache._conn.execute("SELECT COUNT(*) FROM request_cache WHERE chunk_index = 0")
+        cursor = await cache.connection.execute("SELECT COUNT(*) FROM request_cache WHERE chunk_index = 0")
         assert (await cursor.fetchone())[0] == 0
-        cursor = await cache._conn.execute("SELECT COUNT(*) FROM request_cache WHERE chunk_index = 1")
+        cursor = await cache.connection.execute("SELECT COUNT(*) FROM request_cache WHERE chunk_index = 1")
         assert (await cursor.fetchone())[0] > 0
         await cache.close()
 
@@ -231,7 +234,7 @@ def test_held_answers_reach_the_cache_only_for_unfinished_documents(tmp_path):
         cache.release_document("done")  # its checkpoint line carries the answer
         cache.flush_held()
         await cache.flush()
-        cursor = await cache._conn.execute("SELECT doc_id, payload_hash FROM request_cache")
+        cursor = await cache.connection.execute("SELECT doc_id, payload_hash FROM request_cache")
         rows = await cursor.fetchall()
         assert rows == [("open", cache.prepare_payload({"messages": [2]}))]
         await cache.close()

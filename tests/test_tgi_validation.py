@@ -316,7 +316,7 @@ def test_every_packaged_prompt_passes_tgi_validation(tmp_path, tgi):
     call(f"{tgi}/_test/reset", {})
 
     async def go():
-        pools = {name: s._init_server(0) for name, s in steps.items()}
+        pools = {name: s.make_server(0) for name, s in steps.items()}
         try:
             for pool in pools.values():  # no ``async with``: the first request starts the pool (it used to hang)
                 assert await pool.is_ready()

@@ -10,8 +10,11 @@ What lives here:
 * :mod:`~finephrase.inference.protocols` — the wire protocols (OpenAI chat, TGI Messages API, TGI ``/generate``);
 * :mod:`~finephrase.inference.pool` — the client-side replica pool: ``ReplicaPool.request(payload)``, the one
   coroutine that sends a request, with typed refusals (``InputTooLong``, ``RequestRejected``, ``RequestFailed``);
-* :mod:`~finephrase.inference.runner` and :mod:`~finephrase.inference.io` — the lean datatrove inference runner
-  and its checkpoint / request-cache / writer;
+* :mod:`~finephrase.inference.runner` — the lean inference runner: a datatrove step that owns its loop (datatrove's
+  public surface only), with :mod:`~finephrase.inference.admission` (requests and documents in flight),
+  :mod:`~finephrase.inference.stat_buffer` (stats folded in batches), :mod:`~finephrase.inference.checkpoints`
+  (chunked checkpoints and resume), :mod:`~finephrase.inference.request_cache` (the sqlite request cache) and
+  :mod:`~finephrase.inference.writer` (the output writer); their files are datatrove's;
 * :mod:`~finephrase.inference.embedded` and :mod:`~finephrase.inference.llama_server` — supervised llama.cpp
   replicas on this machine.
 

@@ -1,7 +1,7 @@
-"""A pool of inference replicas behind one datatrove ``InferenceServer``.
+"""A pool of inference replicas: the server of the lean runner (``finephrase.inference.runner``).
 
 datatrove's ``EndpointServer`` knows one URL and treats HTTP 500 as fatal for the task.
-``ReplicaPool`` is a datatrove ``InferenceServer`` that
+``ReplicaPool`` is finephrase's own client (it does not subclass datatrove's ``InferenceServer``) that
 
 - talks to several replicas (a static list and/or an endpoints file of ``host:port`` lines
   that server jobs append to; the file is re-read while running),
@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import aiohttp
-from datatrove.pipeline.inference.servers.base import InferenceServer
 from datatrove.pipeline.inference.types import InferenceError
 from loguru import logger
 from yarl import URL
@@ -160,8 +159,12 @@ class Replica:
         return url
 
 
-class ReplicaPool(InferenceServer):
-    """datatrove InferenceServer over one or more replicas (see module docstring)."""
+class ReplicaPool:
+    """One or more replicas behind ``request(payload)`` (see module docstring).
+
+    Use it as an async context manager (``async with pool``: it becomes ready in the background, and everything
+    it started is stopped on exit), or directly: the first ``request`` starts it. ``ready`` / ``wait_ready()``
+    tell when a replica answered its first health check (``server_info`` is known then)."""
 
     def __init__(
         self,
@@ -180,7 +183,10 @@ class ReplicaPool(InferenceServer):
         tokenizer: str | None = None,
         state_file: str | None = None,
     ):
-        super().__init__(config, rank)
+        self.config = config
+        self.rank = rank
+        self.readiness: asyncio.Future | None = None  # resolved when a replica answered, or failed with the reason
+        self.starter: asyncio.Task | None = None  # the background start (``start``)
         self.static_endpoints = [normalize_endpoint(e) for e in (endpoints or [])]
         self.endpoints_file = endpoints_file
         self.protocol: Protocol = make_protocol(protocol, config, tokenizer=tokenizer)
@@ -240,27 +246,39 @@ class ReplicaPool(InferenceServer):
             )
         return self._session
 
-    # ---------------------------------------------------------------- datatrove server API
-    async def start_server(self):
-        return None  # replicas are started elsewhere (embedded pool, Slurm jobs, external servers)
+    # ---------------------------------------------------------------- lifetime
+    async def __aenter__(self) -> "ReplicaPool":
+        self.starter = asyncio.create_task(self.start())
+        return self
 
-    async def bg_start_server(self) -> None:
-        """datatrove's start hook: nothing to start here; wait for a replica, then keep probing the others.
-        The reason the pool could not become ready (:class:`GeneratorUnavailable`, :class:`ReplicasCrashed`)
-        reaches every waiting request as it is."""
+    async def __aexit__(self, exc_type, exc_val, exc_tb) -> None:
+        if self.starter is not None:
+            self.starter.cancel()
+            try:
+                await asyncio.wait_for(self.starter, timeout=10.0)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                pass
+        await self.server_cleanup()
+
+    def readiness_future(self) -> asyncio.Future:
+        if self.readiness is None:
+            self.readiness = asyncio.get_running_loop().create_future()
+        return self.readiness
+
+    async def start(self) -> None:
+        """Nothing to start here (replicas are started elsewhere: embedded pool, Slurm jobs, external servers):
+        wait for a replica, then keep probing the others. The reason the pool could not become ready
+        (:class:`GeneratorUnavailable`, :class:`ReplicasCrashed`) reaches every waiting request as it is."""
+        readiness = self.readiness_future()
         try:
             await self.wait_for_replicas()
         except Exception as e:  # noqa: BLE001 - handed to every waiter
-            if not self._server_ready.done():
-                self._server_ready.set_exception(e)
+            if not readiness.done():
+                readiness.set_exception(e)
             return
-        if not self._server_ready.done():
-            self._server_ready.set_result(True)
+        if not readiness.done():
+            readiness.set_result(True)
         self._monitor = asyncio.create_task(self.monitor_health())
-
-    def get_base_url(self) -> str:
-        healthy = [r for r in self.replicas.values() if r.healthy]
-        return (healthy or list(self.replicas.values()) or [Replica("http://unset")])[0].url
 
     async def _probe(self, replica: Replica) -> bool:
         """Healthy means it generated: the protocol's health route, then a real 1-token generation."""
@@ -376,25 +394,37 @@ class ReplicaPool(InferenceServer):
                     task.cancel()
 
     async def server_cleanup(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
-        if self._monitor is not None:  # the health monitor (this pool's own task)
-            self._monitor.cancel()
-            self._monitor = None
-        await super().server_cleanup()
+        """Stop the background tasks and close the HTTP session; the pool is not ready any more (a later request
+        starts it again)."""
+        readiness = self.readiness
+        if readiness is not None and readiness.done() and readiness.exception() is None:
+            self.readiness = None
+        self.starter = None
+        for task in (self._watchdog, self._monitor):  # the request watchdog and the health monitor
+            if task is not None:
+                task.cancel()
+        self._watchdog = self._monitor = None
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None
 
     @property
     def ready(self) -> bool:
-        return self._server_ready.done() and self._server_ready.exception() is None
+        readiness = self.readiness
+        return readiness is not None and readiness.done() and readiness.exception() is None
 
     async def wait_ready(self) -> None:
-        """Wait until the pool has answered its first health check (server info known); raises why it never will."""
+        """Wait until the pool has answered its first health check (server info known); raises why it never will.
+        Starts the pool when it is used without ``async with``."""
         if not self.ready:
-            await self._server_ready
+            if self.starter is None:
+                self.starter = asyncio.create_task(self.start())
+            await self.readiness_future()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests on a replica right now."""
+        return sum(r.in_flight for r in self.replicas.values())
 
     # ---------------------------------------------------------------- requests
     def _pick(self, exclude: set[str] | tuple = ()) -> Replica | None:
@@ -495,11 +525,8 @@ class ReplicaPool(InferenceServer):
 
     async def _ready_session(self):
         """The HTTP session, once the pool is ready (started here when used without ``async with``)."""
-        ready = self._server_ready
-        if not ready.done() or ready.exception() is not None:
-            if self._bg_start_server_task is None:  # used without ``async with``: start it, never wait on nothing
-                self._bg_start_server_task = asyncio.create_task(self.bg_start_server())
-            await ready  # raises why the pool never became ready (GeneratorUnavailable, ReplicasCrashed, ...)
+        if not self.ready:
+            await self.wait_ready()  # raises why the pool never became ready (GeneratorUnavailable, ReplicasCrashed...)
         session = self._session
         if session is None or session.closed:
             session = await self._get_session()
@@ -546,8 +573,6 @@ class ReplicaPool(InferenceServer):
                 self._mark_down(replica, f"{type(e).__name__} from {replica.url}: {e}")
             return f"{type(e).__name__} from {replica.url}: {e}"
         raise e
-
-    _make_request = request  # datatrove's InferenceServer.make_request calls this
 
     def stats(self) -> dict:
         return {r.url: {"requests": r.requests, "healthy": r.healthy} for r in self.replicas.values()}

@@ -1,10 +1,9 @@
 """Rephrase: send each document through one or more prompts to an inference server.
 
-Built on datatrove's ``InferenceRunner`` (through ``LeanInferenceRunner``, the same runner with a
-cheaper per-document path) — its chunked checkpoints, sqlite request cache
-(already-answered requests are not sent again after a crash), metrics and stats — with
-finephrase's ``ReplicaPool`` as the server (several replicas, TGI or OpenAI protocol,
-retries that never end the task) and a rollout that
+Built on finephrase's ``LeanInferenceRunner`` (a datatrove step with datatrove's inference contract and
+files: chunked checkpoints, an sqlite request cache — already-answered requests are not sent again after a
+crash —, metrics and stats; see :mod:`finephrase.inference.runner`) with finephrase's ``ReplicaPool`` as the
+server (several replicas, TGI or OpenAI protocol, retries that never end the task) and a rollout that
 
 - renders every prompt for the document (sandboxed Jinja2),
 - fits the document into the request with the prompt's strategy (``STRATEGIES``): ``truncate`` cuts it at
@@ -31,20 +30,15 @@ from typing import Any
 
 from datatrove.data import Document
 from datatrove.pipeline.inference.run_inference import InferenceConfig
-from datatrove.pipeline.inference.types import InferenceError, InferenceResult
+from datatrove.pipeline.inference.types import InferenceError
 from loguru import logger
 
 from finephrase.errors import GeneratorRejected
-from finephrase.inference.io import (
-    BatchedRequestCache,
-    FastCheckpointManager,
-    LeanJsonlWriter,
-    jsonl_adapter,
-)
 from finephrase.inference.pool import RequestRejected, rejection_hint
 from finephrase.inference.request_builder import RequestBuilder
 from finephrase.inference.runner import LeanInferenceRunner
 from finephrase.inference.tokens import TokenCounter
+from finephrase.inference.writer import LeanJsonlWriter, jsonl_adapter
 from finephrase.prompts import Prompt, load_prompt
 from finephrase.steps.rephrase.chunked import rewrite_chunked
 from finephrase.steps.rephrase.routing import Router
@@ -118,9 +112,8 @@ class Rephrase(LeanInferenceRunner):
         self.routing = routing
         self.router = Router(routing, self.prompts)
         self.tokens = TokenCounter(tokenizer)
-        self._server = None
         config = InferenceConfig(
-            server_type="endpoint",  # informational: _init_server below returns finephrase's ReplicaPool
+            server_type="endpoint",  # informational: make_server below returns finephrase's ReplicaPool
             model_name_or_path=model,
             use_chat=True,
             max_concurrent_generations=concurrency,
@@ -140,16 +133,13 @@ class Rephrase(LeanInferenceRunner):
             metadata_key="rollout_results",
             skip_bad_requests=True,
         )
-        # same files and semantics as datatrove's, less work per document (see finephrase.inference.io)
-        self.request_cache = BatchedRequestCache(checkpoints_dir)
-        self.checkpoint_manager = FastCheckpointManager(checkpoints_dir, records_per_chunk, request_cache=self.request_cache)
         # sampling parameters (cached per prompt), token budgets (per prompt and max_new_tokens), payloads
         self.request_builder = RequestBuilder(model, self.generation_params, context_length, self.tokens)
-        self._answered = 0  # requests answered in this task (a refusal after that is a counted skip)
         self._rejections: dict[str, int] = {}  # "status message" -> times, while nothing was answered
 
     # ------------------------------------------------------------------ server
-    def _init_server(self, rank: int):
+    def make_server(self, rank: int):
+        """The task's ``ReplicaPool`` (and its embedded llama.cpp replicas, when the step starts its own)."""
         from finephrase.inference.pool import ReplicaPool
 
         endpoints = self.endpoints
@@ -158,7 +148,7 @@ class Rephrase(LeanInferenceRunner):
 
             self._embedded_servers = EmbeddedBackend.make_servers(**self.embedded)
             endpoints = self._embedded_servers.start()
-        self._server = ReplicaPool(
+        return ReplicaPool(
             self.config,
             rank,
             endpoints=endpoints,
@@ -170,7 +160,6 @@ class Rephrase(LeanInferenceRunner):
             tokenizer=self.tokens.spec,
             state_file=self.server_state_file,
         )
-        return self._server
 
     def run(self, data, rank: int = 0, world_size: int = 1):
         try:
@@ -182,73 +171,7 @@ class Rephrase(LeanInferenceRunner):
 
     def budget_for(self, prompt: Prompt, max_new_tokens: int) -> int:
         """Tokens of source text that fit: context - max_new_tokens - prompt overhead - margin (RequestBuilder)."""
-        return self.request_builder.budget_for(prompt, max_new_tokens, self._server)
-
-    # ------------------------------------------------------------------ hot path
-    async def _held_request(self, payload: dict, semaphore, server, doc_id: str | None = None, rollout_idx: int = 0,
-                            chunk_index: int = 0, request_counters: list[int] | None = None) -> InferenceResult:
-        """One request, in one coroutine: cache lookup (documents from an interrupted run only), a slot of the
-        request semaphore, the pool's request (retries, back-off and replica choice live in ReplicaPool), the
-        stats and metrics, and the answer held for the request cache (see ``BatchedRequestCache``)."""
-        if request_counters is not None:
-            request_counters[rollout_idx] += 1
-        cache = self.request_cache
-        if doc_id is not None and cache.holds_document(doc_id):
-            return await self._cached_request(payload, semaphore, server, doc_id, rollout_idx, chunk_index)
-        if "model" not in payload:
-            payload["model"] = self.config.model_name_or_path
-        if not semaphore.try_acquire():  # uncontended: no coroutine round trip
-            await semaphore.acquire()
-        try:
-            response = await server.request(payload)
-        except InferenceError:
-            self.count_request(ok=False)
-            self.stat_update("failed_requests", unit="request")
-            raise
-        finally:
-            semaphore.release()
-        self._answered += 1
-        choice = response["choices"][0]
-        usage = response.get("usage") or {}
-        self.count_request(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
-        self.stat_update("successful_requests", unit="request")
-        message = choice.get("message") or {}
-        result = InferenceResult(text=message.get("content") or "", finish_reason=choice.get("finish_reason"),
-                                 usage=usage, reasoning=message.get("reasoning_content") or "")
-        if doc_id is not None and cache.enabled:
-            cache.hold_result(chunk_index, doc_id, rollout_idx, payload, result)
-        return result
-
-    async def _send_request(self, server, payload: dict, semaphore) -> InferenceResult:
-        """datatrove's hook (used by ``_cached_request``): the request without the request cache."""
-        return await self._held_request(payload, semaphore, server)
-
-    async def _async_data_gen(self, sync_gen):
-        """Documents from the (synchronous) reader, fetched in batches per thread hop rather than one by one."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        iterator = iter(sync_gen)
-        pool = ThreadPoolExecutor(max_workers=1)
-        batch_size = max(8, min(256, self.config.max_concurrent_documents))
-
-        def next_batch():
-            batch = []
-            for doc in iterator:
-                batch.append(doc)
-                if len(batch) >= batch_size:
-                    break
-            return batch
-
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                batch = await loop.run_in_executor(pool, next_batch)
-                if not batch:
-                    return
-                for doc in batch:
-                    yield doc
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+        return self.request_builder.budget_for(prompt, max_new_tokens, self.server)
 
     # ------------------------------------------------------------------ rollout
     def params_for(self, prompt: Prompt) -> dict:
@@ -259,13 +182,13 @@ class Rephrase(LeanInferenceRunner):
         """The generation parameters as the protocol puts them on the wire (the ``generation_params`` column)."""
         from finephrase.inference.protocols import make_protocol
 
-        protocol = self._server.protocol if self._server is not None else make_protocol(self.protocol)
+        protocol = self.server.protocol if self.server is not None else make_protocol(self.protocol)
         return protocol.sent_params(params)
 
     def rollout(self, document: Document, generate):
         """datatrove's rollout function: returns a coroutine of ``{prompt name: entry}``. With one prompt it is
         ``_rephrase_one``'s own coroutine (no extra frame per document on the hot path)."""
-        if self._server is not None and not self._server.ready:
+        if self.server is not None and not self.server.ready:
             return self._rollout(document, generate)  # the token budget and provenance need the server's info
         prompts = self.route(document)
         if len(prompts) == 1:
@@ -273,7 +196,7 @@ class Rephrase(LeanInferenceRunner):
         return self._rephrase_all(prompts, document, generate)
 
     async def _rollout(self, document: Document, generate) -> dict:
-        await self._server.wait_ready()
+        await self.server.wait_ready()
         return await self.rollout(document, generate)
 
     async def _rephrase_all(self, prompts: list[Prompt], document: Document, generate) -> dict:
@@ -297,7 +220,7 @@ class Rephrase(LeanInferenceRunner):
     async def _rephrase_one(self, prompt: Prompt, document: Document, generate, keyed: bool = False) -> dict:
         """One prompt for one document: the row entry (``{prompt.name: entry}`` when ``keyed``)."""
         params = self.params_for(prompt)
-        info = self._server.server_info if self._server is not None else {}
+        info = self.server.server_info if self.server is not None else {}
         entry = {
             "model": info.get("model_id") or self.model,
             "model_revision": info.get("model_sha"),
@@ -326,7 +249,7 @@ class Rephrase(LeanInferenceRunner):
 
     def _note_rejection(self, e: RequestRejected) -> None:
         """Stop the task when the server refuses the same way again and again before anything was answered."""
-        if self._answered:
+        if self.answered:  # requests answered in this task: a refusal after that is a counted skip
             return
         key = f"{e.status} {e.body}"
         seen = self._rejections[key] = self._rejections.get(key, 0) + 1
