@@ -37,7 +37,7 @@ from datatrove.io import get_datafolder
 from datatrove.pipeline.readers.jsonl import JsonlReader
 from loguru import logger
 
-from finephrase.inference.writer import output_path_for
+from finephrase.inference.writer import jsonl_adapter, output_path_for
 
 NO_OUTPUT = "__no_rollouts_remove"  # datatrove's metadata flag: checkpointed, not written to the output
 
@@ -70,8 +70,7 @@ def checkpoint_line(document: Document) -> bytes:
     """The document's checkpoint line (datatrove's ``asdict`` layout, empty fields dropped unless it has media)."""
     if document.media:  # datatrove's own layout for media documents
         return orjson.dumps(dataclasses.asdict(document), option=orjson.OPT_APPEND_NEWLINE)
-    return orjson.dumps({k: v for k, v in (("text", document.text), ("id", document.id),
-                                           ("metadata", document.metadata)) if v}, option=orjson.OPT_APPEND_NEWLINE)
+    return orjson.dumps(jsonl_adapter(None, document), option=orjson.OPT_APPEND_NEWLINE)  # the output's line too
 
 
 class FastCheckpointManager:

@@ -17,8 +17,7 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.decont import NGramsDecontConfig, NGramsDecontFilter
 
 from finephrase.report import names
-
-CONFIG_KEY = "config"  # the row's prompt config (FormatRows' metadata)
+from finephrase.steps.format_rows import row_config, row_tokens
 
 
 def add_check(doc: Document, note: str) -> None:
@@ -57,7 +56,7 @@ class Decontaminate(PipelineStep):
                     self.stat_update(names.FORWARDED)
                     yield doc
                     continue
-                config = str(doc.metadata.get(CONFIG_KEY) or "")
+                config = row_config(doc)
                 if self.action == "flag":
                     self.stat_update(names.per_prompt(names.CONTAMINATED_FLAGGED, config, eval_set))
                     add_check(doc, f"contaminated:{eval_set}")
@@ -66,10 +65,9 @@ class Decontaminate(PipelineStep):
                     continue
                 self.stat_update(names.DROPPED)
                 self.stat_update(names.per_prompt(names.CONTAMINATED, config, eval_set))
-                md = doc.metadata
-                self.stat_update(names.per_prompt(names.REMOVED_PROMPT_TOKENS, config), value=md.get("prompt_tokens") or 0)
-                self.stat_update(names.per_prompt(names.REMOVED_COMPLETION_TOKENS, config),
-                                 value=md.get("completion_tokens") or 0)
+                prompt_tokens, completion_tokens = row_tokens(doc)
+                self.stat_update(names.per_prompt(names.REMOVED_PROMPT_TOKENS, config), value=prompt_tokens)
+                self.stat_update(names.per_prompt(names.REMOVED_COMPLETION_TOKENS, config), value=completion_tokens)
 
     def contaminated_by(self, doc: Document) -> str | None:
         """The eval set one of the row's n-grams belongs to (None: clean); the row's metadata is left as it was."""

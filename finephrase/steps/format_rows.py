@@ -53,6 +53,18 @@ ROW_SCHEMA = pa.schema(
     ]
 )
 ROW_COLUMNS = [f.name for f in ROW_SCHEMA]
+CONFIG_KEY = "config"  # a row's prompt config, in its metadata (the ParquetWriter's ${config})
+
+
+def row_config(doc: Document) -> str:
+    """A row's prompt config (the steps after the rows stage count per config)."""
+    return str(doc.metadata.get(CONFIG_KEY) or "")
+
+
+def row_tokens(doc: Document) -> tuple[int, int]:
+    """A row's (prompt, completion) tokens."""
+    md = doc.metadata
+    return int(md.get("prompt_tokens") or 0), int(md.get("completion_tokens") or 0)
 
 
 def row_adapter(self, document: Document) -> dict:
@@ -188,7 +200,7 @@ class FormatRows(PipelineStep):
         """The row's columns besides ``text`` and ``id`` (ROW_SCHEMA)."""
         md, name = doc.metadata, prompt.name
         return {
-            "config": name,
+            CONFIG_KEY: name,
             "source_id": str(doc.id),
             "source_text": doc.text,
             "prompt": name,

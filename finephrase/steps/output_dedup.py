@@ -26,12 +26,7 @@ from datatrove.pipeline.dedup.exact_dedup import ExactDedupFilter
 from datatrove.utils.hashing import create_hash_func
 
 from finephrase.report import names
-
-CONFIG_KEY = "config"  # the row's prompt config (FormatRows' metadata)
-
-
-def row_config(doc: Document) -> str:
-    return str(doc.metadata.get(CONFIG_KEY) or "")
+from finephrase.steps.format_rows import row_config, row_tokens
 
 
 def config_and_text(doc: Document) -> str:
@@ -62,11 +57,6 @@ class ConfigMinhashSignature(MinhashDedupSignature):
         return np.bitwise_xor(super().get_shingles(text), self.salt)
 
 
-def _row_tokens(doc: Document) -> tuple[int, int]:
-    md = doc.metadata
-    return int(md.get("prompt_tokens") or 0), int(md.get("completion_tokens") or 0)
-
-
 class CountsRemovedPerConfig:
     """Mixin for a datatrove filter: counts the rows it removes per config (and their tokens)."""
 
@@ -81,14 +71,14 @@ class CountsRemovedPerConfig:
                 config = row_config(doc)
                 seen[config] += 1
                 tokens = seen_tokens.setdefault(config, [0, 0])
-                p, c = _row_tokens(doc)
+                p, c = row_tokens(doc)
                 tokens[0], tokens[1] = tokens[0] + p, tokens[1] + c
                 yield doc
 
         for doc in super().run(counted(), rank, world_size):
             config = row_config(doc)
             seen[config] -= 1
-            p, c = _row_tokens(doc)
+            p, c = row_tokens(doc)
             seen_tokens[config][0] -= p
             seen_tokens[config][1] -= c
             yield doc
