@@ -9,7 +9,8 @@ target (column ``mixed_with``), until every prompt has its share.
 Streaming, never all documents in memory:
 
 1. the synthetic rows are read once to count their tokens per prompt, the real source once to count its
-   tokens;
+   characters (only its first ``SAMPLE_DOCUMENTS`` are tokenized, for its tokens per character: a large mix-in
+   source is not tokenized in full to size the picks);
 2. real documents are picked by a seeded hash of their id (``u(seed, id) < rate``, the rate sized from the
    counts with a 5 % margin), so the picks are spread over the whole source and the same seed picks the same
    documents; if the picks fall short, further passes take more of the documents left, until the target or the
@@ -40,6 +41,7 @@ MIX_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("kind", pa.
 MIX_SCHEMA_COLUMNS = [f.name for f in MIX_SCHEMA]
 RATE_MARGIN = 1.05  # picks sized 5 % above the need: one pass is nearly always enough
 MAX_PASSES = 6  # over the real source, after the counting one (the last takes every document left)
+SAMPLE_DOCUMENTS = 1000  # real documents tokenized in the counting pass (tokens per character)
 
 
 def mix_adapter(self, document: Document) -> dict:
@@ -92,8 +94,7 @@ class Mix(PipelineStep):
             return
         synthetic = self._synthetic_tokens()
         need = {p: n * (1 - self.share_of(p)) / self.share_of(p) for p, n in synthetic.items()}
-        real_total = sum(self._count(doc) for doc in self._real_docs())
-        real = self._picked_real(dict(need), real_total)
+        real = self._picked_real(dict(need), self._real_tokens_estimate())
         yield from self._interleave(self._synthetic_docs(), sum(synthetic.values()), real, sum(need.values()))
 
     # ------------------------------------------------------------------ the two streams
@@ -128,7 +129,17 @@ class Mix(PipelineStep):
     def _count(self, doc: Document) -> int:
         return self.tokens.count(doc.text)
 
-    def _picked_real(self, need: dict[str, float], real_total: int) -> Iterator[tuple[Document, int]]:
+    def _real_tokens_estimate(self) -> float:
+        """The real source's tokens: its characters times the tokens per character of its first documents."""
+        chars = sample_chars = sample_tokens = 0
+        for i, doc in enumerate(self._real_docs()):
+            chars += len(doc.text)
+            if i < SAMPLE_DOCUMENTS:
+                sample_chars += len(doc.text)
+                sample_tokens += self._count(doc)
+        return chars * sample_tokens / sample_chars if sample_chars else 0.0
+
+    def _picked_real(self, need: dict[str, float], real_total: float) -> Iterator[tuple[Document, int]]:
         """Real documents, picked by the seeded hash in passes until every prompt's need is met."""
         taken_below, remaining = 0.0, sum(need.values())
         for attempt in range(MAX_PASSES):
