@@ -323,6 +323,18 @@ class LiveDisplay:
         self.live.stop()
 
 
+def _own_copy(stream):
+    """The display's own file descriptor for ``stream``: a library that points fd 1 elsewhere for a moment
+    (llama-cpp-python sends fds 1 and 2 to /dev/null while it loads a model, from whatever thread) must not swallow
+    a progress line written meanwhile by the display's thread."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return stream  # not a file (a test's StringIO)
+    stream.flush()
+    return os.fdopen(os.dup(fd), "w", buffering=1, encoding="utf-8", errors="replace")
+
+
 @contextlib.contextmanager
 def run_console(paths, verbose: bool = False, stream=None):
     """Show the progress of the run writing to ``paths`` (a :class:`finephrase.pipeline.RunPaths`; see the module
@@ -340,8 +352,9 @@ def run_console(paths, verbose: bool = False, stream=None):
     previous = os.environ.get(PROGRESS_ENV)
     os.environ[PROGRESS_ENV] = folder
     isatty = getattr(stream, "isatty", lambda: False)()
-    display = LiveDisplay(watch, stream) if isatty else \
-        PlainDisplay(watch, stream, float(os.environ.get(INTERVAL_ENV) or 30))
+    own = _own_copy(stream)
+    display = LiveDisplay(watch, own) if isatty else \
+        PlainDisplay(watch, own, float(os.environ.get(INTERVAL_ENV) or 30))
     try:
         with captured_stderr(watch.paths.w("logs", "console.log"), display.show) as real_stderr:
             display.err = real_stderr
@@ -351,6 +364,8 @@ def run_console(paths, verbose: bool = False, stream=None):
             finally:
                 display.stop()
     finally:
+        if own is not stream:
+            own.close()
         if previous is None:
             os.environ.pop(PROGRESS_ENV, None)
         else:

@@ -66,3 +66,30 @@ def test_stage_lines_from_datatroves_folders(tmp_path, monkeypatch):
     display.tick()
     display.tick()  # nothing moved: no new line
     assert stream.getvalue().splitlines() == [stage_line(rows["filter"])]  # the rephrase stage ran < 3 s
+
+
+CHILD = r"""
+import json, os, sys, time
+from finephrase.pipeline import RunPaths, Stage
+from finephrase.progress import run_console
+
+out = sys.argv[1]
+logs = os.path.join(out, ".finephrase", "logs", "rows")
+with run_console(RunPaths(out)) as watch:
+    watch.set_stages([Stage("rows", [], 1)])
+    os.makedirs(os.path.join(logs, "completions"))
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)  # what llama-cpp-python does to fds 1 and 2 while it loads a model, whatever thread prints
+    with open(os.path.join(logs, "stats.json"), "w") as f:
+        json.dump([{"name": "writer", "stats": {"total": 1}}], f)
+    time.sleep(2.5)  # the display's thread ticks (once a second) while fd 1 points at /dev/null
+    os.dup2(saved, 1)
+print("after the run")
+"""
+
+
+def test_a_progress_line_survives_a_library_pointing_fd_1_elsewhere(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "out")], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert proc.stdout.splitlines() == ["✓ rows               1/1 tasks  0:00", "after the run"], proc.stdout

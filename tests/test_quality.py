@@ -131,6 +131,41 @@ def test_the_filter_scores_the_text_training_saw(classifier):
     assert fasttext_text("a\nb\r\n\tc ") == "a b c"
 
 
+def test_a_model_replaced_at_the_same_path_is_the_one_used(classifier, demo_data, tmp_path):
+    """datatrove copies a model path into its asset cache once, keyed by the path: a classifier retrained in place
+    (as `make demo` does on a fresh checkout) was scored with the stale copy. The filters read local files."""
+    import shutil
+
+    import fasttext
+    from datatrove.data import Document
+
+    from finephrase.quality.score import label_score
+    from finephrase.steps.language_filter import LanguageFilter, default_lid_model
+    from finephrase.steps.quality_filter import QualityFilter
+
+    model, _ = classifier
+    text = "Navigation index modules | next | previous | The tutorial explains how lists and dictionaries work."
+    path = tmp_path / "quality.ftz"
+    scores = []
+    for source in (model, demo_data / "quality.ftz"):  # two different classifiers, one after the other at `path`
+        shutil.copyfile(source, path)
+        doc = Document(text=text, id="x")
+        QualityFilter(str(path), "hq", 0.0).filter(doc)
+        assert doc.metadata["quality_score"] == round(label_score(fasttext.load_model(str(source)), text, "hq"), 6)
+        scores.append(doc.metadata["quality_score"])
+    assert scores[0] != scores[1]
+    with pytest.raises(ValueError, match="is not a label of"):
+        QualityFilter(str(path), "nope", 0.5).filter(Document(text=text, id="y"))
+    lid = tmp_path / "lid.ftz"
+    shutil.copyfile(default_lid_model(), lid)
+    assert LanguageFilter(["en"], model_path=str(lid)).filter(Document(text="This is an English sentence.", id="e"))
+    from huggingface_hub import cached_assets_path
+
+    for namespace, subfolder, local in (("filters", "fasttext", path), ("lid", "local", lid)):  # no copy was made
+        cache = cached_assets_path(library_name="datatrove", namespace=namespace, subfolder=subfolder)
+        assert not (cache / str(local).replace("/", "_")).exists()
+
+
 def test_a_recipe_takes_its_classifier_from_a_hub_model_repo(classifier, hub_server, hub_repo_id,  # noqa: F811
                                                               make_recipe, monkeypatch):
     from huggingface_hub import HfApi

@@ -15,6 +15,7 @@ from datatrove.pipeline.filters.language_filter import (
 from datatrove.utils.lid import FastTextLID
 
 from finephrase.errors import FinephraseError
+from finephrase.steps.local_model import load_fasttext
 
 
 class LidModelMissing(FinephraseError, FileNotFoundError):
@@ -40,6 +41,13 @@ class LocalFastTextLID(FastTextLID):
     def __init__(self, model_path: str, languages: list[str] | None = None, k: int = -1):
         super().__init__(languages, k)
         self.MODEL_URL = model_path
+
+    @property
+    def model(self):
+        """The model file itself when local (datatrove's cache is keyed by path: a replaced file stays stale)."""
+        if self._model is None:
+            self._model = load_fasttext(self.MODEL_URL, lambda: FastTextLID.model.fget(self))
+        return self._model
 
 
 class LanguageFilter(_DatatroveLanguageFilter):

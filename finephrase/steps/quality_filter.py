@@ -10,6 +10,7 @@ from __future__ import annotations
 from datatrove.pipeline.filters.fasttext_filter import FastTextClassifierFilter
 
 from finephrase.quality.score import label_score
+from finephrase.steps.local_model import load_fasttext
 
 
 class QualityFilter(FastTextClassifierFilter):
@@ -25,6 +26,18 @@ class QualityFilter(FastTextClassifierFilter):
         )
         self.label = label
         self.threshold = threshold
+
+    @property
+    def model(self):
+        """The model file itself when local (datatrove's cache would keep a stale copy of a retrained model)."""
+        if self._model is None:
+            model = load_fasttext(self.model_url, lambda: FastTextClassifierFilter.model.fget(self))
+            labels = [x.removeprefix("__label__") for x in model.labels]
+            if self.label not in labels:
+                raise ValueError(f"filters.quality.label {self.label!r} is not a label of {self.model_url} "
+                                 f"(its labels: {labels})")
+            self._model = model
+        return self._model
 
     def filter(self, doc) -> bool:
         score = label_score(self.model, doc.text, self.label)  # the text as training saw it (fasttext_text)
