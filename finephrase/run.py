@@ -26,11 +26,14 @@ class RunResult:
 
 
 @contextlib.contextmanager
-def generator_runtime(recipe: Recipe, paths: RunPaths):
+def generator_runtime(recipe: Recipe, paths: RunPaths, limit: int | None = None, tasks: int | None = None):
     """How to reach the model while the block runs (the backend starts and stops what it needs): (runtime, provenance)."""
     from finephrase.inference.backends import backend_for
+    from finephrase.run_size import expected_completion_tokens
 
-    with backend_for(recipe.generator.server).runtime(recipe.generator, log_dir=paths.w("logs", "server")) as rt:
+    backend = backend_for(recipe.generator.server)
+    tokens = expected_completion_tokens(recipe, limit, tasks)  # what the embedded backend's `engine: auto` weighs
+    with backend.runtime(recipe.generator, log_dir=paths.w("logs", "server"), expected_tokens=tokens) as rt:
         yield rt
 
 
@@ -50,7 +53,7 @@ def run_recipe(recipe: Recipe, output: str | None = None, limit: int | None = No
     start = time.time()
     from finephrase.progress import run_console
 
-    with run_console(paths, verbose=verbose) as watch, generator_runtime(recipe, paths) as (runtime, generator_info):
+    with run_console(paths, verbose=verbose) as watch, generator_runtime(recipe, paths, limit, tasks) as (runtime, generator_info):
         stages = build_stages(recipe, prompts, output, runtime, tasks=tasks, limit=limit)
         if watch is not None:
             watch.set_stages(stages)

@@ -55,6 +55,9 @@ def write_recipe(path: Path, overrides: dict | None = None, base: Path = DEMO_RE
     """A recipe derived from `base` with `overrides` merged in (None deletes a key); absolute data paths."""
     data = yaml.safe_load(base.read_text())
     data = _merge(data, overrides or {})
+    gen, asked = data.get("generator") or {}, ((overrides or {}).get("generator") or {}).get("engine")
+    if gen.get("server", "embedded") == "embedded" and not asked:  # llama.cpp unless a test asks (test_vllm_engine)
+        gen["engine"] = "llama.cpp"
     src = data.get("source", {})
     if src.get("path") and not os.path.isabs(src["path"]):
         src["path"] = str(ROOT / src["path"])

