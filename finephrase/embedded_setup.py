@@ -114,12 +114,17 @@ def cmake_flags(
     return " ".join(args)
 
 
-def cache_root(env: Mapping[str, str] | None = None) -> Path:
+def finephrase_cache(name: str, override_env: str, env: Mapping[str, str] | None = None) -> Path:
+    """``$<override_env>``, else ``$XDG_CACHE_HOME/finephrase/<name>`` (``~/.cache/finephrase/<name>``)."""
     env = os.environ if env is None else env
-    if env.get(WHEEL_CACHE_ENV):
-        return Path(env[WHEEL_CACHE_ENV]).expanduser()
+    if env.get(override_env):
+        return Path(env[override_env]).expanduser()
     base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "finephrase" / "wheels"
+    return Path(base) / "finephrase" / name
+
+
+def cache_root(env: Mapping[str, str] | None = None) -> Path:
+    return finephrase_cache("wheels", WHEEL_CACHE_ENV, env)
 
 
 def cache_key(flags: str, version: str = LLAMA_CPP_VERSION, machine: str | None = None) -> str:

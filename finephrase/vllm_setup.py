@@ -52,11 +52,9 @@ class VllmSetupError(FinephraseError, RuntimeError):
 
 
 def engines_root(env: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if env is None else env
-    if env.get(ENGINES_ENV):
-        return Path(env[ENGINES_ENV]).expanduser()
-    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "finephrase" / "engines"
+    from finephrase.embedded_setup import finephrase_cache
+
+    return finephrase_cache("engines", ENGINES_ENV, env)
 
 
 def engine_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -97,10 +95,31 @@ def vllm_version(python: str) -> str:
     return version
 
 
-def install_command(python: str, index: str | None = TORCH_CPU_INDEX) -> list[str]:
-    cmd = [python, "-m", "pip", "install", "-q", f"{VLLM_PACKAGE}=={VLLM_VERSION}", TORCH_REQUIREMENT,
-           *EXTRA_REQUIREMENTS]
-    return cmd + (["--extra-index-url", index] if index else [])
+def torch_index(log: Callable[[str], None]) -> str | None:
+    """PyTorch's CPU index when it answers (``FINEPHRASE_TORCH_INDEX`` overrides; empty: none). Unreachable, pip
+    would retry it for every package: then ``torch==2.13.0+cpu`` must come from pip's own configuration (a local
+    wheel, a mirror), or pip says it cannot find it."""
+    import urllib.error
+    import urllib.request
+
+    index = os.environ.get("FINEPHRASE_TORCH_INDEX", TORCH_CPU_INDEX)
+    if not index:
+        return None
+    try:
+        with urllib.request.urlopen(index.rstrip("/") + "/torch/", timeout=10):
+            return index
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        log(f"{index} is not reachable ({getattr(e, 'reason', e)}): {TORCH_REQUIREMENT} must come from pip's own "
+            "configuration (a local wheel or a mirror)")
+        return None
+
+
+def install_commands(python: str, index: str | None) -> list[list[str]]:
+    """torch first, on its own (the CPU index, if any, is asked for torch alone); then vLLM, which finds its
+    ``torch==2.13.0`` satisfied by ``2.13.0+cpu``."""
+    pip = [python, "-m", "pip", "install", "-q"]
+    return [pip + [TORCH_REQUIREMENT] + (["--extra-index-url", index] if index else []),
+            pip + [f"{VLLM_PACKAGE}=={VLLM_VERSION}", TORCH_REQUIREMENT, *EXTRA_REQUIREMENTS]]
 
 
 def _run(cmd: list[str], log: Callable[[str], None]) -> None:
@@ -131,7 +150,8 @@ def setup_vllm(log: Callable[[str], None] = print, force: bool = False) -> Path:
     log(f"vLLM {VLLM_VERSION} (CPU build) into its own environment: {folder} (~2 min, ~3.4 GB)")
     _run([sys.executable, "-m", "venv", str(folder)], log)
     _run([str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"], log)
-    _run(install_command(str(python), os.environ.get("FINEPHRASE_TORCH_INDEX", TORCH_CPU_INDEX) or None), log)
+    for cmd in install_commands(str(python), torch_index(log)):
+        _run(cmd, log)
     _drop_broken_companions(str(python), log)
     check = subprocess.run([str(python), "-c", "import torch, vllm, vllm.entrypoints.openai.api_server\n"
                             "from transformers import AutoModelForCausalLM\n"

@@ -85,6 +85,30 @@ def run_cli(*args: str, timeout: float = 900, env: dict | None = None, check: bo
     return proc
 
 
+# a small local prompt (a title per document) for tests that run two prompts
+TITLE_PROMPT = """\
+name: title
+set: local
+version: "1.0"
+source:
+  title: "finephrase tests"
+description: Gives the document a short title.
+suits: any
+system: null
+template: |-
+  Write a title of at most eight words for the document below. Output only the title.
+
+  Document:
+  {{ document }}
+generation:
+  max_new_tokens: 48
+context: truncate
+output_rules:
+  drop_refusals: true
+  drop_truncated: false
+"""
+
+
 # a fast generation setting for tests that run the real embedded model
 FAST_GENERATOR = {"params": {"max_new_tokens": 48, "temperature": 0.0, "seed": 0}, "context_length": 768}
 

@@ -26,31 +26,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import FAST_GENERATOR, run_cli, write_recipe
+from conftest import FAST_GENERATOR, TITLE_PROMPT, run_cli, write_recipe
 
 PLANTED = "Quillfeather-7731 zephyrine"
 N_DOCS = 6
-TITLE_PROMPT = """\
-name: title
-set: local
-version: "1.0"
-source:
-  title: "finephrase tests"
-description: Gives the document a short title.
-suits: any
-system: null
-template: |-
-  Write a title of at most eight words for the document below. Output only the title.
-
-  Document:
-  {{ document }}
-generation:
-  max_new_tokens: 48
-context: truncate
-output_rules:
-  drop_refusals: true
-  drop_truncated: false
-"""
 
 
 def _chromium() -> str | None:

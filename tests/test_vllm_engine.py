@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, first_demo_docs, process_tree
+from conftest import ROOT, TITLE_PROMPT, first_demo_docs, process_tree
 
 from finephrase.inference.engine_choice import break_even_tokens, choose_engine, expected_tokens
 from finephrase.inference.gguf_convert import MARKER, cached_conversion, converted_folder
@@ -142,21 +142,6 @@ def test_a_server_group_goes_with_its_run_however_it_dies():
 # ---------------------------------------------------------------- a real run on vLLM
 
 
-TITLE_PROMPT = """\
-name: title
-set: local
-version: "1.0"
-source:
-  title: "finephrase tests"
-description: Gives the document a short title.
-suits: any
-system: null
-template: |-
-  Write a title of at most eight words for the document below. Output only the title.
-
-  Document:
-  {{ document }}
-"""
 
 
 def _rows(out: Path, config: str) -> list[dict]:

@@ -58,10 +58,9 @@ class ConversionError(FinephraseError, RuntimeError):
 
 
 def models_root() -> Path:
-    if os.environ.get(MODELS_ENV):
-        return Path(os.environ[MODELS_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "finephrase" / "models"
+    from finephrase.embedded_setup import finephrase_cache
+
+    return finephrase_cache("models", MODELS_ENV)
 
 
 def converted_folder(gguf: str, sha256: str) -> Path:
