@@ -112,10 +112,9 @@ def cmd_run(args) -> int:
 def cmd_serve(args) -> int:
     from finephrase.inference.backends import EmbeddedBackend
     from finephrase.inference.embedded import serve_forever
-    from finephrase.inference.engine_choice import choose_engine
-    from finephrase.vllm_setup import vllm_python
+    from finephrase.inference.engine_choice import choose_embedded
 
-    choice = choose_engine(args.engine, args.engine != "llama.cpp" and vllm_python() is not None, None)
+    choice = choose_embedded(args.engine, None)
     servers = EmbeddedBackend.make_servers(engine=choice.engine, gguf=args.gguf, replicas=args.replicas,
                                            threads=args.threads, n_ctx=args.n_ctx)
     console.print(f"starting {servers.replicas} {servers.engine} server(s) for {os.path.basename(servers.gguf)} "

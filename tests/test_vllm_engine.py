@@ -153,10 +153,6 @@ def _rows(out: Path, config: str) -> list[dict]:
     return pq.read_table(out / "data" / config).to_pylist()
 
 
-def _vllm_processes(root_pid: int) -> set[int]:
-    return process_tree(root_pid)
-
-
 @pytest.mark.slow
 def test_a_recipe_runs_on_vllm_and_survives_a_replica_killed_mid_run(tmp_path, demo_data, make_recipe):
     python = vllm_python()
@@ -184,7 +180,7 @@ def test_a_recipe_runs_on_vllm_and_survives_a_replica_killed_mid_run(tmp_path, d
         assert run.poll() is None, run.communicate()[0][-4000:]
         time.sleep(0.5)
     victim = json.loads(state_file.read_text())["replicas"][0]
-    group = _vllm_processes(victim["pid"])
+    group = process_tree(victim["pid"])
     assert len(group) >= 2, "a vLLM server runs an engine-core process beside its API server"
     os.kill(victim["pid"], signal.SIGKILL)  # the API server only: its engine core must not outlive it
     output, _ = run.communicate(timeout=1200)

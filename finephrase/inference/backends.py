@@ -128,12 +128,10 @@ class EmbeddedBackend(Backend):
 
     @staticmethod
     def choose(g: GeneratorConfig, expected_tokens: float | None = None):
-        from finephrase.inference.engine_choice import choose_engine
-        from finephrase.vllm_setup import vllm_python
+        from finephrase.inference.engine_choice import choose_embedded
 
-        if g.command and g.engine != "vllm":  # a server command of the user's: served as given
-            return choose_engine("llama.cpp", False, expected_tokens)
-        return choose_engine(g.engine, g.engine != "llama.cpp" and vllm_python() is not None, expected_tokens)
+        # a server command of the user's is served as given
+        return choose_embedded("llama.cpp" if g.command and g.engine != "vllm" else g.engine, expected_tokens)
 
     @contextlib.contextmanager
     def runtime(self, g: GeneratorConfig, log_dir: str | None = None,

@@ -67,3 +67,11 @@ def choose_engine(engine: str, vllm_ready: bool, tokens: float | None, limit: fl
                               f"~{limit:,.0f}")
     return Choice("llama.cpp", f"auto: ~{tokens:,.0f} completion tokens expected, below the ~{limit:,.0f} where "
                                "vLLM's start-up pays off")
+
+
+def choose_embedded(engine: str, tokens: float | None) -> Choice:
+    """:func:`choose_engine` for this machine: vLLM counts as set up when :func:`finephrase.vllm_setup.vllm_python`
+    finds it (looked up only when the choice can be vLLM)."""
+    from finephrase.vllm_setup import vllm_python
+
+    return choose_engine(engine, engine != "llama.cpp" and vllm_python() is not None, tokens)
