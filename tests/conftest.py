@@ -156,6 +156,26 @@ def _proc_has_marker(pid: int, marker: str) -> bool:
         return False
 
 
+def is_alive(pid: int) -> bool:
+    """A live process (not a zombie)."""
+    st = _proc_stat(pid)
+    return st is not None and st["state"] not in ("Z", "X")
+
+
+def replica_once_rephrasing(run, out, timeout: float) -> dict:
+    """Wait until the rephrase stage of ``run`` (a ``finephrase run`` Popen writing to ``out``) has written its first
+    documents (requests are in flight), then return the first embedded replica of its supervisor state."""
+    import json
+    import time
+
+    checkpoints = out / ".finephrase" / "rephrased"
+    deadline = time.time() + timeout
+    while time.time() < deadline and not (checkpoints.exists() and any(checkpoints.iterdir())):
+        assert run.poll() is None, run.communicate()[0][-4000:]
+        time.sleep(0.2)
+    return json.loads((out / ".finephrase" / "logs" / "server" / "state.json").read_text())["replicas"][0]
+
+
 def _live_pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 

@@ -27,7 +27,7 @@ import pytest
 from datasets import load_dataset
 
 import tgi_server
-from conftest import FAST_GENERATOR, ROOT, run_cli
+from conftest import FAST_GENERATOR, ROOT, replica_once_rephrasing, run_cli
 from finephrase.errors import GeneratorUnavailable
 from finephrase.inference.embedded import default_gguf_path
 from finephrase.inference.pool import InputTooLong, RequestRejected, refusal, rejection_hint
@@ -128,13 +128,7 @@ def test_embedded_replica_sigkilled_mid_run_is_restarted(tmp_path, demo_data, ma
                             "--output", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True)
     state_file = out / ".finephrase" / "logs" / "server" / "state.json"
-    checkpoints = out / ".finephrase" / "rephrased"
-    deadline = time.time() + 300
-    # kill a replica once the rephrase stage has written its first documents (requests in flight)
-    while time.time() < deadline and not (checkpoints.exists() and any(checkpoints.iterdir())):
-        assert run.poll() is None, run.communicate()[0][-3000:]
-        time.sleep(0.2)
-    victim = json.loads(state_file.read_text())["replicas"][0]
+    victim = replica_once_rephrasing(run, out, timeout=300)  # requests in flight
     os.kill(victim["pid"], signal.SIGKILL)
     output, _ = run.communicate(timeout=600)
     assert run.returncode == 0, output[-4000:]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, TITLE_PROMPT, first_demo_docs, process_tree
+from conftest import ROOT, TITLE_PROMPT, first_demo_docs, is_alive, process_tree, replica_once_rephrasing
 
 from finephrase.inference.engine_choice import break_even_tokens, choose_engine, expected_tokens
 from finephrase.inference.gguf_convert import MARKER, cached_conversion, converted_folder
@@ -174,19 +174,13 @@ def test_a_recipe_runs_on_vllm_and_survives_a_replica_killed_mid_run(tmp_path, d
     run = subprocess.Popen([sys.executable, "-m", "finephrase.cli", "run", str(recipe), "--output", str(out)],
                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     state_file = out / ".finephrase" / "logs" / "server" / "state.json"
-    checkpoints = out / ".finephrase" / "rephrased"
-    deadline = time.time() + 900
-    while time.time() < deadline and not (checkpoints.exists() and any(checkpoints.iterdir())):
-        assert run.poll() is None, run.communicate()[0][-4000:]
-        time.sleep(0.5)
-    victim = json.loads(state_file.read_text())["replicas"][0]
+    victim = replica_once_rephrasing(run, out, timeout=900)
     group = process_tree(victim["pid"])
     assert len(group) >= 2, "a vLLM server runs an engine-core process beside its API server"
     os.kill(victim["pid"], signal.SIGKILL)  # the API server only: its engine core must not outlive it
     output, _ = run.communicate(timeout=1200)
     assert run.returncode == 0, output[-5000:]
-    survivors = [pid for pid in group if os.path.exists(f"/proc/{pid}") and
-                 open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[0] not in "ZX"]
+    survivors = [pid for pid in group if is_alive(pid)]
     assert survivors == [], f"processes of the killed replica outlived it: {survivors}"
     state = json.loads(state_file.read_text())
     assert "signal SIGKILL (9)" in state["replicas"][0]["exits"] and state["replicas"][0]["restarts"] >= 1
