@@ -8,7 +8,7 @@ FINEPHRASE := $(VENV)/bin/finephrase
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml finephrase/embedded_setup.py
+$(VENV)/.installed: pyproject.toml finephrase/inference/servers/llama_setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'

@@ -2,7 +2,7 @@
 
 - ``llama.cpp``: finephrase's default embedded servers (llama-cpp-python, one process per core, one thread each);
 - ``vLLM``: vLLM's CPU build (``finephrase setup-embedded --engine vllm``), one server on every core (continuous
-  batching), on the same SmolLM2-135M-Instruct GGUF converted once (``finephrase.inference.gguf_convert``).
+  batching), on the same SmolLM2-135M-Instruct GGUF converted once (``finephrase.inference.servers.gguf_convert``).
 
 Each engine is started by finephrase itself (``EmbeddedBackend.make_servers``: the supervised pool a run uses) and
 timed until it has generated (start-up); then ``--requests`` chat completions — the packaged ``finephrase/faq``
@@ -73,7 +73,7 @@ async def _drive(endpoints: list[str], model: str, payloads: list[dict], concurr
 
 
 def measure(engine: str, payloads: list[dict], concurrency: int) -> dict:
-    from finephrase.inference.backends import EmbeddedBackend
+    from finephrase.inference.client.backends import EmbeddedBackend
 
     start = time.monotonic()
     servers = EmbeddedBackend.make_servers(engine=engine, n_ctx=2048)

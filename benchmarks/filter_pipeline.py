@@ -9,9 +9,9 @@ The same steps on the same 20,000 documents, in one run, each pipeline run by da
   as spaces: the text finephrase's filter and its training see; datatrove's default joins lines with no space,
   which changes the words and the scores) -> ``JsonlWriter``,
   then the four MinHash stages (signatures, buckets, cluster, filter);
-- ``finephrase``: the stages ``finephrase.pipeline.build_stages`` makes from a recipe with the same
+- ``finephrase``: the stages ``finephrase.pipeline.build.build_stages`` makes from a recipe with the same
   filters and MinHash settings (up to the MinHash filter: no rephrase), run by
-  ``finephrase.pipeline.run_local``.
+  ``finephrase.pipeline.build.run_local``.
 
 The documents are windows of lines of the demo corpus (the Python docs), cycled (0.9 x as many
 distinct windows as documents), so the last tenth are exact duplicates for MinHash to find. Both pipelines must keep the same documents (checked).
@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from finephrase.plan import resolve
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -69,7 +70,7 @@ def datatrove_stages(src: Path, work: Path, tasks: int) -> list[tuple[str, list,
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
 
-    from finephrase.steps.language_filter import default_lid_model
+    from finephrase.pipeline.filters.language import default_lid_model
 
     lid = LanguageFilter(languages=["en"], language_threshold=LID_THRESHOLD)
     lid.model.MODEL_URL = default_lid_model()  # datatrove's FastTextLID downloads from this URL; a local file here
@@ -101,10 +102,10 @@ def run_datatrove(src: Path, work: Path, tasks: int) -> Path:
 
 
 def run_finephrase(src: Path, work: Path, tasks: int) -> Path:
-    from finephrase.inference.backends import GeneratorRuntime
-    from finephrase.pipeline import build_stages, run_local
+    from finephrase.inference.client.backends import GeneratorRuntime
+    from finephrase.pipeline.build import build_stages, run_local
     from finephrase.recipe import parse_recipe
-    from finephrase.report import names
+    from finephrase import stats as names
 
     recipe = parse_recipe({
         "name": "bench", "source": {"kind": "jsonl", "path": str(src)},
@@ -112,7 +113,7 @@ def run_finephrase(src: Path, work: Path, tasks: int) -> Path:
                     "quality": {"model": str(ROOT / "data/demo/quality.ftz"), "threshold": QUALITY_THRESHOLD}},
         "dedup": {"minhash": MINHASH}, "prompts": ["finephrase/faq"],
         "generator": {"server": "openai", "endpoints": ["http://127.0.0.1:9"]}, "run": {"tasks": tasks}})
-    stages = build_stages(recipe, recipe.resolved_prompts(), str(work), GeneratorRuntime(), tasks=tasks)
+    stages = build_stages(resolve(recipe), str(work), GeneratorRuntime(), tasks=tasks)
     last = next(i for i, s in enumerate(stages) if s.name == names.STAGE_MINHASH_FILTER)
     run_local(stages[:last + 1], str(work), workers=tasks)
     return work / ".finephrase" / "deduped"

@@ -127,7 +127,7 @@ def client_bare(endpoints: list[str], n: int, concurrency: int, params: dict, do
 
     t0, c0 = time.perf_counter(), cpu_seconds()
     if tuned:
-        from finephrase.inference.runner import LeanInferenceRunner
+        from finephrase.inference.runner.loop import LeanInferenceRunner
 
         gc.freeze()
         gc.set_threshold(*LeanInferenceRunner.gc_threshold)
@@ -141,7 +141,7 @@ def client_bare_tuned(endpoints, n, concurrency, params, docs, out):
 
 def _load_documents(input_folder: str) -> list:
     """The input documents, read before timing: reading is the reader's step, measured on its own."""
-    from finephrase.steps.read_jsonl import SafeJsonlReader
+    from finephrase.pipeline.readers.jsonl import SafeJsonlReader
 
     return list(SafeJsonlReader(input_folder, glob_pattern="*.jsonl.gz").run(None, 0, 1))
 
@@ -167,7 +167,7 @@ def client_reader(input_folder: str, out: mp.Queue):
     from loguru import logger
 
     logger.remove()
-    from finephrase.steps.read_jsonl import SafeJsonlReader
+    from finephrase.pipeline.readers.jsonl import SafeJsonlReader
 
     reader = SafeJsonlReader(input_folder, glob_pattern="*.jsonl.gz")
     t0, c0 = time.perf_counter(), cpu_seconds()
@@ -180,7 +180,7 @@ def client_finephrase(endpoints, n, concurrency, params, input_folder, work, out
     from loguru import logger
 
     logger.remove()
-    from finephrase.steps.rephrase import Rephrase
+    from finephrase.pipeline.rephrase import Rephrase
 
     step = Rephrase([prompt()], output_folder=os.path.join(work, "out"), endpoints=endpoints,
                     generation_params=params, concurrency=concurrency,
@@ -299,7 +299,7 @@ def instant_section(n: int, concurrencies: list[int], rounds: int, datatrove_req
 
 
 def real_section(n_docs: int, concurrency: int, rounds: int, lines: list[str]) -> None:
-    from finephrase.inference.embedded import EmbeddedServers
+    from finephrase.inference.servers.embedded import EmbeddedServers
 
     demo = ROOT / "data" / "demo" / "docs.jsonl.gz"
     docs = []

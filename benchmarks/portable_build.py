@@ -46,9 +46,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from finephrase import embedded_setup as es  # noqa: E402
+from finephrase.inference.servers import llama_setup as es  # noqa: E402
 from finephrase.prompts import load_prompt  # noqa: E402
-from finephrase.inference.embedded import EmbeddedServers, default_gguf_path  # noqa: E402
+from finephrase.inference.servers.embedded import EmbeddedServers, default_gguf_path  # noqa: E402
 
 NATIVE_FLAGS = "-DGGML_NATIVE=ON"
 

@@ -5,28 +5,30 @@ pipeline::
 
     from finephrase import Rephrase, QualityFilter, LanguageFilter, FormatRows, Mix
 
-Layout (each package's ``__init__`` says what lives there and what it may import):
+Layout (each package's ``__init__`` says what lives there and what it may import), in the order data flows:
 
-* ``finephrase.prompts`` — the prompt model, validation, rendering, one resolver (packaged / file / ``hf://``);
-* ``finephrase.inference`` — the request path: backends, request builder, protocols, replica pool, lean runner;
-* ``finephrase.steps`` — the datatrove steps (filters, ``Rephrase`` and its strategies, rows, mix);
-* ``finephrase.report`` — the run report (``report.json``), the summary table and the dataset card;
-* top level: ``recipe`` (the YAML recipe), ``pipeline`` (recipe -> datatrove stages), ``run`` (one machine),
-  ``hub`` (push), ``cli`` / ``cli_prompts`` (thin CLI), ``errors``, ``lifetime``, ``resources``, ``demo_data``,
-  ``embedded_setup``. Top-level modules may import the packages; the packages never import them back
-  (except ``recipe``'s generator type, for type checking only).
+* ``finephrase.recipe`` — the recipe schema (pydantic, no I/O); ``finephrase.plan`` — ``resolve(recipe) -> Plan``,
+  the recipe resolved once (prompts as run, models, source files), saved as ``OUTPUT/.finephrase/plan.json``;
+* ``finephrase.pipeline`` — the datatrove steps (readers, filters, rephrase, formatters, dedup, decont, mix) and
+  ``build`` (plan -> stages); ``finephrase.stats`` — the stat names steps write and the report reads;
+* ``finephrase.inference`` — ``client`` (replica pool, protocols, backends), ``runner`` (the rephrase loop,
+  checkpoints, cache, writer), ``servers`` (llama.cpp and vLLM on this machine, their set-up);
+* ``finephrase.prompts``, ``finephrase.quality`` — prompt files; quality classifiers;
+* ``finephrase.report`` — the run report, the card, ``report.html``, the end of a run; ``finephrase.hub`` — push;
+* ``finephrase.run`` (one machine), ``finephrase.cluster`` (Slurm / Ray), ``finephrase.cli`` (the command line);
+* leaves any part may import: ``errors``, ``lifetime``, ``resources``, ``progress``, ``hub_errors``.
 """
 
 __version__ = "0.1.0"
 
 from finephrase.prompts import Prompt, load_prompt
 from finephrase.recipe import Recipe, load_recipe
-from finephrase.steps.format_rows import FormatRows
-from finephrase.steps.language_filter import LanguageFilter
-from finephrase.steps.mix import Mix
-from finephrase.steps.quality_filter import QualityFilter
-from finephrase.steps.read_jsonl import SafeJsonlReader
-from finephrase.steps.rephrase import Rephrase
+from finephrase.pipeline.formatters.rows import FormatRows
+from finephrase.pipeline.filters.language import LanguageFilter
+from finephrase.pipeline.mix import Mix
+from finephrase.pipeline.filters.quality import QualityFilter
+from finephrase.pipeline.readers.jsonl import SafeJsonlReader
+from finephrase.pipeline.rephrase import Rephrase
 
 __all__ = [
     "FormatRows",

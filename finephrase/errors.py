@@ -16,9 +16,23 @@ import os
 
 
 class FinephraseError(Exception):
-    """An expected failure with an actionable message (cause and fix)."""
+    """An expected failure with an actionable message: its ``cause`` (the first line) and its ``fix`` (the rest).
+
+    ``FinephraseError("the cause", fix="what to do")`` or ``FinephraseError("the cause\nwhat to do")`` are the same
+    error (the message travels as one string through datatrove's workers and pickling)."""
 
     exit_code = 2
+
+    def __init__(self, cause: str = "", fix: str | None = None):
+        super().__init__(f"{cause}\n{fix}" if fix else cause)
+
+    @property
+    def cause(self) -> str:
+        return str(self).partition("\n")[0]
+
+    @property
+    def fix(self) -> str | None:
+        return str(self).partition("\n")[2].strip() or None
 
 
 class GeneratorError(FinephraseError):

@@ -51,6 +51,7 @@ from loguru import logger
 
 from finephrase.errors import FinephraseError
 from finephrase.hub_errors import _first_line, describe_hub_error
+from finephrase.plan import PLAN_FILE, load_plan
 
 MAX_FILES_PER_COMMIT = 100
 MAX_BYTES_PER_COMMIT = 2 * 1024**3
@@ -144,16 +145,6 @@ def output_configs(output: str) -> list[str]:
                   and any(f.endswith(".parquet") for f in os.listdir(os.path.join(data, d))))
 
 
-def load_output_recipe(output: str):
-    """The recipe stored in the output folder (``recipe.yaml``), or None."""
-    path = os.path.join(output, "recipe.yaml")
-    if not os.path.exists(path):
-        return None
-    from finephrase.recipe import load_recipe
-
-    return load_recipe(path, check_files=False)
-
-
 def write_prompt_files(output: str, prompts) -> list[str]:
     """Write each prompt to ``OUTPUT/prompts/<set>/<name>.yaml`` unless a file with the same prompt (same sha256)
     is there: a copy of the prompt's file when it has one, else the prompt serialized. Returns the paths written."""
@@ -182,19 +173,6 @@ def write_prompt_files(output: str, prompts) -> list[str]:
             f.write(text)
         written.append(dest)
     return written
-
-
-def output_prompts(output: str, recipe) -> list | None:
-    """The recipe's prompts; a prompt file named relative to where the recipe was first written is looked up in
-    ``OUTPUT/prompts/`` too. None (with a warning) if one cannot be found."""
-    from finephrase.prompts import PromptError, resolve_prompts
-
-    try:  # the one resolver; published_dir: the copies in OUTPUT/prompts/<set>/ when a reference does not resolve
-        return resolve_prompts(recipe.prompts, base_dir=output, published_dir=output)
-    except PromptError as e:
-        ref = recipe.prompts[e.index] if e.index is not None else "?"
-        logger.warning(f"prompt {ref!r} of recipe.yaml not found: publishing OUTPUT/README.md as it is")
-        return None
 
 
 def _data_files(output: str) -> list[LocalFile]:
@@ -347,19 +325,20 @@ def kept_remote_configs(remote_configs: list[dict], local_configs: list[str], re
 
 
 def card_for_push(output: str, repo_id: str, kept: list[dict]) -> bytes | None:
-    """The card to publish: rendered as the run rendered it (from ``recipe.yaml`` and the saved run report,
-    :func:`finephrase.report.load_report`) with the repo id and the kept configs; without a recipe, the local
-    README.md with the kept configs merged into its ``configs`` (:func:`finephrase.report.dataset_configs`)."""
+    """The card to publish: rendered as the run rendered it (from the run's plan, ``.finephrase/plan.json``, and
+    its saved report, :func:`finephrase.report.load_report`) with the repo id and the kept configs; for a folder
+    without a plan, the local README.md with the kept configs merged into its ``configs``
+    (:func:`finephrase.report.dataset_configs`)."""
     from huggingface_hub import DatasetCard
 
     from finephrase.report import dataset_configs, load_report
     from finephrase.report.card import render_card, scrub
 
-    recipe = load_output_recipe(output)
-    prompts = output_prompts(output, recipe) if recipe is not None else None
-    if prompts is not None:
-        write_prompt_files(output, prompts)
-        card = render_card(load_report(output, prompts), recipe, prompts, repo_id=repo_id, kept_configs=kept)
+    if os.path.exists(os.path.join(output, PLAN_FILE)):
+        plan = load_plan(output)
+        write_prompt_files(output, plan.prompts)
+        card = render_card(load_report(output, plan.prompts), plan.recipe, plan.prompts, repo_id=repo_id,
+                           kept_configs=kept)
         return str(card).encode()
     readme = os.path.join(output, "README.md")
     if not os.path.exists(readme):

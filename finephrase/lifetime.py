@@ -3,7 +3,7 @@
 A run's main process (``finephrase run``) starts other processes:
 
 - per pipeline stage, datatrove's ``LocalPipelineExecutor.run`` creates a ``multiprocess.Manager()``: a
-  server process **forked** from the main process (it keeps its command line, ``python -m finephrase.cli
+  server process **forked** from the main process (it keeps its command line, ``python -m finephrase.cli.main
   run …``). Its main thread waits on an event that only ``Manager.shutdown()`` sets, its other thread on
   ``accept()``: when the main process is killed (``kill -9``, OOM killer, preemption) it waits forever,
   orphaned;
@@ -65,16 +65,6 @@ _prctl = _load_prctl() if os.name == "posix" else None
 def supported() -> bool:
     """Whether this system has ``prctl(PR_SET_PDEATHSIG)`` (Linux)."""
     return _prctl is not None and hasattr(os, "getppid")
-
-
-def parent_death_signal() -> int:
-    """The signal this process gets when its parent (thread) dies; 0 for none."""
-    if not supported():
-        return 0
-    sig = ctypes.c_int(0)
-    if _prctl(PR_GET_PDEATHSIG, ctypes.addressof(sig), 0, 0, 0) != 0:
-        return 0
-    return sig.value
 
 
 def die_with_parent(parent_pid: int | None = None, sig: int = signal.SIGKILL) -> bool:

@@ -11,7 +11,7 @@
   ETA; for the rephrase stage, documents done of the stage's input, requests completed, failed, retried and in
   flight, prompt and completion tokens/s (overall and over the last seconds) and healthy replicas, published
   every second by the rephrase step (:func:`publish`, called by
-  :class:`finephrase.inference.runner.LeanInferenceRunner`) into ``OUTPUT/.finephrase/progress/``.
+  :class:`finephrase.inference.runner.loop.LeanInferenceRunner`) into ``OUTPUT/.finephrase/progress/``.
 
 On a terminal the display is a rich ``Live`` region redrawn in place. When stdout is not a terminal (CI, a pipe,
 ``| tee``) it prints plain lines, no escape codes: one when a stage starts and when it ends, and for a running
@@ -142,7 +142,7 @@ class RunWatch:
     ``completions/`` (tasks done) and ``stats.json`` (finished), and the rephrase step's published progress."""
 
     def __init__(self, paths):
-        self.paths = paths  # a RunPaths (finephrase.pipeline is not imported: its steps import this module)
+        self.paths = paths  # a RunPaths (finephrase.pipeline.build is not imported: its steps import this module)
         self.stages: list[tuple[str, int]] = []
         self.started: dict[str, float] = {}
         self.ended: dict[str, float] = {}
@@ -337,7 +337,7 @@ def _own_copy(stream):
 
 @contextlib.contextmanager
 def run_console(paths, verbose: bool = False, stream=None):
-    """Show the progress of the run writing to ``paths`` (a :class:`finephrase.pipeline.RunPaths`; see the module
+    """Show the progress of the run writing to ``paths`` (a :class:`finephrase.pipeline.build.RunPaths`; see the module
     docstring) while the block runs; yields the :class:`RunWatch` (call ``set_stages`` once the stages are built),
     or ``None`` when ``verbose`` (nothing changes)."""
     if verbose:

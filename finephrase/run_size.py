@@ -7,21 +7,14 @@ large. Filters and dedup drop some of them: an upper bound, as the engine choice
 
 from __future__ import annotations
 
-import glob
 import gzip
 import os
 
-from finephrase.inference.engine_choice import expected_tokens
-from finephrase.inference.request_builder import DEFAULT_MAX_NEW_TOKENS
+from finephrase.inference.servers.engine_choice import expected_tokens
+from finephrase.inference.client.request_builder import DEFAULT_MAX_NEW_TOKENS
+from finephrase.plan import source_files
 
 COUNT_CAP = 10_000
-
-
-def _files(source) -> list[str]:
-    path = source.path
-    if os.path.isfile(path):
-        return [path]
-    return sorted(f for f in glob.glob(os.path.join(path, source.default_glob), recursive=True) if os.path.isfile(f))
 
 
 def _count_file(path: str, left: int) -> int:
@@ -44,7 +37,7 @@ def source_documents(source) -> int | None:
     if source.kind == "hub" or not source.path or not os.path.exists(source.path):
         return None
     n = 0
-    for f in _files(source):
+    for f in source_files(source):
         n += _count_file(f, COUNT_CAP - n)
         if n >= COUNT_CAP:
             break

@@ -77,7 +77,7 @@ def make_recipe(tmp_path):
 
 
 def run_cli(*args: str, timeout: float = 900, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "finephrase.cli", *args]
+    cmd = [sys.executable, "-m", "finephrase.cli.main", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
                           env={**os.environ, **(env or {})})
     if check and proc.returncode != 0:

@@ -18,6 +18,8 @@ import pytest
 from hub_server import hub_repo_id, hub_server  # noqa: F401  (pytest fixtures)
 
 from conftest import ROOT, write_recipe
+from finephrase.plan import Plan, recipe_prompts, save_plan
+from finephrase.recipe import load_recipe
 
 DEMO_PROMPTS = ("finephrase/faq", "finephrase/table", "finephrase/math")
 MIX_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("kind", pa.string()), ("source_id", pa.string()),
@@ -29,12 +31,14 @@ def make_output(folder: Path, prompts=DEMO_PROMPTS, files_per_config: int = 1, r
                 mix: bool = True, tag: str = "run1", recipe_overrides: dict | None = None) -> Path:
     """A finished-looking output folder: data/<config>/000_0000N.parquet, data/mix, recipe.yaml, .finephrase/."""
     from finephrase.prompts import load_prompt
-    from finephrase.steps.format_rows import ROW_SCHEMA
+    from finephrase.pipeline.formatters.rows import ROW_SCHEMA
 
     folder.mkdir(parents=True, exist_ok=True)
     overrides = {"prompts": list(prompts), "mix": {"synthetic": 0.5} if mix else None,
                  "output": {"folder": str(folder)}, **(recipe_overrides or {})}
     write_recipe(folder / "recipe.yaml", overrides)
+    recipe = load_recipe(folder / "recipe.yaml")
+    save_plan(Plan(recipe, recipe_prompts(recipe)), str(folder))  # as a run saves it
     summary_prompts = {}
     for ref in prompts:
         p = load_prompt(ref)
@@ -96,9 +100,9 @@ def _card(output: Path, repo_id: str | None = "test-org/demo", **kw):
     from finephrase.report.card import build_card
     from finephrase.recipe import load_recipe
 
-    recipe = load_recipe(output / "recipe.yaml", check_files=False)
+    recipe = load_recipe(output / "recipe.yaml")
     summary = json.loads((output / ".finephrase" / "run.json").read_text())["summary"]
-    return build_card(str(output), recipe, recipe.resolved_prompts(), summary, repo_id=repo_id, **kw), recipe
+    return build_card(str(output), recipe, recipe_prompts(recipe), summary, repo_id=repo_id, **kw), recipe
 
 
 # --- scrub / license -------------------------------------------------------------------------------------------
@@ -154,8 +158,8 @@ def test_card_metadata_matches_the_files(output):
     from finephrase.report.card import write_card
     from finephrase.recipe import load_recipe
 
-    recipe = load_recipe(output / "recipe.yaml", check_files=False)
-    path = write_card(str(output), recipe, recipe.resolved_prompts(), repo_id="test-org/demo")
+    recipe = load_recipe(output / "recipe.yaml")
+    path = write_card(str(output), recipe, recipe_prompts(recipe), repo_id="test-org/demo")
     card = DatasetCard.load(path)  # huggingface_hub parses the metadata
     data = card.data.to_dict()
     assert data["license"] == "other" and data["license_name"] == "psf-2.0" and data["license_link"]
@@ -239,11 +243,11 @@ def test_card_with_kept_configs_and_no_summary(output, hub_server):  # noqa: F81
     from finephrase.report.card import build_card
     from finephrase.recipe import load_recipe
 
-    recipe = load_recipe(output / "recipe.yaml", check_files=False)
+    recipe = load_recipe(output / "recipe.yaml")
     kept = [{"config_name": "all", "data_files": "data/*/*.parquet", "default": True},
             {"config_name": "faq", "data_files": [{"split": "train", "path": "data/faq/old-*.parquet"}]},
             {"config_name": "wiki", "data_files": [{"split": "train", "path": "data/wiki/*.parquet"}], "default": True}]
-    card = build_card(str(output), recipe, recipe.resolved_prompts()[:1], {}, repo_id="test-org/demo", kept_configs=kept)
+    card = build_card(str(output), recipe, recipe_prompts(recipe)[:1], {}, repo_id="test-org/demo", kept_configs=kept)
     configs = card.data.to_dict()["configs"]
     assert [c["config_name"] for c in configs] == ["all", "faq", "wiki", "mix"]
     assert configs[0]["data_files"][0]["path"] == ["data/faq/*.parquet", "data/wiki/*.parquet"]
@@ -263,7 +267,7 @@ def test_card_for_a_hub_source_defaults_to_its_license(tmp_path):
                                                         "license": "ODC-By"},
                            "prompts": ["finephrase/faq", "wrap/qa"], "generator": {"server": "tgi",
                            "endpoints": ["http://gpu:8080"], "model": MODEL}}, raw_text="name: edu-faq\n")
-    card = build_card(str(out), recipe, recipe.resolved_prompts(), {}, repo_id=None)
+    card = build_card(str(out), recipe, recipe_prompts(recipe), {}, repo_id=None)
     data = card.data.to_dict()
     assert data["license"] == "odc-by" and "license_name" not in data
     assert data["source_datasets"] == ["HuggingFaceFW/fineweb-edu"]

@@ -24,10 +24,10 @@ from conftest import DEMO_DATA, run_cli
 from datatrove.data import Document
 from datatrove.pipeline.inference.types import InferenceError, InferenceResult
 
-from finephrase.inference.pool import InputTooLong
-from finephrase.inference.tokens import TokenCounter
+from finephrase.inference.client.pool import InputTooLong
+from finephrase.inference.client.tokens import TokenCounter
 from finephrase.prompts import load_chunk_context, load_prompt
-from finephrase.steps.rephrase.splitting import split_chunks
+from finephrase.pipeline.rephrase.splitting import split_chunks
 
 MARK_RE = re.compile(r"\[P(\d{3})\]")
 POISON = "[P-FAIL]"
@@ -191,7 +191,7 @@ def test_chunked_end_to_end_parts_follow_source_order(tmp_path, demo_data, make_
 def _step(context_length=1024, max_new=64):
     import tempfile
 
-    from finephrase.steps.rephrase import Rephrase
+    from finephrase.pipeline.rephrase import Rephrase
 
     return Rephrase([load_prompt("wrap/medium")], output_folder=tempfile.mkdtemp(), context_length=context_length,
                     generation_params={"max_new_tokens": max_new})
@@ -322,7 +322,7 @@ CHINESE = [{"role": "user", "content": "Write a short sentence in Chinese."}]  #
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
     """One real embedded llama.cpp server, as finephrase starts it."""
-    from finephrase.inference.embedded import EmbeddedServers
+    from finephrase.inference.servers.embedded import EmbeddedServers
 
     with EmbeddedServers(replicas=1, threads=1, n_ctx=1024, log_dir=str(tmp_path_factory.mktemp("llama"))) as servers:
         yield servers

@@ -44,7 +44,7 @@ def main(monkeypatch):
     """finephrase's main() in this process (no interpreter start-up); what it changes globally is undone."""
     from loguru import logger
 
-    from finephrase import cli
+    from finephrase.cli import main as cli
 
     core = logger._core  # main() installs a loguru patcher (quiet expected tracebacks) and may set FINEPHRASE_DEBUG
     patcher = getattr(core, "patcher", None)
@@ -156,10 +156,9 @@ def test_card_command(tmp_path):
     assert f"wrote {out / 'README.md'}" in proc.stdout.replace("\n", "")
     card = (out / "README.md").read_text()
     assert f'load_dataset("{DEFAULT_USER}/my-faqs", "faq"' in card and "config_name: faq" in card
-    (out / "recipe.yaml").rename(tmp_path / "recipe.yaml")
+    (out / ".finephrase" / "plan.json").rename(tmp_path / "plan.json")
     message = failure(run_cli("card", str(out), check=False), code=2)
-    assert "no recipe.yaml" in message and "--recipe" in message
-    run_cli("card", str(out), "--recipe", str(tmp_path / "recipe.yaml"))
+    assert "no .finephrase/plan.json" in message and "output folder of a run" in message
 
 
 # ------------------------------------------------------------------------------------------------ the Hub

@@ -23,7 +23,7 @@ from conftest import ROOT, _proc_cmdline, assert_no_survivors, process_tree, run
 def finephrase_command() -> list[str]:
     """The ``finephrase`` console script of this environment (what a user types), else ``python -m``."""
     script = Path(sys.executable).with_name("finephrase")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "finephrase.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "finephrase.cli.main"]
 
 
 def _tail(path: Path, n: int = 4000) -> str:

@@ -45,7 +45,7 @@ def ray_and_server(demo_data, tmp_path_factory):
         subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={RAY_PORT}",
                         "--include-dashboard=false", "--num-cpus=2", "--disable-usage-stats"],
                        env=env, check=True, capture_output=True, timeout=180)
-        server = subprocess.Popen([sys.executable, "-m", "finephrase.cli", "serve", "--replicas", "1", "--n-ctx", "2048",
+        server = subprocess.Popen([sys.executable, "-m", "finephrase.cli.main", "serve", "--replicas", "1", "--n-ctx", "2048",
                                    "--endpoints-file", str(endpoints)], env=env, stdout=subprocess.DEVNULL,
                                   stderr=open(folder / "serve.log", "wb"), start_new_session=True)
         _wait(lambda: endpoints.exists() and endpoints.read_text().strip(), "finephrase serve")
@@ -71,7 +71,7 @@ def _signal_all(marker: str, sig: int) -> None:
 
 
 def test_ray_executor_gives_the_local_executors_rows(ray_and_server, tmp_path):
-    from finephrase.inference.embedded import DEFAULT_ALIAS, default_gguf_path
+    from finephrase.inference.servers.embedded import DEFAULT_ALIAS, default_gguf_path
 
     recipe = write_recipe(tmp_path / "recipe.yaml", {
         "dedup": None, "mix": None, "prompts": ["finephrase/faq"], "run": {"limit": 4, "tasks": 1},

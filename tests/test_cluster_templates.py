@@ -10,6 +10,7 @@ import pytest
 from conftest import write_recipe
 from finephrase.cluster.launch import cluster_runtime
 from finephrase.cluster.templates import ServerJob, render_server_job
+from finephrase.plan import resolve
 from finephrase.recipe import RecipeError, load_recipe
 
 JOB = ServerJob(endpoints_file="/shared/run/.finephrase/endpoints.txt", log_dir="/shared/run/.finephrase/logs/servers",
@@ -52,7 +53,7 @@ def test_tgi_from_apptainer_or_a_local_binary(tmp_path, demo_data, container, pr
 
 @pytest.mark.parametrize("kind,command", [("vllm", "vllm serve HuggingFaceTB/SmolLM2-1.7B-Instruct"),
                                           ("sglang", "python3 -m sglang.launch_server --model-path"),
-                                          ("embedded", "from finephrase.inference.llama_server import main")])
+                                          ("embedded", "from finephrase.inference.servers.llama_server import main")])
 def test_other_servers(tmp_path, demo_data, kind, command):
     generator = TGI if kind != "embedded" else {"server": "embedded"}
     script = render_server_job(recipe_with(tmp_path, {**generator, "server": "openai" if kind != "embedded" else "embedded"},
@@ -67,7 +68,7 @@ def test_other_servers(tmp_path, demo_data, kind, command):
 
 def test_launched_recipe_needs_no_endpoints_and_reads_the_endpoints_file(tmp_path, demo_data):
     with pytest.raises(RecipeError, match="generator.endpoints or generator.endpoints_file is required"):
-        load_recipe(write_recipe(tmp_path / "plain.yaml", {"generator": TGI}))
+        resolve(load_recipe(write_recipe(tmp_path / "plain.yaml", {"generator": TGI})))
     recipe = recipe_with(tmp_path, TGI, {"time": 86400})  # an unquoted 24:00:00 in YAML 1.1
     assert recipe.cluster.time == "24:00:00"
     rt = cluster_runtime(recipe, str(tmp_path / "out"))

@@ -17,15 +17,17 @@ import pytest
 from conftest import first_demo_docs
 from hub_server import hub_repo_id, hub_server  # noqa: F401  (pytest fixtures)
 
-from finephrase.inference.backends import GeneratorRuntime
-from finephrase.pipeline import RunPaths, build_stages, run_local
+from finephrase.inference.client.backends import GeneratorRuntime
+from finephrase.pipeline.build import RunPaths, build_stages, run_local
 from finephrase.recipe import RecipeError, load_recipe
-from finephrase.report import build_report, load_stage_stats, names, summary_rows
+from finephrase import stats as names
+from finephrase.report import build_report, load_stage_stats, summary_rows
 from finephrase.report.card import render_card
 from finephrase.report.plots import funnel_steps
 from finephrase.report.stats import total
-from finephrase.steps.decont_index import EvalSetIndex, eval_rows
-from finephrase.steps.decontaminate import Decontaminate
+from finephrase.pipeline.decont.index import EvalSetIndex, eval_rows
+from finephrase.pipeline.decont.decontaminate import Decontaminate
+from finephrase.plan import resolve, recipe_prompts
 
 PROMPT = """\
 name: {name}
@@ -123,8 +125,7 @@ def recipe_for(tmp_path: Path, make_recipe, decont: dict | None = None, output_d
 
 def run_after_rephrase(recipe, out: Path, docs: list[dict], tasks: int = 2) -> list:
     """The index stage, then every stage after the rephrase stage, on planted rephrased documents."""
-    prompts = recipe.resolved_prompts()
-    stages = build_stages(recipe, prompts, str(out), GeneratorRuntime(model="echo"), tasks=tasks)
+    stages = build_stages(resolve(recipe), str(out), GeneratorRuntime(model="echo"), tasks=tasks)
     rephrased = Path(RunPaths(str(out)).w("rephrased"))
     rephrased.mkdir(parents=True)
     for rank in range(tasks):  # a file per rephrase task, duplicates spread over them
@@ -171,7 +172,7 @@ def test_output_dedup_and_decontamination_per_config(tmp_path, make_recipe, plan
     stats = {k: total(v) for step in load_stage_stats(str(out), names.STAGE_OUTPUT_EXACT_FILTER)
              for k, v in step["stats"].items()}
     assert stats["duplicates/alpha/exact"] == 1 and stats["duplicates/beta/exact"] == 1
-    prompts = recipe.resolved_prompts()
+    prompts = recipe_prompts(recipe)
     report = build_report(str(out), [s.name for s in stages], prompts)
     for name, want in expected.items():
         p = report.counts.prompts[name]
@@ -205,10 +206,10 @@ def test_flagged_contamination_and_exact_only(tmp_path, make_recipe, planted):
     assert len(alpha) == 7, "exact only: the near duplicate stays"
     flagged = [r for r in alpha if r["checks"]]
     assert [r["checks"] for r in flagged] == ["contaminated:bench"] and PLANTED in flagged[0]["text"]
-    report = build_report(str(out), [s.name for s in stages], recipe.resolved_prompts())
+    report = build_report(str(out), [s.name for s in stages], recipe_prompts(recipe))
     p = report.counts.prompts["alpha"]
     assert p.contaminated == {} and p.contaminated_flagged == {"bench": 1} and p.written == 7
-    card = str(render_card(report, recipe, recipe.resolved_prompts()))
+    card = str(render_card(report, recipe, recipe_prompts(recipe)))
     assert "flagged `contaminated:bench` in the `checks` column" in card
 
 
@@ -218,15 +219,15 @@ def test_sources_are_checked_when_asked(tmp_path, make_recipe, planted):
     write_inputs(tmp_path, docs)
     recipe = recipe_for(tmp_path, make_recipe, decont={"check_sources": True}, tasks=1)
     out = tmp_path / "out"
-    stages = build_stages(recipe, recipe.resolved_prompts(), str(out), GeneratorRuntime(model="echo"), tasks=1)
+    stages = build_stages(resolve(recipe), str(out), GeneratorRuntime(model="echo"), tasks=1)
     run_local(stages[:2], str(out))  # the index, the filter stage
     kept = [json.loads(line)["id"] for f in Path(RunPaths(str(out)).w("filtered")).glob("*.jsonl.gz")
             for line in __import__("gzip").open(f, "rt")]
     assert kept == [d["id"] for d in docs if d["id"] != "d3"]
-    report = build_report(str(out), [s.name for s in stages[:2]], recipe.resolved_prompts())
+    report = build_report(str(out), [s.name for s in stages[:2]], recipe_prompts(recipe))
     assert report.counts.decontamination.sources_dropped == {"bench": 1}
     assert [f.dropped for f in report.counts.filters] == [1]
-    card = str(render_card(report, recipe, recipe.resolved_prompts()))
+    card = str(render_card(report, recipe, recipe_prompts(recipe)))
     assert "source documents dropped" in card
 
 
@@ -301,7 +302,7 @@ def test_a_local_copy_of_a_hub_dataset_is_read_by_config_and_split(tmp_path):
 ])
 def test_recipe_errors_name_the_key(make_recipe, decont, key):
     with pytest.raises(RecipeError, match=key.replace("[", r"\[").replace("]", r"\]")):
-        load_recipe(make_recipe({"decontamination": decont}))
+        resolve(load_recipe(make_recipe({"decontamination": decont})))
 
 
 def test_eval_set_names_and_output_dedup_default(make_recipe):

@@ -18,7 +18,7 @@ from datasets import load_dataset
 
 from conftest import FAST_GENERATOR, assert_no_survivors, child_processes, run_cli, run_marker
 from finephrase.prompts import load_prompt
-from finephrase.inference.embedded import DEFAULT_ALIAS
+from finephrase.inference.servers.embedded import DEFAULT_ALIAS
 
 REQUIRED_COLUMNS = {"id", "text", "source_id", "source_text", "prompt", "prompt_version", "prompt_sha256", "model",
                     "generation_params", "finish_reason", "prompt_tokens", "completion_tokens", "truncated",
@@ -164,7 +164,7 @@ def test_mix_reaches_the_recipe_share():
 
     from datatrove.data import Document
 
-    from finephrase.steps.mix import Mix
+    from finephrase.pipeline.mix import Mix
 
     class Docs:
         def __init__(self, docs):

@@ -15,6 +15,7 @@ from hub_server import hub_repo_id, hub_server  # noqa: F401  (pytest fixtures)
 from test_card import local_rows, make_output
 
 from conftest import run_cli
+from finephrase.plan import recipe_prompts
 
 SECRET = "hf_FinephraseSecretTok3nXYZ0123456789"
 REPO_TYPE = "dataset"
@@ -292,8 +293,8 @@ def test_output_without_recipe_pushes_its_readme(tmp_path, hub_server, hub_repo_
     first = make_output(tmp_path / "first", prompts=("finephrase/table",), mix=False, tag="run1")
     push_output(str(first), hub_repo_id)
     out = make_output(tmp_path / "out", prompts=("finephrase/faq",), mix=False, tag="run2")
-    recipe = load_recipe(out / "recipe.yaml", check_files=False)
-    write_card(str(out), recipe, recipe.resolved_prompts(), repo_id=hub_repo_id)
+    recipe = load_recipe(out / "recipe.yaml")
+    write_card(str(out), recipe, recipe_prompts(recipe), repo_id=hub_repo_id)
     (out / "recipe.yaml").unlink()
     push_output(str(out), hub_repo_id)
     dest = hf_download(hub_server, hub_repo_id, tmp_path / "dl")

@@ -20,7 +20,7 @@ from datasets import load_dataset
 
 import tgi_server
 from conftest import ROOT, assert_no_survivors, process_tree, run_cli, run_marker, run_processes
-from finephrase.inference.embedded import default_gguf_path
+from finephrase.inference.servers.embedded import default_gguf_path
 
 
 def _get(url: str):
@@ -191,7 +191,7 @@ def test_replica_killed_mid_run(tmp_path, demo_data, make_recipe, tgi):
     p2, url2 = tgi()
     recipe = tgi_recipe(make_recipe, endpoints=[url1, url2], concurrency=4)
     out = tmp_path / "out"
-    run = subprocess.Popen([sys.executable, "-m", "finephrase.cli", "run", str(recipe), "--limit", "10", "--output",
+    run = subprocess.Popen([sys.executable, "-m", "finephrase.cli.main", "run", str(recipe), "--limit", "10", "--output",
                             str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and _get(f"{url2}/_test/stats").get("generate:200", 0) < 2:
@@ -212,7 +212,7 @@ def test_endpoints_file_replicas_join_while_running(tmp_path, demo_data, make_re
     out = tmp_path / "out"
     log = tmp_path / "run.log"
     with open(log, "wb") as log_file:
-        run = subprocess.Popen([sys.executable, "-m", "finephrase.cli", "run", str(recipe), "--limit", "6", "--output",
+        run = subprocess.Popen([sys.executable, "-m", "finephrase.cli.main", "run", str(recipe), "--limit", "6", "--output",
                                 str(out)], cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT)
     try:
         # the run reaches the rephrase stage and says it is waiting for replicas (with the endpoints file): it is
@@ -253,7 +253,7 @@ def test_killed_pipeline_does_not_resend_answered_requests(tmp_path, demo_data, 
     recipe.write_text(__import__("yaml").safe_dump(data))
     out = tmp_path / "out"
     marker, env = run_marker()
-    cmd = [sys.executable, "-m", "finephrase.cli", "run", str(recipe), "--limit", "8", "--output", str(out)]
+    cmd = [sys.executable, "-m", "finephrase.cli.main", "run", str(recipe), "--limit", "8", "--output", str(out)]
     run = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                            start_new_session=True)
     deadline = time.time() + 300
@@ -400,7 +400,7 @@ def test_pool_sends_each_request_to_the_least_loaded_replica(tmp_path, tgi):
     flight); once both are idle, the next one goes to A again (fewest sent)."""
     from datatrove.pipeline.inference.run_inference import InferenceConfig
 
-    from finephrase.inference.pool import ReplicaPool
+    from finephrase.inference.client.pool import ReplicaPool
 
     _, url_a = tgi()
     _, url_b = tgi()

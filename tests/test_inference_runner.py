@@ -17,13 +17,13 @@ from datatrove.data import Document
 from datatrove.utils.stats import MetricStats
 
 from conftest import ROOT
-from finephrase.inference.admission import FastSemaphore
-from finephrase.inference.checkpoints import FastCheckpointManager
-from finephrase.inference.request_cache import BatchedRequestCache
-from finephrase.inference.stat_buffer import folded_stats
-from finephrase.inference.writer import LeanJsonlWriter
+from finephrase.inference.runner.admission import FastSemaphore
+from finephrase.inference.runner.checkpoints import FastCheckpointManager
+from finephrase.inference.runner.request_cache import BatchedRequestCache
+from finephrase.inference.runner.stat_buffer import folded_stats
+from finephrase.inference.runner.writer import LeanJsonlWriter
 from finephrase.prompts import load_prompt
-from finephrase.steps.rephrase import Rephrase
+from finephrase.pipeline.rephrase import Rephrase
 
 
 @pytest.fixture
@@ -133,7 +133,7 @@ def test_request_deadline_is_enforced_and_retried(tmp_path, instant_server):
 
     def init_server(rank):
         pool = original(rank)
-        from finephrase.inference.pool import Replica
+        from finephrase.inference.client.pool import Replica
 
         pool.replicas[silent_url] = Replica(silent_url, healthy=True, requests=-1000)  # picked first
         return pool

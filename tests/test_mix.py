@@ -11,7 +11,8 @@ from datatrove.data import Document
 from datatrove.pipeline.readers import JsonlReader
 
 from conftest import write_recipe
-from finephrase.steps.mix import Mix
+from finephrase.pipeline.mix import Mix
+from finephrase.plan import resolve
 
 
 class Rows:
@@ -109,26 +110,26 @@ def test_the_recipe_checks_the_mix(tmp_path):
 
     bad = write_recipe(tmp_path / "a.yaml", {"prompts": ["finephrase/faq"], "mix": {"per_prompt": {"tabel": 0.7}}})
     with pytest.raises(RecipeError, match=r"mix.per_prompt: tabel: not a prompt of this recipe"):
-        load_recipe(bad)
+        resolve(load_recipe(bad))
     bad = write_recipe(tmp_path / "b.yaml", {"prompts": ["finephrase/faq"], "mix": {"per_prompt": {"faq": 1.5}}})
     with pytest.raises(RecipeError, match=r"mix.per_prompt"):
-        load_recipe(bad)
+        resolve(load_recipe(bad))
     bad = write_recipe(tmp_path / "c.yaml", {"prompts": ["finephrase/faq"],
                                              "mix": {"source": {"kind": "jsonl", "path": str(tmp_path / "nope")}}})
     with pytest.raises(RecipeError, match=r"mix.source.path: .* does not exist"):
-        load_recipe(bad)
+        resolve(load_recipe(bad))
 
 
 def test_the_mix_stage_reads_the_mix_in_source(tmp_path, mixin_source):
-    from finephrase.inference.backends import GeneratorRuntime
-    from finephrase.pipeline import build_stages
+    from finephrase.inference.client.backends import GeneratorRuntime
+    from finephrase.pipeline.build import build_stages
     from finephrase.recipe import load_recipe
 
     recipe = load_recipe(write_recipe(tmp_path / "r.yaml", {
         "prompts": ["finephrase/faq", "finephrase/table"],
         "mix": {"synthetic": 0.6, "per_prompt": {"table": 0.7},
                 "source": {"kind": "jsonl", "path": str(mixin_source), "name": "FineWeb-Edu-HQ sample"}}}))
-    stages = build_stages(recipe, recipe.resolved_prompts(), str(tmp_path / "out"), GeneratorRuntime(endpoints=["http://127.0.0.1:1"]))
+    stages = build_stages(resolve(recipe), str(tmp_path / "out"), GeneratorRuntime(endpoints=["http://127.0.0.1:1"]))
     mix = stages[-1].pipeline[0]
     assert isinstance(mix, Mix) and isinstance(mix.real_reader, JsonlReader)
     assert mix.real_reader.data_folder.path == str(mixin_source)

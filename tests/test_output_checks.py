@@ -15,7 +15,7 @@ import pytest
 
 from conftest import DEMO_DATA
 from finephrase.prompts import load_prompt
-from finephrase.steps.output_checks import check_output, clean_output, qa_pairs
+from finephrase.pipeline.formatters.output_checks import check_output, clean_output, qa_pairs
 
 WIKI = {"strip_prefixes": ["Here is a paraphrased version:"], "require_prefix": True}
 REWIRE = {"extract": {"start": "<improved response starts>", "end": "<improved response ends>"}}
@@ -37,7 +37,7 @@ def demo_docs(n: int) -> list[dict]:
 def lid():
     from datatrove.data import Document
 
-    from finephrase.steps.language_filter import LocalFastTextLID, default_lid_model
+    from finephrase.pipeline.filters.language import LocalFastTextLID, default_lid_model
 
     model = LocalFastTextLID(default_lid_model())
 
@@ -51,8 +51,8 @@ def lid():
 @pytest.fixture(scope="session")
 def real_outputs(demo_data):
     """A few real generations: (prompt, source text, text, finish_reason, completion_tokens)."""
-    from finephrase.inference.embedded import EmbeddedServers
-    from finephrase.inference.tokens import TokenCounter
+    from finephrase.inference.servers.embedded import EmbeddedServers
+    from finephrase.inference.client.tokens import TokenCounter
 
     docs = demo_docs(2)
     jobs = [(ref, d) for d in docs for ref in ("finephrase/faq", "finephrase/table", "nemotron-cc/wikipedia",
@@ -232,7 +232,7 @@ def test_rules_counted_in_stats(real_outputs):
     """FormatRows counts every drop/flag reason and every cleanup in datatrove's stats."""
     from datatrove.data import Document
 
-    from finephrase.steps.format_rows import FormatRows
+    from finephrase.pipeline.formatters.rows import FormatRows
 
     wiki = load_prompt("nemotron-cc/wikipedia")
     faq = load_prompt("finephrase/faq")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from finephrase import embedded_setup as es
+from finephrase.inference.servers import llama_setup as es
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -175,7 +175,7 @@ def test_pyproject_pins_the_version_setup_builds():
 
 
 def test_cli_has_setup_embedded():
-    from finephrase.cli import build_parser
+    from finephrase.cli.main import build_parser
 
     args = build_parser().parse_args(["setup-embedded", "--cmake-args=-DGGML_NATIVE=ON", "--no-models"])
     assert args.cmake_args == "-DGGML_NATIVE=ON" and args.no_models and not args.rebuild

@@ -41,7 +41,7 @@ def test_log_filter_follows_the_record_level():
 
 
 def test_stage_lines_from_datatroves_folders(tmp_path, monkeypatch):
-    from finephrase.pipeline import RunPaths, Stage
+    from finephrase.pipeline.build import RunPaths, Stage
 
     out = tmp_path / "out"
     logs = out / ".finephrase" / "logs"
@@ -70,7 +70,7 @@ def test_stage_lines_from_datatroves_folders(tmp_path, monkeypatch):
 
 CHILD = r"""
 import json, os, sys, time
-from finephrase.pipeline import RunPaths, Stage
+from finephrase.pipeline.build import RunPaths, Stage
 from finephrase.progress import run_console
 
 out = sys.argv[1]

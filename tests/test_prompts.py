@@ -14,6 +14,7 @@ import pytest
 
 from conftest import DEMO_DATA, ROOT, run_cli
 from hub_server import hub_repo_id, hub_server  # noqa: F401  (pytest fixtures)
+from finephrase.plan import recipe_prompts
 from finephrase.prompts import (
     PACKAGED_PROMPTS_DIR,
     PromptError,
@@ -185,7 +186,7 @@ def test_render_prints_the_exact_request(real_doc):
     assert real_doc["text"][:500] in content and len(content) < len(real_doc["text"]), "truncated to the budget"
     assert "truncated" in proc.stderr
     # the same request Rephrase builds
-    from finephrase.cli_prompts import build_requests
+    from finephrase.cli.prompts import build_requests
 
     payloads, _ = build_requests(prompt, real_doc["text"], model="my-model", context_length=1024,
                                  generation_params={"max_new_tokens": 200})
@@ -254,7 +255,7 @@ def test_recipe_with_hf_prompt(tmp_path, make_recipe, demo_data, hub_server, hub
 
     sha = push_prompt_set(PACKAGED_PROMPTS_DIR / "wrap", hub_repo_id)["commit"]
     recipe = load_recipe(make_recipe({"prompts": [f"hf://datasets/{hub_repo_id}/qa@{sha}", "finephrase/faq"]}))
-    prompts = recipe.resolved_prompts()
+    prompts = recipe_prompts(recipe)
     assert prompts[0].revision == sha and prompts[0].sha256 == load_prompt("wrap/qa").sha256
     assert prompts[1].revision is None
 

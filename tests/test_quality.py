@@ -21,6 +21,7 @@ from hub_server import hub_repo_id, hub_server  # noqa: F401  (pytest fixtures)
 
 from finephrase.quality.inputs import InputError, input_files, read_texts
 from finephrase.quality.text import fasttext_text
+from finephrase.plan import resolve
 
 HTML = "usr/share/doc/python3.11/html"
 BOILERPLATE = ['//div[@class="related"]', '//div[@class="sphinxsidebar"]', '//div[@class="footer"]']
@@ -121,7 +122,7 @@ def test_quality_score_prints_the_distribution_and_what_a_threshold_keeps(classi
 def test_the_filter_scores_the_text_training_saw(classifier):
     from datatrove.data import Document
 
-    from finephrase.steps.quality_filter import QualityFilter
+    from finephrase.pipeline.filters.quality import QualityFilter
 
     model, _ = classifier
     step = QualityFilter(str(model), "hq", 0.5)
@@ -140,8 +141,8 @@ def test_a_model_replaced_at_the_same_path_is_the_one_used(classifier, demo_data
     from datatrove.data import Document
 
     from finephrase.quality.score import label_score
-    from finephrase.steps.language_filter import LanguageFilter, default_lid_model
-    from finephrase.steps.quality_filter import QualityFilter
+    from finephrase.pipeline.filters.language import LanguageFilter, default_lid_model
+    from finephrase.pipeline.filters.quality import QualityFilter
 
     model, _ = classifier
     text = "Navigation index modules | next | previous | The tutorial explains how lists and dictionaries work."
@@ -171,7 +172,7 @@ def test_a_recipe_takes_its_classifier_from_a_hub_model_repo(classifier, hub_ser
     from huggingface_hub import HfApi
 
     from finephrase.quality.models import ClassifierNotFound, resolve_classifier
-    from finephrase.recipe import RecipeError, check_recipe, load_recipe
+    from finephrase.recipe import RecipeError, load_recipe
 
     model, _ = classifier
     HfApi().create_repo(hub_repo_id, repo_type="model")
@@ -180,7 +181,7 @@ def test_a_recipe_takes_its_classifier_from_a_hub_model_repo(classifier, hub_ser
     assert Path(local).read_bytes() == model.read_bytes()
     assert resolve_classifier(f"hf://{hub_repo_id}/quality.ftz") == local
     recipe = load_recipe(make_recipe({"filters": {"quality": {"model": hub_repo_id, "threshold": 0.3}}}))
-    check_recipe(recipe)
+    resolve(recipe).prompts
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # cached: a second run needs no network
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     assert resolve_classifier(f"{hub_repo_id}/quality.ftz") == local
@@ -188,7 +189,7 @@ def test_a_recipe_takes_its_classifier_from_a_hub_model_repo(classifier, hub_ser
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     missing = make_recipe({"filters": {"quality": {"model": f"{hub_repo_id}-nope"}}}, name="missing.yaml")
     with pytest.raises(RecipeError, match=r"(?s)filters\.quality\.model: cannot get the classifier.*fix: `hf download"):
-        check_recipe(load_recipe(missing))
+        resolve(load_recipe(missing)).prompts
     with pytest.raises(ClassifierNotFound, match="not found"):
         resolve_classifier("models/absent.ftz")
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from conftest import DEMO_RECIPE, ROOT, run_cli
-from finephrase.pipeline import GeneratorRuntime, build_stages
+from finephrase.pipeline.build import GeneratorRuntime, build_stages
 from finephrase.recipe import RecipeError, load_recipe
+from finephrase.plan import resolve, recipe_prompts
 
 
 def test_demo_recipe_is_valid(demo_data, monkeypatch):
@@ -19,8 +20,7 @@ def test_demo_recipe_is_valid(demo_data, monkeypatch):
 
 def test_stages_chain_minhash_and_rephrase(make_recipe, demo_data, tmp_path):
     recipe = load_recipe(make_recipe())
-    prompts = recipe.resolved_prompts()
-    stages = build_stages(recipe, prompts, str(tmp_path / "out"), GeneratorRuntime(endpoints=["http://127.0.0.1:1"]))
+    stages = build_stages(resolve(recipe), str(tmp_path / "out"), GeneratorRuntime(endpoints=["http://127.0.0.1:1"]))
     names = [s.name for s in stages]
     assert names == ["filter", "minhash-signatures", "minhash-buckets", "minhash-cluster", "minhash-filter",
                      "rephrase", "rows", "mix"]
@@ -33,7 +33,7 @@ def test_exact_dedup_stages_remove_exact_copies(tmp_path):
     import gzip
     import json
 
-    from finephrase.pipeline import run_local
+    from finephrase.pipeline.build import run_local
 
     src = tmp_path / "docs.jsonl"
     texts = [f"document number {i} " * 30 for i in range(4)]
@@ -43,7 +43,7 @@ def test_exact_dedup_stages_remove_exact_copies(tmp_path):
         "name": "exact", "source": {"kind": "jsonl", "path": str(src)}, "prompts": ["finephrase/faq"],
         "dedup": {"exact": True}, "generator": {"server": "openai", "endpoints": ["http://127.0.0.1:1"]}}))
     out = tmp_path / "out"
-    stages = build_stages(recipe, recipe.resolved_prompts(), str(out), GeneratorRuntime(endpoints=["http://127.0.0.1:1"]))
+    stages = build_stages(resolve(recipe), str(out), GeneratorRuntime(endpoints=["http://127.0.0.1:1"]))
     names = [s.name for s in stages]
     assert names[:4] == ["filter", "exact-signatures", "exact-find", "exact-filter"]
     run_local(stages[:4], str(out))
@@ -80,7 +80,7 @@ def write_recipe_file(folder, data: dict):
 def test_bad_recipes_name_key_and_file(make_recipe, demo_data, overrides, key, message):
     path = make_recipe(overrides)
     with pytest.raises(RecipeError) as e:
-        load_recipe(path)
+        resolve(load_recipe(path))
     text = str(e.value)
     assert text.startswith(str(path)), text
     assert f": {key}:" in text or f": {key}" in text, text
@@ -102,7 +102,7 @@ def test_unreadable_source(make_recipe, tmp_path, demo_data):
     (src / "a.jsonl").write_text('{"text": "x"}\n')
     (src / "b.jsonl").symlink_to(tmp_path / "gone.jsonl")  # a dangling link: unreadable even for root
     with pytest.raises(RecipeError, match=r"source.path: .*b.jsonl' is not readable"):
-        load_recipe(make_recipe({"source": {"path": str(src)}}))
+        resolve(load_recipe(make_recipe({"source": {"path": str(src)}})))
 
 
 def test_cli_reports_bad_recipe_without_traceback(make_recipe, demo_data):

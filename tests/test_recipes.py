@@ -12,7 +12,10 @@ import pytest
 from datasets import load_dataset
 
 from conftest import DEMO_DATA, FAST_GENERATOR, ROOT, run_cli, write_recipe
+from hub_server import hub_repo_id, hub_server  # noqa: F401  (pytest fixtures)
+from finephrase.plan import resolve
 from finephrase.recipe import RecipeError, load_recipe
+from finephrase.plan import recipe_prompts
 
 RECIPES = ["wrap", "nemotron-cc", "finephrase", "rewire", "beyondweb", "kimi-k2"]
 # real documents of the demo corpus: one the toy quality model scores high, two it scores low
@@ -27,7 +30,7 @@ def header(name: str) -> str:
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_is_valid_and_documented(name, demo_data):
     recipe = load_recipe(ROOT / "pipelines" / f"{name}.yaml")
-    assert recipe.resolved_prompts()
+    assert recipe_prompts(recipe)
     text = header(name)
     assert re.search(r"https://arxiv\.org/abs/\d{4}\.\d{5}", text), "the header cites the paper"
     assert "Reproduces" in text and "Cannot reproduce" in text
@@ -45,11 +48,13 @@ def routed_source(tmp_path_factory) -> Path:
     return folder
 
 
-def run_recipe_fast(tmp_path: Path, name: str, limit: int, overrides: dict | None = None) -> tuple[Path, dict]:
+def run_recipe_fast(tmp_path: Path, name: str, limit: int, overrides: dict | None = None,
+                    push_to: str | None = None, env: dict | None = None) -> tuple[Path, dict]:
     over = {"generator": FAST_GENERATOR, "run": {"limit": limit}, **(overrides or {})}
     recipe = write_recipe(tmp_path / f"{name}.yaml", over, base=ROOT / "pipelines" / f"{name}.yaml")
     out = tmp_path / "out"
-    run_cli("run", str(recipe), "--output", str(out))
+    run_cli("run", str(recipe), "--output", str(out), *(["--push-to", push_to] if push_to else []), env=env,
+            timeout=900)
     summary = json.loads((out / ".finephrase" / "run.json").read_text())["summary"]
     return out, summary
 
@@ -87,8 +92,9 @@ def test_nemotron_cc_routes_by_quality(tmp_path, demo_data, routed_source):
         assert set(rows(out, config)["source_id"]) == set(HIGH)
     quality = next(f for f in summary["filters"] if "quality" in f["name"])
     assert quality["dropped"] == 0, "the quality filter only scores when routing"
-    routed = next(s for s in summary["steps"] if "Rephrase" in s["step"])["stats"]
+    routed = next(s for s in summary["steps"] if "Rows" in s["step"])["stats"]  # counted once, by the rows step
     assert routed["routed/low-quality"] == 2 and routed["routed/high-quality"] == 1
+    assert "routed/low-quality" not in next(s for s in summary["steps"] if "Rephrase" in s["step"])["stats"]
 
 
 def test_finephrase(tmp_path, demo_data):
@@ -112,11 +118,21 @@ def test_beyondweb(tmp_path, demo_data):
     check_common(out, summary, ["summarize", "continue"], mix=True)
 
 
-def test_kimi_k2_rewrites_long_documents_in_chunks(tmp_path, demo_data):
-    """The real-model chunked run: long pages become one row each, rewritten in several requests."""
+def test_kimi_k2_rewrites_long_documents_in_chunks(tmp_path, demo_data, hub_server, hub_repo_id):  # noqa: F811
+    """The real-model chunked run: long pages become one row each, rewritten in several requests. Pushed with the
+    run (`--push-to`), the card on the Hub is the local card: both read the run's plan, where the recipe-level
+    `context: chunked` overrides each prompt's `truncate`."""
     # a 1536-token budget: a ~2300-token page becomes a few chunks (768 would make a dozen, and take longer)
     gen = {**FAST_GENERATOR, "context_length": 1536}
-    out, summary = run_recipe_fast(tmp_path, "kimi-k2", 2, {"generator": gen})
+    env = hub_server.client_env(hf_home=tmp_path / "hf-home")
+    out, summary = run_recipe_fast(tmp_path, "kimi-k2", 2, {"generator": gen}, push_to=hub_repo_id, env=env)
+    from huggingface_hub import hf_hub_download
+
+    from finephrase.report.card import scrub
+
+    local = scrub((out / "README.md").read_text())
+    pushed = Path(hf_hub_download(hub_repo_id, "README.md", repo_type="dataset")).read_text()
+    assert pushed == local and "chunked" in pushed
     check_common(out, summary, ["medium", "explanation"], mix=False)
     for config in ("medium", "explanation"):
         for row in rows(out, config):
@@ -130,8 +146,8 @@ def test_kimi_k2_rewrites_long_documents_in_chunks(tmp_path, demo_data):
 def test_routing_needs_a_quality_score_that_keeps_low_documents(tmp_path, demo_data):
     base = ROOT / "pipelines" / "nemotron-cc.yaml"
     with pytest.raises(RecipeError, match="routing by quality_score needs filters.quality"):
-        load_recipe(write_recipe(tmp_path / "a.yaml", {"filters": {"quality": None}}, base=base))
+        resolve(load_recipe(write_recipe(tmp_path / "a.yaml", {"filters": {"quality": None}}, base=base)))
     with pytest.raises(RecipeError, match="drops them first"):
-        load_recipe(write_recipe(tmp_path / "b.yaml", {"filters": {"quality": {"threshold": 0.6}}}, base=base))
+        resolve(load_recipe(write_recipe(tmp_path / "b.yaml", {"filters": {"quality": {"threshold": 0.6}}}, base=base)))
     with pytest.raises(RecipeError, match="context"):
-        load_recipe(write_recipe(tmp_path / "c.yaml", {"context": "paragraphs"}, base=base))
+        resolve(load_recipe(write_recipe(tmp_path / "c.yaml", {"context": "paragraphs"}, base=base)))

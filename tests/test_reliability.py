@@ -29,8 +29,8 @@ from datasets import load_dataset
 import tgi_server
 from conftest import FAST_GENERATOR, ROOT, replica_once_rephrasing, run_cli
 from finephrase.errors import GeneratorUnavailable
-from finephrase.inference.embedded import default_gguf_path
-from finephrase.inference.pool import InputTooLong, RequestRejected, refusal, rejection_hint
+from finephrase.inference.servers.embedded import default_gguf_path
+from finephrase.inference.client.pool import InputTooLong, RequestRejected, refusal, rejection_hint
 
 CRASHING_SERVER = str(Path(__file__).with_name("crashing_server.py"))
 
@@ -124,7 +124,7 @@ def embedded_generator(**over):
 def test_embedded_replica_sigkilled_mid_run_is_restarted(tmp_path, demo_data, make_recipe):
     recipe = small_recipe(make_recipe, embedded_generator(), output={"records_per_chunk": 2})
     out = tmp_path / "out"
-    run = subprocess.Popen([sys.executable, "-m", "finephrase.cli", "run", str(recipe), "--limit", "8",
+    run = subprocess.Popen([sys.executable, "-m", "finephrase.cli.main", "run", str(recipe), "--limit", "8",
                             "--output", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True)
     state_file = out / ".finephrase" / "logs" / "server" / "state.json"
@@ -195,7 +195,7 @@ def test_pool_waits_for_a_replica_then_gives_up_without_failing_the_request(tmp_
     the pool raises ``GeneratorUnavailable`` (which ends the task) rather than a per-document failure."""
     from datatrove.pipeline.inference.run_inference import InferenceConfig
 
-    from finephrase.inference.pool import ReplicaPool
+    from finephrase.inference.client.pool import ReplicaPool
 
     server, url = tgi_server.start(log_path=str(tmp_path / "tgi.log"), max_input_tokens=512, max_total_tokens=768)
     config = InferenceConfig(server_type="endpoint", model_name_or_path="m", request_timeout=60)

@@ -285,7 +285,7 @@ def test_a_terminal_gets_the_live_display(report_run, tmp_path):
 
     out = tmp_path / "tty"
     shutil.copytree(report_run["out"], out)
-    cmd = shlex.join([sys.executable, "-m", "finephrase.cli", "run", str(out / "recipe.yaml"), "--output", str(out)])
+    cmd = shlex.join([sys.executable, "-m", "finephrase.cli.main", "run", str(out / "recipe.yaml"), "--output", str(out)])
     proc = subprocess.run(["script", "-qefc", cmd, "/dev/null"], capture_output=True, text=True, timeout=300,
                           cwd=Path(__file__).resolve().parent.parent, env={**os.environ, "COLUMNS": "160"})
     assert proc.returncode == 0, proc.stdout[-3000:]

@@ -37,7 +37,7 @@ def test_kill9_mid_rephrase_then_resume(tmp_path, demo_data, make_recipe):
     })
     out = tmp_path / "out"
     marker, env = run_marker()
-    cmd = [sys.executable, "-m", "finephrase.cli", "run", str(recipe), "--limit", "8", "--output", str(out)]
+    cmd = [sys.executable, "-m", "finephrase.cli.main", "run", str(recipe), "--limit", "8", "--output", str(out)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                             start_new_session=True)
     checkpoints = out / ".finephrase" / "checkpoints"
@@ -95,7 +95,7 @@ RUN_SLOW_STAGES = textwrap.dedent("""
     import sys
 
     if __name__ == "__main__":  # the forkserver imports __main__
-        from finephrase.pipeline import Stage, run_local
+        from finephrase.pipeline.build import Stage, run_local
         from slow_steps import mark_and_wait
 
         out, tasks, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

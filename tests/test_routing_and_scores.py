@@ -11,8 +11,9 @@ from test_dedup_decont import PROMPT, EchoOpenAI, rows_of
 
 from conftest import first_demo_docs, run_cli
 from finephrase.prompts import load_prompt
+from finephrase.plan import resolve
 from finephrase.recipe import RecipeError, load_recipe
-from finephrase.steps.rephrase.routing import BELOW_BUCKETS, UNSCORED, Router
+from finephrase.pipeline.rephrase.routing import BELOW_BUCKETS, UNSCORED, Router
 
 BUCKETS = [{"name": "high", "min": 0.7, "prompts": ["alpha", "beta"]},
            {"name": "mid", "min": 0.3, "prompts": ["beta"]},
@@ -62,8 +63,8 @@ def test_the_threshold_form_routes_by_the_prompts_suits():
 def test_the_recipe_checks_the_buckets(make_recipe, prompt_files, demo_data, routing, filters, match):
     quality = {"model": str(demo_data / "quality.ftz"), "label": "hq", "threshold": filters or 0.0}
     with pytest.raises(RecipeError, match=match):
-        load_recipe(make_recipe({"prompts": prompt_files, "routing": routing, "filters": {"quality": quality},
-                                 "mix": None}))
+        resolve(load_recipe(make_recipe({"prompts": prompt_files, "routing": routing,
+                                         "filters": {"quality": quality}, "mix": None})))
 
 
 def _fasttext_score(model, text: str) -> float:

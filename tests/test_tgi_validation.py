@@ -22,8 +22,8 @@ import pytest
 
 import tgi_server
 from finephrase.prompts import list_packaged_prompts
-from finephrase.inference.embedded import default_gguf_path
-from finephrase.inference.protocols import CHAT_NAMES, OpenAIChat, TGIChat, TGIGenerate, make_protocol
+from finephrase.inference.servers.embedded import default_gguf_path
+from finephrase.inference.client.protocols import CHAT_NAMES, OpenAIChat, TGIChat, TGIGenerate, make_protocol
 
 MAX_INPUT, MAX_TOTAL = 900, 1000  # the longest packaged prompt is ~610 tokens with DOCUMENT
 DOCUMENT = ("The collections module implements specialized container datatypes providing alternatives to "
@@ -302,7 +302,7 @@ PROTOCOLS = ("tgi-chat", "tgi", "openai")  # TGI's Messages API, TGI's /generate
 def test_every_packaged_prompt_passes_tgi_validation(tmp_path, tgi):
     """Each packaged prompt with its own sampling parameters (max_new_tokens cut to 8), sent as a run sends it
     (the Rephrase step's payload and ReplicaPool) through each protocol: an answer every time, no 422."""
-    from finephrase.steps.rephrase import Rephrase
+    from finephrase.pipeline.rephrase import Rephrase
 
     prompts = list_packaged_prompts()
     assert len(prompts) >= 20

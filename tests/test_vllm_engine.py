@@ -22,18 +22,18 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT, TITLE_PROMPT, first_demo_docs, is_alive, process_tree, replica_once_rephrasing
 
-from finephrase.inference.engine_choice import break_even_tokens, choose_engine, expected_tokens
-from finephrase.inference.gguf_convert import MARKER, cached_conversion, converted_folder
+from finephrase.inference.servers.engine_choice import break_even_tokens, choose_engine, expected_tokens
+from finephrase.inference.servers.gguf_convert import MARKER, cached_conversion, converted_folder
 from finephrase.recipe import load_recipe
 from finephrase.run_size import expected_requests
-from finephrase.vllm_setup import SETUP_COMMAND, vllm_python, vllm_version
+from finephrase.inference.servers.vllm_setup import SETUP_COMMAND, vllm_python, vllm_version
 
 
 # ---------------------------------------------------------------- without a server
 
 
 def test_auto_takes_vllm_only_when_it_is_set_up_and_the_run_pays_its_start_up():
-    from finephrase.inference.engine_choice import EngineCost
+    from finephrase.inference.servers.engine_choice import EngineCost
 
     measured = choose_engine("auto", True, 1e9)  # the benchmark's figures: vLLM no faster here
     assert measured.engine == "llama.cpp" and "no faster" in measured.reason
@@ -87,14 +87,14 @@ def test_vllm_not_set_up_is_a_one_line_error(tmp_path, make_recipe, monkeypatch)
     if vllm_python(env) is not None:  # this interpreter imports vllm itself: nothing to check here
         return
     recipe = make_recipe({"generator": {"engine": "vllm"}, "run": {"limit": 2}})
-    proc = subprocess.run([sys.executable, "-m", "finephrase.cli", "run", str(recipe), "--output",
+    proc = subprocess.run([sys.executable, "-m", "finephrase.cli.main", "run", str(recipe), "--output",
                            str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     console = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Traceback" not in console, console[-3000:]
     assert SETUP_COMMAND in console, console[-3000:]
 
 
-LEADER = [sys.executable, "-m", "finephrase.inference.group_leader", "--"]
+LEADER = [sys.executable, "-m", "finephrase.inference.servers.group_leader", "--"]
 RUN_STANDIN = r"""
 import subprocess, sys, time
 from finephrase.lifetime import preexec_die_with_parent
@@ -171,7 +171,7 @@ def test_a_recipe_runs_on_vllm_and_survives_a_replica_killed_mid_run(tmp_path, d
         "output": {"records_per_chunk": 2}, "run": {"limit": -1, "tasks": 1},
     })
     out = tmp_path / "out"
-    run = subprocess.Popen([sys.executable, "-m", "finephrase.cli", "run", str(recipe), "--output", str(out)],
+    run = subprocess.Popen([sys.executable, "-m", "finephrase.cli.main", "run", str(recipe), "--output", str(out)],
                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     state_file = out / ".finephrase" / "logs" / "server" / "state.json"
     victim = replica_once_rephrasing(run, out, timeout=900)

@@ -19,7 +19,7 @@ used as well (``cluster.servers: 0`` uses only them).
 
 Imports: the recipe, the pipeline's stages, the report and the inference backends (for how requests are addressed)
 of finephrase, datatrove's executors, and the Slurm command-line tools through :mod:`~finephrase.cluster.slurm`;
-nothing outside this package imports it except the CLI (``finephrase.cluster.cli.register``).
+nothing outside this package imports it except the CLI (``finephrase.cli.cluster.register``).
 """
 
 from finephrase.errors import FinephraseError

@@ -8,7 +8,7 @@ import shlex
 from datatrove.executor.slurm import SlurmPipelineExecutor
 
 from finephrase.cluster.jobs import JobRecorder, StageJobs
-from finephrase.pipeline import RunPaths, Stage
+from finephrase.pipeline.build import RunPaths, Stage
 from finephrase.recipe import ClusterConfig
 
 # a task's own Xet cache: a shared one corrupted under parallel tasks in FinePhrase's production run

@@ -12,7 +12,7 @@ import time
 from finephrase.cluster import slurm
 from finephrase.cluster.jobs import load_ledger
 from finephrase.cluster.templates import model_for, server_kind
-from finephrase.recipe import load_recipe
+from finephrase.plan import load_plan
 
 
 def finish(output: str, recipe_path: str, push_to: str | None = None) -> str:
@@ -29,8 +29,8 @@ def _finish(output: str, recipe_path: str, push_to: str | None) -> str:
     from finephrase.report import build_report
     from finephrase.report.finish import finish_output
 
-    recipe = load_recipe(recipe_path, check_files=False)
-    prompts = recipe.resolved_prompts()
+    plan = load_plan(output)  # saved by `finephrase launch`: the prompts as the run ran them
+    recipe, prompts = plan.recipe, plan.prompts
     ledger = load_ledger(output)
     last = ledger.launches[-1] if ledger and ledger.launches else None
     stages = [s.name for s in last.stages] if last else []
@@ -40,7 +40,7 @@ def _finish(output: str, recipe_path: str, push_to: str | None) -> str:
     start = ledger.launches[0].time if ledger and ledger.launches else time.time()
     report = build_report(output, stages, prompts, generator=generator, wall_time_s=round(time.time() - start, 1),
                           tasks=last.stages[0].tasks if last and last.stages else None)
-    path = finish_output(output, recipe, prompts, report)  # report.json, recipe.yaml, card, report.html
+    path = finish_output(output, plan, report)  # report.json, recipe.yaml, card, report.html
     if push_to:
         from finephrase.hub import push_output
 

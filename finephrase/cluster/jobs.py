@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
-from finephrase.pipeline import RunPaths
+from finephrase.pipeline.build import RunPaths
 
 LEDGER = "jobs.json"
 

@@ -7,19 +7,21 @@ earlier launch is still queued (``finephrase status`` / ``finephrase stop``).
 
 from __future__ import annotations
 
+
 import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from finephrase.cluster import ClusterError, slurm
 from finephrase.cluster.jobs import Launch, Ledger, load_ledger, save_ledger
 from finephrase.cluster.servers import activate_command, endpoints_file, job_prefix, live_servers, submit_servers
 from finephrase.cluster.templates import model_for, server_kind
-from finephrase.inference.backends import GeneratorRuntime, backend_for
-from finephrase.pipeline import RunPaths, Stage, build_stages
-from finephrase.recipe import ClusterConfig, Recipe, check_recipe
+from finephrase.inference.client.backends import GeneratorRuntime, backend_for
+from finephrase.pipeline.build import RunPaths, Stage, build_stages
+from finephrase.plan import resolve, save_plan
+from finephrase.recipe import ClusterConfig, Recipe
 
 EXECUTORS = ("slurm", "ray", "local")
 
@@ -118,12 +120,13 @@ def launch(recipe: Recipe, executor: str = "slurm", servers: int | None = None, 
     if executor == "local":
         from finephrase.run import run_recipe
 
-        run_recipe(recipe, output=output, limit=limit, tasks=tasks, workers=workers)
+        run_recipe(resolve(recipe), output=output, limit=limit, tasks=tasks, workers=workers)
         return LaunchResult(output, executor)
-    prompts = check_recipe(recipe)
+    plan = resolve(recipe)
     cluster = recipe.cluster or ClusterConfig()
     count = cluster.servers if servers is None else servers
     os.makedirs(RunPaths(output).work, exist_ok=True)
+    save_plan(plan, output)  # what the stages' tasks and the finish job read
     ledger = load_ledger(output) or Ledger()
     ledger.recipe, ledger.endpoints_file = os.path.abspath(recipe.path), endpoints_file(recipe, output)
     needs_slurm = executor == "slurm" or count > 0
@@ -134,7 +137,8 @@ def launch(recipe: Recipe, executor: str = "slurm", servers: int | None = None, 
     current = Launch(time=time.time(), executor=executor)
     ledger.launches.append(current)
     try:
-        stages = build_stages(_cluster_recipe(recipe), prompts, output, cluster_runtime(recipe, output),
+        stages = build_stages(replace(plan, recipe=_cluster_recipe(recipe)), output,
+                              cluster_runtime(recipe, output),
                               tasks=tasks, limit=limit)
         if not _inference_done(stages, output):  # no server for a run whose rephrase stage is complete
             current.servers = reused + submit_servers(recipe, output, max(0, count - len(reused)), partition)

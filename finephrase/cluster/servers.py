@@ -10,7 +10,7 @@ import sys
 from finephrase.cluster import slurm
 from finephrase.cluster.jobs import Ledger
 from finephrase.cluster.templates import ServerJob, render_server_job, server_kind
-from finephrase.pipeline import RunPaths
+from finephrase.pipeline.build import RunPaths
 from finephrase.recipe import ClusterConfig, Recipe
 
 ENDPOINTS_FILE = "endpoints.txt"

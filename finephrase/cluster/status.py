@@ -19,8 +19,9 @@ import orjson
 
 from finephrase.cluster import ClusterError, slurm
 from finephrase.cluster.jobs import Ledger, StageJobs, load_ledger
-from finephrase.inference.pool import read_endpoints_file
-from finephrase.pipeline import RunPaths
+from finephrase.inference.client.pool import read_endpoints_file
+from finephrase.stats import ROLLOUTS
+from finephrase.pipeline.build import RunPaths
 
 SAMPLE = "status.json"
 
@@ -101,7 +102,7 @@ def _progress(output: str) -> tuple[int, int]:
                 except orjson.JSONDecodeError:
                     continue  # a line being written
                 docs += 1
-                for results in (doc.get("metadata") or {}).get("rollout_results") or []:
+                for results in (doc.get("metadata") or {}).get(ROLLOUTS) or []:
                     entries = results.values() if isinstance(results, dict) and "text" not in results else [results]
                     tokens += sum(int(e.get("completion_tokens") or 0) for e in entries if isinstance(e, dict))
     return docs, tokens

@@ -62,7 +62,7 @@ def model_for(recipe: Recipe, kind: str) -> tuple[str, str]:
     g = recipe.generator
     cluster = recipe.cluster or ClusterConfig()
     if kind == "embedded":
-        from finephrase.inference.embedded import DEFAULT_ALIAS, default_gguf_path
+        from finephrase.inference.servers.embedded import DEFAULT_ALIAS, default_gguf_path
 
         return g.model or DEFAULT_ALIAS, cluster.model_path or g.gguf or default_gguf_path()
     path = cluster.model_path or g.model

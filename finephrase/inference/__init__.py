@@ -1,26 +1,17 @@
-"""How finephrase reaches a model: the request path from a payload to an answer.
+"""How finephrase reaches a model, in three parts:
 
-What lives here:
-
-* :mod:`~finephrase.inference.backends` — the generator backends by registration (``embedded``, ``openai``,
-  ``tgi``): required settings, request addressing, runtime (the embedded replicas start here), card facts;
-* :mod:`~finephrase.inference.request_builder` — sampling parameters, token budget and payload of a request
-  (the only home of the defaults); :mod:`~finephrase.inference.tokens` and
-  :mod:`~finephrase.inference.chat_template` — counting tokens and rendering the model's chat template;
-* :mod:`~finephrase.inference.protocols` — the wire protocols (OpenAI chat, TGI Messages API, TGI ``/generate``);
-* :mod:`~finephrase.inference.pool` — the client-side replica pool: ``ReplicaPool.request(payload)``, the one
-  coroutine that sends a request, with typed refusals (``InputTooLong``, ``RequestRejected``, ``RequestFailed``);
-* :mod:`~finephrase.inference.runner` — the lean inference runner: a datatrove step that owns its loop (datatrove's
-  public surface only), with :mod:`~finephrase.inference.admission` (requests and documents in flight),
-  :mod:`~finephrase.inference.stat_buffer` (stats folded in batches), :mod:`~finephrase.inference.checkpoints`
-  (chunked checkpoints and resume), :mod:`~finephrase.inference.request_cache` (the sqlite request cache) and
-  :mod:`~finephrase.inference.writer` (the output writer); their files are datatrove's;
-* :mod:`~finephrase.inference.embedded` and :mod:`~finephrase.inference.llama_server` — supervised llama.cpp
-  replicas on this machine.
+* :mod:`.client` — the request path from a payload to an answer: generator backends by registration
+  (``backends``), the request builder (the only home of sampling defaults), tokens and chat templates, the wire
+  protocols (OpenAI chat, TGI Messages API, TGI ``/generate``) and the replica pool (``ReplicaPool.request``);
+* :mod:`.runner` — the lean inference runner that replaced datatrove's (its loop, admission, stat buffer,
+  checkpoints, request cache and writer; datatrove's public surface and file formats);
+* :mod:`.servers` — servers finephrase starts and supervises on this machine: llama.cpp and vLLM's CPU build
+  (``embedded``, ``llama_server``, ``vllm_engine``, ``group_leader``, ``gguf_convert``), the engine choice, and their
+  set-up (``llama_setup``, ``vllm_setup``).
 
 What it may import: datatrove, aiohttp, orjson, the standard library, and from finephrase only
-``finephrase.errors``, ``finephrase.lifetime``, ``finephrase.resources``, ``finephrase.embedded_setup``,
-``finephrase.progress`` (the runner publishes its counters for the live display) and ``finephrase.prompts``
-(the prompt model, for payloads). Never ``finephrase.steps``, ``finephrase.pipeline``, ``finephrase.report``, ``finephrase.run``
-or ``finephrase.cli``: those use it. The recipe's ``GeneratorConfig`` is a type only (see ``backends``).
+``finephrase.errors``, ``finephrase.lifetime``, ``finephrase.resources``, ``finephrase.progress`` (the runner
+publishes its counters for the live display) and ``finephrase.prompts`` (the prompt model, for payloads).
+Never ``finephrase.pipeline``, ``finephrase.report``, ``finephrase.run`` or ``finephrase.cli``: those use it.
+The recipe's ``GeneratorConfig`` is a type only.
 """

@@ -38,7 +38,6 @@ from finephrase.prompts.resolve import (
 )
 from finephrase.prompts.validate import (
     PromptError,
-    validate_output_rules,
     validate_template,
 )
 
@@ -63,6 +62,5 @@ __all__ = [
     "prompt_from_dict",
     "prompt_sha256",
     "resolve_prompts",
-    "validate_output_rules",
     "validate_template",
 ]

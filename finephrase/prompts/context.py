@@ -1,5 +1,5 @@
 """Chunk-context wordings (``prompts/_context/<name>.yaml``): how a chunk's request carries the document's
-opening and the previous chunk's rewrite (Kimi K2-style chunked rewriting, finephrase.steps.rephrase.chunked).
+opening and the previous chunk's rewrite (Kimi K2-style chunked rewriting, finephrase.pipeline.rephrase.chunked).
 
 The :class:`ChunkContext` model (pydantic, validated on construction) and its loading: a packaged name
 (``kimi_k2_chunk``), a file next to the prompt that names it, or a path. Also home of

@@ -104,10 +104,6 @@ class Prompt:
     # template inserts the document verbatim): render.render_messages itself, no extra call per document
     render = render_messages
 
-    def overhead_chars(self) -> int:
-        """Characters the prompt adds around the document (system + template without the document)."""
-        return sum(len(m["content"]) for m in self.render(""))
-
     def to_dict(self) -> dict:
         keys = ("name", "set", "version", "source", "description", "suits", "system", "template", "generation",
                 "context", "chunk_context", "output_rules", "sha256", "origin", "revision")

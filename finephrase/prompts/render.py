@@ -20,7 +20,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 DOCUMENT_PLACEHOLDER = "document"
 # variables a template may use besides {{ document }} (filled in by chunked rewriting, see
-# finephrase.steps.rephrase.chunked; 0-based chunk_index). Defaults = a document that fits in one request.
+# finephrase.pipeline.rephrase.chunked; 0-based chunk_index). Defaults = a document that fits in one request.
 CHUNK_VARIABLES = {"previous_output": "", "document_opening": "", "chunk_index": 0, "chunk_count": 1}
 
 ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)

@@ -310,9 +310,3 @@ def check_output_rules(rules: Any) -> dict:
     return dict(rules)
 
 
-def validate_output_rules(rules: Any, path: str, text: str = "") -> dict:
-    """Type-check a prompt's ``output_rules``; a PromptError naming ``path`` and the line in ``text``."""
-    try:
-        return check_output_rules(rules)
-    except Problem as p:
-        raise located(p, path, text) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from finephrase.quality.inputs import read_texts
+from finephrase.quality.fasttext_model import load_fasttext
 from finephrase.quality.text import fasttext_text
 
 
@@ -42,7 +43,5 @@ def label_score(model, text: str, label: str) -> float:
 
 
 def score_corpus(model_path: str, path: str, label: str = "hq", limit: int | None = None) -> ScoreReport:
-    import fasttext
-
-    model = fasttext.load_model(model_path)
+    model = load_fasttext(model_path)
     return ScoreReport([label_score(model, t, label) for t in read_texts(path, limit)], label)

@@ -2,7 +2,7 @@
 
 What lives here:
 
-* :mod:`~finephrase.report.names` — the stage names and stat names the steps write and the report reads
+* :mod:`~finephrase.stats` — the stage names and stat names the steps write and the report reads
   (imports nothing: any step may import it);
 * :mod:`~finephrase.report.run_report` — the typed report (:class:`RunReport`: :class:`RunCounts` from datatrove's
   stats, :class:`ConfigFiles` from the parquet footers, the generator as it ran);
@@ -16,19 +16,18 @@ What lives here:
   produced nothing;
 * :mod:`~finephrase.report.finish` — the end of every run (local or cluster): report, card, ``report.html``;
 * :mod:`~finephrase.report.card` — the dataset card: renders the report through ``cards/dataset_card.md.j2``
-  (the run and the push render the same card); :mod:`~finephrase.report.summary` — the summary-dict functions
-  of earlier versions, over the report;
+  (the run and the push render the same card);
 * :mod:`~finephrase.report.html` — ``OUTPUT/report.html``, one self-contained page (samples, funnel, distributions,
   generator and prompts as the card shows them), rendered through ``cards/report.html.j2``;
   :mod:`~finephrase.report.samples` reads a bounded sample of each config's rows and every row's small columns,
   :mod:`~finephrase.report.plots` turns them (and the counts' funnel) into Chart.js configurations.
 
-What it may import: the standard library, pydantic, pyarrow, and from finephrase only ``finephrase.pipeline``
-(``RunPaths``, imported inside functions: the steps that ``finephrase.pipeline`` imports may import
-``finephrase.report.names``). The report's own modules never import ``card``/``summary``/``html`` (which read the report,
+What it may import: the standard library, pydantic, pyarrow, and from finephrase only ``finephrase.pipeline.build``
+(``RunPaths``, imported inside functions: the steps that ``finephrase.pipeline.build`` imports may import
+``finephrase.stats``). The report's own modules never import ``card``/``summary``/``html`` (which read the report,
 and may import ``finephrase.prompts``, ``finephrase.inference`` for defaults and backends, and the row
-columns of ``finephrase.steps.format_rows`` / ``finephrase.steps.mix``), nor
-``finephrase.hub``, ``finephrase.run`` or ``finephrase.cli``.
+columns of ``finephrase.pipeline.formatters.rows`` / ``finephrase.pipeline.mix``), nor
+``finephrase.hub``, ``finephrase.run`` or ``finephrase.cli.main``.
 """
 
 from finephrase.report.build import (

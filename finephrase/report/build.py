@@ -20,8 +20,8 @@ RUN_FILE = "run.json"
 
 
 def _path(output: str, name: str) -> str:
-    from finephrase.pipeline import (
-        RunPaths,  # not at import time: the steps may import finephrase.report.names
+    from finephrase.pipeline.build import (
+        RunPaths,  # not at import time: the steps may import finephrase.stats
     )
 
     return RunPaths(output).w(name)

@@ -22,8 +22,8 @@ import re
 import yaml
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from finephrase.inference.backends import backend_for
-from finephrase.inference.request_builder import DEFAULT_MAX_NEW_TOKENS
+from finephrase.inference.client.backends import backend_for
+from finephrase.inference.client.request_builder import DEFAULT_MAX_NEW_TOKENS
 from finephrase.prompts import Prompt
 from finephrase.report import (
     ALL,
@@ -35,11 +35,11 @@ from finephrase.report import (
     report_from_summary,
 )
 from finephrase.report.configs import SPECIAL_CONFIGS, kept_names, local_entry
-from finephrase.report.names import HIDDEN_STEP_STAT_PREFIXES, SHOWN_STEP_STATS
+from finephrase.stats import HIDDEN_STEP_STAT_PREFIXES, SHOWN_STEP_STATS
 from finephrase.report.run_report import ConfigFiles
 from finephrase.resources import card_template
-from finephrase.steps.format_rows import ROW_COLUMNS
-from finephrase.steps.mix import MIX_SCHEMA_COLUMNS
+from finephrase.pipeline.formatters.rows import ROW_COLUMNS
+from finephrase.pipeline.mix import MIX_SCHEMA_COLUMNS
 
 COLUMN_NOTES = {"text": " (generated)", "generation_params": " (JSON)", "mix.kind": " (`real` or `synthetic`)",
                 "mix.mixed_with": " (the prompt whose share a real document counts toward)"}
@@ -296,7 +296,7 @@ def _quality_view(report: RunReport, recipe, prompts: list[Prompt]) -> dict | No
     scores = {name: p.scores() for name, p in (counts.prompts.items() if counts else [])}
     routing = None
     if recipe.routing is not None:
-        from finephrase.steps.rephrase.routing import Router
+        from finephrase.pipeline.rephrase.routing import Router
 
         routing = Router(recipe.routing.model_dump(), prompts).describe()
         routed = counts.routing if counts else {}

@@ -14,7 +14,7 @@ from finephrase.report.problems import empty_output_problem
 from finephrase.report.run_report import RunReport
 
 
-def finish_output(output: str, recipe, prompts, report: RunReport) -> str:
+def finish_output(output: str, plan, report: RunReport) -> str:
     """Save ``report`` (``.finephrase/report.json``), then ``recipe.yaml``, ``README.md`` (the card) and
     ``report.html``; returns the card's path. Raises :class:`EmptyOutputError` (cause and fix) when the run
     produced nothing, before anything else is written."""
@@ -25,9 +25,10 @@ def finish_output(output: str, recipe, prompts, report: RunReport) -> str:
     problem = empty_output_problem(report, output)
     if problem:
         raise EmptyOutputError(f"empty output: {problem}")
+    recipe, prompts = plan.recipe, plan.prompts
     if recipe.raw_text:
         with open(os.path.join(output, "recipe.yaml"), "w", encoding="utf-8") as f:
             f.write(recipe.raw_text)
     path = write_card(output, recipe=recipe, prompts=prompts, summary=report)
-    write_html_report(output, recipe=recipe, prompts=prompts, report=report)  # OUTPUT/report.html
+    write_html_report(output, plan=plan, report=report)  # OUTPUT/report.html
     return path

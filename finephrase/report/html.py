@@ -23,6 +23,8 @@ import os
 
 import jinja2
 
+from finephrase.plan import load_plan
+
 from finephrase.report import plots
 from finephrase.report.samples import DEFAULT_MAX_CHARS, DEFAULT_SAMPLES, ConfigRows, read_config
 
@@ -166,33 +168,22 @@ def _fmt(v) -> str:
     return _fmt_num(v)
 
 
-def _load_recipe(output: str):
-    from finephrase.recipe import RecipeError, load_recipe
-
-    path = os.path.join(output, "recipe.yaml")
-    if not os.path.exists(path):
-        raise RecipeError(f"{output}: no recipe.yaml (not written by `finephrase run`?)\n"
-                          "pass the recipe that made it: --recipe RECIPE")
-    return load_recipe(path, check_files=False)
-
-
-def write_html_report(output: str, recipe=None, prompts=None, report=None, samples: int = DEFAULT_SAMPLES,
+def write_html_report(output: str, plan=None, report=None, samples: int = DEFAULT_SAMPLES,
                       max_chars: int = DEFAULT_MAX_CHARS) -> str:
     """Write ``OUTPUT/report.html`` and return its path.
 
     Args:
         output: the folder a run wrote.
-        recipe: the recipe that made it (default: ``OUTPUT/recipe.yaml``); prompts: its resolved prompts.
+        plan: the run's plan (default: the one the run saved, :func:`finephrase.plan.load_plan`).
         report: the run report (default: the saved one, :func:`finephrase.report.load_report`).
         samples: rows per config shown in the page (the distributions count every row).
         max_chars: characters of each shown text (longer ones are cut, and the page says by how much).
     """
     from finephrase.report import load_report
 
-    recipe = recipe if recipe is not None else _load_recipe(output)
-    prompts = prompts if prompts is not None else recipe.resolved_prompts()
-    report = report if report is not None else load_report(output, prompts)
-    html = render_html(page_data(output, recipe, prompts, report, samples, max_chars))
+    plan = plan if plan is not None else load_plan(output)
+    report = report if report is not None else load_report(output, plan.prompts)
+    html = render_html(page_data(output, plan.recipe, plan.prompts, report, samples, max_chars))
     path = os.path.join(output, REPORT_FILE)
     with open(path, "w", encoding="utf-8") as f:
         f.write(html)

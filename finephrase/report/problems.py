@@ -6,12 +6,13 @@ import json
 import os
 
 from finephrase.report.run_report import RunCounts, RunReport
+from finephrase import stats as names
 
 
 def first_generation_error(output: str, prompt: str, limit_files: int = 64) -> str | None:
     """The first recorded generation error for ``prompt`` in the rephrase stage's output (None if none)."""
-    from finephrase.pipeline import (
-        RunPaths,  # not at import time: the steps may import finephrase.report.names
+    from finephrase.pipeline.build import (
+        RunPaths,  # not at import time: the steps may import finephrase.stats
     )
 
     folder = RunPaths(output).w("rephrased")
@@ -21,7 +22,7 @@ def first_generation_error(output: str, prompt: str, limit_files: int = 64) -> s
         with open(os.path.join(folder, name), encoding="utf-8", errors="replace") as f:
             for line in f:
                 try:
-                    results = json.loads(line).get("metadata", {}).get("rollout_results") or []
+                    results = json.loads(line).get("metadata", {}).get(names.ROLLOUTS) or []
                 except ValueError:
                     continue
                 entry = (results[0] if results else {}).get(prompt) or {}

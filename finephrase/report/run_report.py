@@ -57,7 +57,7 @@ class PromptCount(_Model):
     row_completion_tokens: int | None = None
     dropped: dict[str, int] = {}  # output rule (or generation_failed) -> generations dropped
     flagged: dict[str, int] = {}  # output rule -> rows kept with a flag in `checks`
-    # after the output rules (the output stages, finephrase.steps.output_dedup / decontaminate)
+    # after the output rules (the output stages, finephrase.pipeline.dedup.outputs / decontaminate)
     duplicates: dict[str, int] = {}  # "exact" / "minhash" -> rows removed as duplicates of a row of this config
     contaminated: dict[str, int] = {}  # eval set -> rows dropped for sharing an n-gram with it
     contaminated_flagged: dict[str, int] = {}  # eval set -> rows kept, flagged `contaminated:<set>` in `checks`

@@ -1,7 +1,7 @@
 """Datatrove's merged stats (``OUTPUT/.finephrase/logs/<stage>/stats.json``) -> :class:`RunCounts`.
 
 ``stats.json`` lists a stage's steps in pipeline order, each with its display name and its counters. A step is
-found here by the counters it carries (:mod:`finephrase.report.names`), never by its display name or its place
+found here by the counters it carries (:mod:`finephrase.stats`), never by its display name or its place
 in the list: the reader carries ``documents``, a filter ``forwarded``/``dropped``, the rephrase step
 ``inference_time``, the rows step ``generated/<prompt>`` and friends, the output stages ``duplicates/<prompt>/...``
 and ``contaminated/<prompt>/...``, the eval sets' index ``eval_ngrams/<set>``, the mix step
@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 
-from finephrase.report import names
+from finephrase import stats as names
 from finephrase.report.run_report import (
     DecontCount,
     DedupCount,
@@ -32,8 +32,8 @@ ROWS_STATS = {names.GENERATED, names.GENERATED_PROMPT_TOKENS, names.GENERATED_CO
 
 
 def logs_dir(output: str, stage: str) -> str:
-    from finephrase.pipeline import (
-        RunPaths,  # not at import time: the steps may import finephrase.report.names
+    from finephrase.pipeline.build import (
+        RunPaths,  # not at import time: the steps may import finephrase.stats
     )
 
     return RunPaths(output).logs(stage)
