@@ -63,7 +63,7 @@ def run_recipe(plan: Plan, output: str | None = None, limit: int | None = None, 
     from finephrase.report import build_report
     from finephrase.report.finish import finish_output
 
-    # the run report: datatrove's stats and the parquet footers, read once (.finephrase/report.json + run.json)
+    # the run report: datatrove's stats and the parquet footers, read once (.finephrase/report.json)
     report = build_report(output, [s.name for s in stages], plan.prompts,
                           generator={**generator_info, "model": runtime.model}, wall_time_s=round(wall, 1),
                           limit=limit, tasks=tasks or recipe.run.tasks)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -74,6 +75,13 @@ def make_recipe(tmp_path):
         return write_recipe(tmp_path / name, overrides, base)
 
     return make
+
+
+def run_summary(work: Path) -> dict:
+    """A finished run's counts as the tests read them: ``<work>/report.json``'s counts (``work`` is the run's
+    ``.finephrase`` folder), with its wall time and generator."""
+    report = json.loads((Path(work) / "report.json").read_text())
+    return {**(report["counts"] or {}), "wall_time_s": report.get("wall_time_s"), "generator": report.get("generator") or {}}
 
 
 def run_cli(*args: str, timeout: float = 900, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:

@@ -3,7 +3,7 @@ pipeline stats, generator, prompts verbatim, token counts, limitations, recipe, 
 validation by huggingface_hub and the test Hub's /api/validate-yaml.
 
 ``make_output`` builds a small output folder without running the model (parquet rows with ROW_SCHEMA, the
-demo recipe, a ``.finephrase/run.json`` summary); ``test_hub_push.py`` uses it too.
+demo recipe, a ``.finephrase/report.json`` as a run saves it); ``test_hub_push.py`` uses it too.
 """
 
 from __future__ import annotations
@@ -86,7 +86,11 @@ def make_output(folder: Path, prompts=DEMO_PROMPTS, files_per_config: int = 1, r
                           "real_tokens_short": 3}
     work = folder / ".finephrase"
     (work / "logs").mkdir(parents=True, exist_ok=True)
-    (work / "run.json").write_text(json.dumps({"summary": summary, "limit": None, "tasks": 1}))
+    from finephrase.report import RunCounts, RunReport, save_report
+
+    generator, wall_time_s = summary.pop("generator"), summary.pop("wall_time_s")
+    save_report(str(folder), RunReport(counts=RunCounts.model_validate(summary), generator=generator,
+                                       wall_time_s=wall_time_s, tasks=1))  # as a run saves it
     (work / "logs" / "stage.log").write_text(f"work file of {tag}: never published\n")
     return folder
 
@@ -97,12 +101,14 @@ def local_rows(output: Path, config: str) -> list[dict]:
 
 
 def _card(output: Path, repo_id: str | None = "test-org/demo", **kw):
-    from finephrase.report.card import build_card
+    """The card of ``output`` as the run renders it."""
     from finephrase.recipe import load_recipe
+    from finephrase.report import load_report
+    from finephrase.report.card import render_card
 
     recipe = load_recipe(output / "recipe.yaml")
-    summary = json.loads((output / ".finephrase" / "run.json").read_text())["summary"]
-    return build_card(str(output), recipe, recipe_prompts(recipe), summary, repo_id=repo_id, **kw), recipe
+    prompts = recipe_prompts(recipe)
+    return render_card(load_report(str(output), prompts), recipe, prompts, repo_id=repo_id, **kw), recipe
 
 
 # --- scrub / license -------------------------------------------------------------------------------------------
@@ -240,14 +246,17 @@ def test_card_validates_on_the_test_hub(output, hub_server):  # noqa: F811
 
 
 def test_card_with_kept_configs_and_no_summary(output, hub_server):  # noqa: F811
-    from finephrase.report.card import build_card
     from finephrase.recipe import load_recipe
+    from finephrase.report import load_report
+    from finephrase.report.card import render_card
 
+    (output / ".finephrase" / "report.json").unlink()  # no counts: the configs from the files alone
     recipe = load_recipe(output / "recipe.yaml")
     kept = [{"config_name": "all", "data_files": "data/*/*.parquet", "default": True},
             {"config_name": "faq", "data_files": [{"split": "train", "path": "data/faq/old-*.parquet"}]},
             {"config_name": "wiki", "data_files": [{"split": "train", "path": "data/wiki/*.parquet"}], "default": True}]
-    card = build_card(str(output), recipe, recipe_prompts(recipe)[:1], {}, repo_id="test-org/demo", kept_configs=kept)
+    prompts = recipe_prompts(recipe)[:1]
+    card = render_card(load_report(str(output), prompts), recipe, prompts, repo_id="test-org/demo", kept_configs=kept)
     configs = card.data.to_dict()["configs"]
     assert [c["config_name"] for c in configs] == ["all", "faq", "wiki", "mix"]
     assert configs[0]["data_files"][0]["path"] == ["data/faq/*.parquet", "data/wiki/*.parquet"]
@@ -259,15 +268,18 @@ def test_card_with_kept_configs_and_no_summary(output, hub_server):  # noqa: F81
 
 
 def test_card_for_a_hub_source_defaults_to_its_license(tmp_path):
-    from finephrase.report.card import build_card
     from finephrase.recipe import parse_recipe
+    from finephrase.report import load_report
+    from finephrase.report.card import render_card
 
     out = make_output(tmp_path / "out", prompts=("finephrase/faq",), mix=False)
+    (out / ".finephrase" / "report.json").unlink()
     recipe = parse_recipe({"name": "edu-faq", "source": {"kind": "hub", "dataset": "HuggingFaceFW/fineweb-edu",
                                                         "license": "ODC-By"},
                            "prompts": ["finephrase/faq", "wrap/qa"], "generator": {"server": "tgi",
                            "endpoints": ["http://gpu:8080"], "model": MODEL}}, raw_text="name: edu-faq\n")
-    card = build_card(str(out), recipe, recipe_prompts(recipe), {}, repo_id=None)
+    prompts = recipe_prompts(recipe)
+    card = render_card(load_report(str(out), prompts), recipe, prompts, repo_id=None)
     data = card.data.to_dict()
     assert data["license"] == "odc-by" and "license_name" not in data
     assert data["source_datasets"] == ["HuggingFaceFW/fineweb-edu"]

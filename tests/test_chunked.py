@@ -20,7 +20,7 @@ from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import DEMO_DATA, run_cli
+from conftest import DEMO_DATA, run_cli, run_summary
 from datatrove.data import Document
 from datatrove.pipeline.inference.types import InferenceError, InferenceResult
 
@@ -183,7 +183,7 @@ def test_chunked_end_to_end_parts_follow_source_order(tmp_path, demo_data, make_
     assert row["truncated"] is False and row["finish_reason"] == "stop"
     gen = json.loads(row["generation_params"])
     assert gen["context"] == "chunked" and gen["chunk_context"].startswith("kimi_k2_chunk@")
-    summary = json.loads((tmp_path / "out" / ".finephrase" / "run.json").read_text())["summary"]
+    summary = run_summary(tmp_path / "out" / ".finephrase")
     assert summary["prompts"]["parts"]["failed"] == 1 and summary["prompts"]["parts"]["rephrased"] == 1
 
 

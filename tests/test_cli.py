@@ -261,7 +261,7 @@ def test_run_fresh_and_push_to(tmp_path, make_recipe, demo_data, hub_server, hub
                    env=env)
     assert f"pushed to {hub_server.url}/datasets/{hub_repo_id}" in proc.stdout.replace("\n", "")
     assert not (out / "left-over.txt").exists() and not (out / "data" / "stale").exists()
-    assert (out / ".finephrase" / "run.json").exists()
+    assert (out / ".finephrase" / "report.json").exists()
     local = sorted(p.relative_to(out).as_posix() for p in (out / "data").rglob("*.parquet"))
     files = HfApi().list_repo_files(hub_repo_id, repo_type="dataset")
     assert local and set(local) <= set(files) and {"README.md", "recipe.yaml"} <= set(files)

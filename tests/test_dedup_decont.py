@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import first_demo_docs
+from conftest import first_demo_docs, run_summary
 from hub_server import hub_repo_id, hub_server  # noqa: F401  (pytest fixtures)
 
 from finephrase.inference.client.backends import GeneratorRuntime
@@ -182,7 +182,7 @@ def test_output_dedup_and_decontamination_per_config(tmp_path, make_recipe, plan
         assert report.config(name).completion_tokens == sum(r["completion_tokens"] for r in kept)
     d = report.counts.decontamination
     assert d.passages == {"bench": 2} and d.ngrams["bench"] > 20 and d.sources_dropped == {}
-    assert report.counts.to_summary()["decontamination"]["ngrams"] == d.ngrams
+    assert report.counts.decontamination.ngrams == d.ngrams
 
     table = dict(summary_rows(report))
     assert table["  duplicates [alpha]"] == "exact 1, minhash 1" and table["  contaminated [beta]"] == "bench 1"
@@ -386,7 +386,7 @@ def test_finephrase_run_dedups_and_decontaminates_its_outputs(tmp_path, demo_dat
     # generations completed in), the contaminated one goes
     assert len(kept) == 5 and {"s0", "s3", "s7"} <= kept and "s6" not in kept, kept
     assert len(kept & {"s1", "s4"}) == 1 and len(kept & {"s2", "s5"}) == 1, kept
-    summary = json.loads((out / ".finephrase" / "run.json").read_text())["summary"]
+    summary = run_summary(out / ".finephrase")
     p = summary["prompts"]["alpha"]
     assert p["rows"] == 8 and p["duplicates"] == {"exact": 1, "minhash": 1} and p["contaminated"] == {"bench": 1}
     card = (out / "README.md").read_text()

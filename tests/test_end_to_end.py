@@ -16,7 +16,7 @@ import pytest
 import yaml
 from datasets import load_dataset
 
-from conftest import FAST_GENERATOR, assert_no_survivors, child_processes, run_cli, run_marker
+from conftest import FAST_GENERATOR, assert_no_survivors, child_processes, run_cli, run_marker, run_summary
 from finephrase.prompts import load_prompt
 from finephrase.inference.servers.embedded import DEFAULT_ALIAS
 
@@ -67,7 +67,7 @@ def demo_run(tmp_path_factory, demo_data):
 
 def test_rows_schema_and_provenance(demo_run):
     out = demo_run["out"]
-    summary = json.loads((out / ".finephrase" / "run.json").read_text())["summary"]
+    summary = run_summary(out / ".finephrase")
     for ref in ("finephrase/faq", "finephrase/table", "finephrase/math"):
         prompt = load_prompt(ref)
         ds = load_dataset("parquet", data_dir=str(out / "data" / prompt.name), split="train")
@@ -95,7 +95,7 @@ def test_rows_schema_and_provenance(demo_run):
 def test_stats_and_summary_table(demo_run):
     out, proc = demo_run["out"], demo_run["proc"]
     work = out / ".finephrase"
-    summary = json.loads((work / "run.json").read_text())["summary"]
+    summary = run_summary(work)
     assert summary["documents_read"] == 2 * N_ORIGINALS + 2
     names = [f["name"] for f in summary["filters"]]
     assert len(names) == 3 and "min chars" in names[0] and "Language" in names[1] and "quality" in names[2], names
@@ -128,7 +128,7 @@ def test_stats_and_summary_table(demo_run):
 
 def test_mix_config(demo_run):
     out = demo_run["out"]
-    summary = json.loads((out / ".finephrase" / "run.json").read_text())["summary"]
+    summary = run_summary(out / ".finephrase")
     share = yaml.safe_load(demo_run["recipe"].read_text())["mix"]["synthetic"]
     ds = load_dataset("parquet", data_dir=str(out / "data" / "mix"), split="train")
     assert set(ds["kind"]) == {"real", "synthetic"}
@@ -244,7 +244,7 @@ def test_bad_input_is_counted_or_truncated(tmp_path, demo_data, make_recipe):
         "generator": FAST_GENERATOR,
     })
     run_cli("run", str(recipe), "--output", str(tmp_path / "out"))
-    summary = json.loads((tmp_path / "out" / ".finephrase" / "run.json").read_text())["summary"]
+    summary = run_summary(tmp_path / "out" / ".finephrase")
     assert summary["skipped_input"] == {"malformed_lines": 1, "empty_documents": 1, "invalid_utf8_lines": 1}
     assert summary["documents_read"] == 5
     ds = load_dataset("parquet", data_dir=str(tmp_path / "out" / "data" / "faq"), split="train")

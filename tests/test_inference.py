@@ -19,7 +19,7 @@ import pytest
 from datasets import load_dataset
 
 import tgi_server
-from conftest import ROOT, assert_no_survivors, process_tree, run_cli, run_marker, run_processes
+from conftest import ROOT, assert_no_survivors, process_tree, run_cli, run_marker, run_processes, run_summary
 from finephrase.inference.servers.embedded import default_gguf_path
 
 
@@ -88,7 +88,7 @@ def _source_ids(out) -> list[str]:
 
 
 def _summary(out):
-    return json.loads((out / ".finephrase" / "run.json").read_text())["summary"]
+    return run_summary(out / ".finephrase")
 
 
 @pytest.mark.parametrize("api", ["generate", "chat"])

@@ -7,7 +7,7 @@ import pytest
 from conftest import DEMO_RECIPE, ROOT, run_cli
 from finephrase.pipeline.build import GeneratorRuntime, build_stages
 from finephrase.recipe import RecipeError, load_recipe
-from finephrase.plan import resolve, recipe_prompts
+from finephrase.plan import resolve
 
 
 def test_demo_recipe_is_valid(demo_data, monkeypatch):

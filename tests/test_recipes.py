@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from datasets import load_dataset
 
-from conftest import DEMO_DATA, FAST_GENERATOR, ROOT, run_cli, write_recipe
+from conftest import DEMO_DATA, FAST_GENERATOR, ROOT, run_cli, write_recipe, run_summary
 from hub_server import hub_repo_id, hub_server  # noqa: F401  (pytest fixtures)
 from finephrase.plan import resolve
 from finephrase.recipe import RecipeError, load_recipe
@@ -55,7 +55,7 @@ def run_recipe_fast(tmp_path: Path, name: str, limit: int, overrides: dict | Non
     out = tmp_path / "out"
     run_cli("run", str(recipe), "--output", str(out), *(["--push-to", push_to] if push_to else []), env=env,
             timeout=900)
-    summary = json.loads((out / ".finephrase" / "run.json").read_text())["summary"]
+    summary = run_summary(out / ".finephrase")
     return out, summary
 
 

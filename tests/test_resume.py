@@ -14,7 +14,7 @@ import time
 
 from datasets import load_dataset
 
-from conftest import FAST_GENERATOR, ROOT, assert_no_survivors, process_tree, run_cli, run_marker, run_processes
+from conftest import FAST_GENERATOR, ROOT, assert_no_survivors, process_tree, run_cli, run_marker, run_processes, run_summary
 
 
 def _ids_in(folder) -> list[str]:
@@ -73,7 +73,7 @@ def test_kill9_mid_rephrase_then_resume(tmp_path, demo_data, make_recipe):
         ds = load_dataset("parquet", data_dir=str(out / "data" / config), split="train")
         assert len(ds["id"]) == len(set(ds["id"]))
         assert set(ds["source_id"]) <= set(expected)
-        summary = json.loads((out / ".finephrase" / "run.json").read_text())["summary"]
+        summary = run_summary(out / ".finephrase")
         dropped = sum(summary["prompts"][config]["dropped"].values())
         assert len(ds) + dropped == len(expected)
         # the summary (and the card) count every document, not only those of the resumed run

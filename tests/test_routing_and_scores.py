@@ -9,7 +9,7 @@ import json
 import pytest
 from test_dedup_decont import PROMPT, EchoOpenAI, rows_of
 
-from conftest import first_demo_docs, run_cli
+from conftest import first_demo_docs, run_cli, run_summary
 from finephrase.prompts import load_prompt
 from finephrase.plan import resolve
 from finephrase.recipe import RecipeError, load_recipe
@@ -114,7 +114,7 @@ def test_a_run_routes_by_bucket_and_scores_its_outputs(tmp_path, demo_data, make
             # scored outputs: the generated text by the same classifier, and the difference
             assert r["output_quality_score"] == pytest.approx(_fasttext_score(model, r["text"]), abs=1e-5)
             assert r["quality_uplift"] == pytest.approx(r["output_quality_score"] - r["quality_score"], abs=2e-6)
-    summary = json.loads((out / ".finephrase" / "run.json").read_text())["summary"]
+    summary = run_summary(out / ".finephrase")
     routing = summary["routing"]
     assert {b: routing[b]["documents"] for b in expected} == {b: len(v) for b, v in expected.items()}
     assert routing["high"]["prompts"] == {"alpha": len(expected["high"]), "beta": len(expected["high"])}

@@ -8,8 +8,7 @@ What lives here:
   stats, :class:`ConfigFiles` from the parquet footers, the generator as it ran);
 * :mod:`~finephrase.report.stats` — datatrove's ``logs/<stage>/stats.json`` -> :class:`RunCounts`;
 * :mod:`~finephrase.report.files` — ``data/<config>/*.parquet`` footers -> :class:`ConfigFiles`;
-* :mod:`~finephrase.report.build` — build it at the end of a run, save it (``.finephrase/report.json`` and
-  ``run.json``'s ``summary``), load it (or rebuild it for an output written before it existed);
+* :mod:`~finephrase.report.build` — build it at the end of a run, save it (``.finephrase/report.json``), load it;
 * :mod:`~finephrase.report.configs` — the dataset's ``configs`` list (``all``, prompts, ``mix``, kept configs),
   used by the card and by the push;
 * :mod:`~finephrase.report.table` — the end-of-run table; :mod:`~finephrase.report.problems` — why a run
@@ -33,8 +32,6 @@ columns of ``finephrase.pipeline.formatters.rows`` / ``finephrase.pipeline.mix``
 from finephrase.report.build import (
     build_report,
     load_report,
-    load_summary,
-    report_from_summary,
     save_report,
 )
 from finephrase.report.configs import ALL, MIX, config_paths, dataset_configs
@@ -65,8 +62,6 @@ __all__ = [
     "first_generation_error",
     "load_report",
     "load_stage_stats",
-    "load_summary",
-    "report_from_summary",
     "save_report",
     "summary_rows",
 ]

@@ -32,7 +32,6 @@ from finephrase.report import (
     config_paths,
     dataset_configs,
     load_report,
-    report_from_summary,
 )
 from finephrase.report.configs import SPECIAL_CONFIGS, kept_names, local_entry
 from finephrase.stats import HIDDEN_STEP_STAT_PREFIXES, SHOWN_STEP_STATS
@@ -47,7 +46,7 @@ COLUMN_NOTES = {"text": " (generated)", "generation_params": " (JSON)", "mix.kin
 CARD_TEMPLATE = card_template()  # the wheel's package data, or cards/ of a source checkout
 LICENSES_FILE = CARD_TEMPLATE.parent / "licenses.md"
 
-__all__ = ["CARD_TEMPLATE", "SPECIAL_CONFIGS", "build_card", "config_paths", "license_metadata", "render_card",
+__all__ = ["CARD_TEMPLATE", "SPECIAL_CONFIGS", "config_paths", "license_metadata", "render_card",
            "scrub", "write_card"]
 
 # --- scrubbing -------------------------------------------------------------------------------------------------
@@ -368,25 +367,16 @@ def render_card(report: RunReport, recipe, prompts: list[Prompt], repo_id: str |
     return DatasetCard(scrub(str(card), secrets=_recipe_secrets(recipe)))
 
 
-def build_card(output: str, recipe, prompts: list[Prompt], summary: dict | RunReport | None,
-               repo_id: str | None = None, kept_configs: list[dict] | None = None) -> DatasetCard:
-    """:func:`render_card` for an output folder and a run report, or a ``run.json`` summary (``{}``: unknown;
-    the report is then made from the summary and the parquet files of ``output``)."""
-    report = summary if isinstance(summary, RunReport) else report_from_summary(output, summary, prompts)
-    return render_card(report, recipe, prompts, repo_id=repo_id, kept_configs=kept_configs)
-
-
 def _recipe_secrets(recipe) -> list[str]:
     env = getattr(recipe.generator, "api_key_env", None)
     return [os.environ[env]] if env and os.environ.get(env) else []
 
 
-def write_card(output: str, recipe, prompts: list[Prompt], summary: dict | RunReport | None = None,
+def write_card(output: str, recipe, prompts: list[Prompt], report: RunReport | None = None,
                repo_id: str | None = None, kept_configs: list[dict] | None = None) -> str:
-    """Write ``OUTPUT/README.md``; ``summary`` (a report or a ``run.json`` summary) defaults to the saved report
-    (``OUTPUT/.finephrase/report.json``, else ``run.json``)."""
-    report = load_report(output, prompts) if summary is None else summary
-    card = build_card(output, recipe, prompts, report, repo_id=repo_id, kept_configs=kept_configs)
+    """Write ``OUTPUT/README.md`` from ``report`` (default: the saved one, ``OUTPUT/.finephrase/report.json``)."""
+    report = load_report(output, prompts) if report is None else report
+    card = render_card(report, recipe, prompts, repo_id=repo_id, kept_configs=kept_configs)
     path = os.path.join(output, "README.md")
     card.save(path)
     return path

@@ -29,6 +29,6 @@ def finish_output(output: str, plan, report: RunReport) -> str:
     if recipe.raw_text:
         with open(os.path.join(output, "recipe.yaml"), "w", encoding="utf-8") as f:
             f.write(recipe.raw_text)
-    path = write_card(output, recipe=recipe, prompts=prompts, summary=report)
+    path = write_card(output, recipe=recipe, prompts=prompts, report=report)
     write_html_report(output, plan=plan, report=report)  # OUTPUT/report.html
     return path

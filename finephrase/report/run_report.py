@@ -12,8 +12,7 @@ A :class:`RunReport` holds
 * what the run was given: the generator as it ran, the wall time, ``--limit`` and ``--tasks``.
 
 It is saved as ``OUTPUT/.finephrase/report.json`` (:func:`finephrase.report.build.save_report`); the summary
-table, the dataset card and the push read it. ``run.json``'s ``summary`` is :meth:`RunReport.to_summary`, kept in
-its earlier shape for the readers of that file.
+table, the dataset card and the push read it.
 """
 
 from __future__ import annotations
@@ -137,33 +136,6 @@ class RunCounts(_Model):
     decontamination: DecontCount | None = None  # None: the recipe had no `decontamination`
     routing: dict[str, RoutedCount] = {}  # bucket -> documents, and documents per prompt (a recipe with routing)
 
-    @classmethod
-    def from_summary(cls, summary: dict) -> RunCounts | None:
-        """From a ``run.json`` summary (``None`` for an empty one)."""
-        if not summary:
-            return None
-        data = dict(summary)
-        data["prompts"] = {n: {k: v for k, v in (p or {}).items() if v is not None}
-                           for n, p in (summary.get("prompts") or {}).items()}
-        for key in ("skipped_input", "dedup"):
-            data[key] = summary.get(key) or {}
-        for key in ("filters", "steps"):
-            data[key] = summary.get(key) or []
-        return cls.model_validate(data)
-
-    def to_summary(self) -> dict:
-        """The ``run.json`` summary shape (its keys and their order as before the report existed)."""
-        out = self.model_dump(by_alias=True, exclude={"mix", "decontamination", "routing"})
-        out = {k: out[k] for k in ("documents_read", "skipped_input", "filters", "dedup", "prompts", "steps",
-                                   "rephrase_documents", "inference_time_s")}
-        if self.mix is not None:
-            out["mix"] = self.mix.model_dump()
-        if self.decontamination is not None:
-            out["decontamination"] = self.decontamination.model_dump()
-        if self.routing:
-            out["routing"] = {k: v.model_dump() for k, v in self.routing.items()}
-        return out
-
     def row_tokens(self, prompt: str) -> tuple[int, int] | None:
         """(prompt, completion) tokens of ``prompt``'s rows, if the run recorded them."""
         p = self.prompts.get(prompt)
@@ -211,13 +183,3 @@ class RunReport(_Model):
 
     def config(self, name: str) -> ConfigFiles | None:
         return next((c for c in self.configs if c.name == name), None)
-
-    def to_summary(self) -> dict:
-        """``run.json``'s ``summary`` (``{}`` without counts)."""
-        if self.counts is None:
-            return {}
-        out = self.counts.to_summary()
-        if self.wall_time_s is not None:
-            out["wall_time_s"] = self.wall_time_s
-        out["generator"] = dict(self.generator)
-        return out
