@@ -253,7 +253,7 @@ def _rephrase_stage(recipe: Recipe, prompts: list[Prompt], paths: RunPaths, runt
             output_folder=paths.w("rephrased"),
             **runtime.step_settings(),
             generation_params=g.params.model_dump(exclude_none=True),
-            concurrency=g.concurrency or runtime.concurrency,
+            concurrency=g.concurrency,
             request_timeout=g.request_timeout,
             max_retries=g.max_retries,
             checkpoints_dir=paths.w("checkpoints"),

@@ -232,6 +232,7 @@ class SimGPU:
         self.tgi = SimTGIValidation(self.max_model_len - 1, self.max_model_len,
                                     self.max_concurrent_requests or 2**31)
         self.url = ""
+        self.generated_before = 0  # tokens generated before the last restart (``stop`` then ``start``)
 
     @property
     def capacity(self) -> float:
@@ -253,6 +254,7 @@ class SimGPU:
             await self.runner.cleanup()
             self.runner = None
         if self.engine is not None and self.engine.task is not None:
+            self.generated_before += self.engine.generated_tokens
             self.engine.task.cancel()
             for seq in list(self.engine.running) + list(self.engine.waiting):
                 if not seq.done.done():
@@ -485,7 +487,8 @@ class SimGPU:
 
     async def test_stats(self, request):
         e = self.engine
-        return web.json_response({**self.stats, "generated_tokens": e.generated_tokens, "finished": e.finished,
+        return web.json_response({**self.stats, "generated_tokens": self.generated_before + e.generated_tokens,
+                                  "finished": e.finished,
                                   "max_running_seen": e.max_running_seen, "max_waiting_seen": e.max_waiting_seen,
                                   "lag_s": e.lag, "running": len(e.running), "waiting": len(e.waiting)})
 

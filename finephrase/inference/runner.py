@@ -89,6 +89,8 @@ class LeanInferenceRunner(StatBuffer, PipelineStep):
     payloads_final = False
     #: tune Python's cyclic garbage collector while the step runs (see ``run``); None restores nothing
     gc_threshold: tuple[int, int, int] | None = (10_000, 20, 20)
+    #: requests one document sends at once (the admission of documents is sized from it, see ``size_admission``)
+    requests_per_document = 1
 
     def __init__(self, rollout_fn, config, output_writer, checkpoints_local_dir: str | None = None,
                  records_per_chunk: int = 6000, metadata_key: str = "rollout_results", skip_bad_requests: bool = False):
@@ -143,11 +145,24 @@ class LeanInferenceRunner(StatBuffer, PipelineStep):
         while True:
             await asyncio.sleep(self.flush_interval_s)
             self.flush_progress()
+            self.size_admission()
             now = time.monotonic()
             if now - last_stats >= self.stats_flush_interval_s:
                 self.flush_stats()
                 self.publish_progress()
                 last_stats = now
+
+    def size_admission(self) -> None:
+        """Documents in flight follow the server's in-flight windows (``window_total``: what its replicas take now)
+        with half as much again ready behind them, within ``max_concurrent_documents``; a server without windows
+        keeps the configured limit."""
+        total = getattr(self.server, "window_total", None)
+        documents = self.document_tasks
+        if total is None or documents is None:
+            return
+        wanted = min(self.config.max_concurrent_documents, int(total * 1.5 / self.requests_per_document) + 8)
+        if wanted != documents.limit:
+            documents.resize(wanted)
 
     def flush_progress(self) -> None:
         """Checkpoint lines (and the output lines queued with them) first, then the held answers of the documents
@@ -187,6 +202,7 @@ class LeanInferenceRunner(StatBuffer, PipelineStep):
             background = [asyncio.create_task(self.metrics_reporter(interval=self.config.metric_interval)),
                           asyncio.create_task(self.flusher())]
             documents = self.document_tasks = DocumentTasks(self.config.max_concurrent_documents)
+            self.size_admission()
             completed_successfully = False
             try:
                 with self.inference_timer(), self.output_writer as output:

@@ -208,7 +208,7 @@ def _generator_view(report: RunReport, recipe, configs: list[ConfigFiles]) -> di
     return {
         "model": gen.get("model") or g.model or "unknown", "revision": _revision(report, configs),
         "gguf_sha256": gen.get("gguf_sha256"), "server": server, "context": facts["context"], "extra": facts["extra"],
-        "concurrency": gen.get("concurrency") or g.concurrency or 8, "sampling": g.params.model_dump(exclude_none=True),
+        "concurrency": gen.get("concurrency") or g.concurrency or "adaptive", "sampling": g.params.model_dump(exclude_none=True),
         "inference_s": inference_s, "throughput": throughput, "gpu_hours": gpu_hours,
         "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
     }
