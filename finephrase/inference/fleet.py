@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import time
 
 from finephrase.inference.capacity import read_gauges, static_capacity
@@ -33,9 +34,11 @@ class FleetMonitor:
         self._stated: set[str] = set()  # replicas whose stated capacity was read
 
     async def run(self, pool) -> None:
-        """Poll until cancelled; after each poll, wake the requests waiting for room on a replica."""
+        """Poll until cancelled; after each poll, wake the requests waiting for room on a replica. The interval is
+        jittered: tasks sharing a replica must not poll in a fixed order (the one polling just after the other grew
+        would always be the one to shrink)."""
         while True:
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(self.interval * (0.5 + random.random()))
             session = await pool._get_session()
             replicas = [r for r in pool.replicas.values() if r.healthy]
             await asyncio.gather(*(self.poll(session, r) for r in replicas), return_exceptions=True)

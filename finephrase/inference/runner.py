@@ -114,6 +114,7 @@ class LeanInferenceRunner(StatBuffer, PipelineStep):
         self.server = None  # the server of the running task (``make_server``)
         self.document_tasks: DocumentTasks | None = None
         self.task_rank = 0
+        self.world_size = 1  # the tasks of this step (``run``): they share the server
 
     def make_server(self, rank: int):
         """The server this task sends its requests to (see the module docstring for what it must offer)."""
@@ -183,6 +184,7 @@ class LeanInferenceRunner(StatBuffer, PipelineStep):
             previous = gc.get_threshold()
             gc.freeze()
             gc.set_threshold(*self.gc_threshold)
+        self.world_size = world_size
         try:
             with self.track_time(unit="total"):
                 asyncio.run(self.run_async(data, rank))

@@ -169,7 +169,7 @@ class Rephrase(LeanInferenceRunner):
             unavailable_timeout=self.unavailable_timeout,
             tokenizer=self.tokens.spec,
             state_file=self.server_state_file,
-            window=self.window,
+            window={"share": 1 / max(1, self.world_size), **self.window},
         )
 
     def run(self, data, rank: int = 0, world_size: int = 1):
