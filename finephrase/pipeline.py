@@ -254,6 +254,7 @@ def _rephrase_stage(recipe: Recipe, prompts: list[Prompt], paths: RunPaths, runt
             **runtime.step_settings(),
             generation_params=g.params.model_dump(exclude_none=True),
             concurrency=g.concurrency,
+            fleet_dir=paths.w("fleet"),
             request_timeout=g.request_timeout,
             max_retries=g.max_retries,
             checkpoints_dir=paths.w("checkpoints"),

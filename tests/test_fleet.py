@@ -16,6 +16,7 @@ import sim_gpu
 from datatrove.data import Document
 from datatrove.pipeline.inference.run_inference import InferenceConfig
 
+from finephrase.inference.fleet import fleet_line, summarise
 from finephrase.inference.pool import ReplicaPool
 from finephrase.inference.window import queue_band
 
@@ -191,7 +192,7 @@ def test_no_document_lost_or_duplicated(sim_servers, tmp_path):
     urls = [sim_servers(flavour="openai", max_num_seqs=16, max_concurrent_requests=6), sim_servers(max_num_seqs=16)]
     step = Rephrase([load_prompt("finephrase/faq")], output_folder=str(tmp_path / "out"), endpoints=urls,
                     model=MODEL, generation_params={"max_new_tokens": 64}, context_length=4096,
-                    checkpoints_dir=str(tmp_path / "ckpt"), records_per_chunk=50)
+                    checkpoints_dir=str(tmp_path / "ckpt"), records_per_chunk=50, fleet_dir=str(tmp_path / "fleet"))
     n = 400
     step.run((Document(text=f"document number {i} " * 5, id=f"doc-{i}") for i in range(n)), 0, 1)
     ids = []
@@ -202,6 +203,12 @@ def test_no_document_lost_or_duplicated(sim_servers, tmp_path):
                 ids.append(row["id"])
                 assert row["metadata"]["rollout_results"][0]["faq"]["text"]
     assert sorted(ids) == sorted(f"doc-{i}" for i in range(n))
-    record = step.server.fleet_record()
+    # what happened is saved with the run, and summarised for the report and the card
+    with open(tmp_path / "fleet" / "rank-00000.json") as f:
+        record = json.load(f)
     assert set(record["replicas"]) == set(urls)
     assert any("overloaded" in d[2] for d in record["replicas"][urls[0]]["decisions"])
+    assert record["replicas"][urls[1]]["gauges"] and record["replicas"][urls[1]]["samples"]
+    summary = summarise(str(tmp_path / "fleet"))
+    assert summary["replicas"][urls[1]]["capacity"] == 16
+    assert "2 replicas" in fleet_line(summary)

@@ -10,6 +10,10 @@ What lives here:
 * :mod:`~finephrase.inference.protocols` — the wire protocols (OpenAI chat, TGI Messages API, TGI ``/generate``);
 * :mod:`~finephrase.inference.pool` — the client-side replica pool: ``ReplicaPool.request(payload)``, the one
   coroutine that sends a request, with typed refusals (``InputTooLong``, ``RequestRejected``, ``RequestFailed``);
+  each replica's in-flight window is :mod:`~finephrase.inference.window` (AIMD on the server's own gauges, or a
+  throughput probe), fed by :mod:`~finephrase.inference.fleet` (the pool's poller, and the fleet record saved
+  with the run) from what :mod:`~finephrase.inference.capacity` reads off the servers (``/metrics``, TGI ``/info``,
+  SGLang ``/get_server_info``);
 * :mod:`~finephrase.inference.runner` — the lean inference runner: a datatrove step that owns its loop (datatrove's
   public surface only), with :mod:`~finephrase.inference.admission` (requests and documents in flight),
   :mod:`~finephrase.inference.stat_buffer` (stats folded in batches), :mod:`~finephrase.inference.checkpoints`

@@ -129,3 +129,22 @@ def summarise(folder: str) -> dict | None:
         u = out.pop("utilisation")
         out["mean_utilisation"] = round(max(u), 3) if u else None  # every task sees the same server gauges
     return {"replicas": replicas} if replicas else None
+
+
+def fleet_line(summary: dict | None) -> str | None:
+    """The fleet in one sentence for the card and the run report (None without a record)."""
+    if not summary or not summary.get("replicas"):
+        return None
+    replicas = list(summary["replicas"].values())
+    utilisation = [r["mean_utilisation"] for r in replicas if r.get("mean_utilisation") is not None]
+    sources = sorted({f"{r['capacity']} ({r['capacity_source']})" for r in replicas if r.get("capacity")})
+    parts = [f"{len(replicas)} replica{'s' * (len(replicas) != 1)}"]
+    if utilisation:
+        parts.append(f"mean batch utilisation {sum(utilisation) / len(utilisation):.2f} "
+                     f"(lowest {min(utilisation):.2f})")
+    if sources:
+        parts.append("capacity per replica " + ", ".join(sources[:3]) + (" ..." if len(sources) > 3 else ""))
+    parts.append(f"final window {min(r['window'] for r in replicas)}-{max(r['window'] for r in replicas)} "
+                 f"requests, {sum(r['decisions'] for r in replicas)} window changes, "
+                 f"at most {max(r['max_waiting'] for r in replicas)} queued at a server")
+    return "; ".join(parts)

@@ -91,6 +91,9 @@ class LeanInferenceRunner(StatBuffer, PipelineStep):
     gc_threshold: tuple[int, int, int] | None = (10_000, 20, 20)
     #: requests one document sends at once (the admission of documents is sized from it, see ``size_admission``)
     requests_per_document = 1
+    #: where each task saves what happened on the server's replicas (``fleet_record``), None: nowhere
+    fleet_dir: str | None = None
+    fleet_save_interval_s = 10.0
 
     def __init__(self, rollout_fn, config, output_writer, checkpoints_local_dir: str | None = None,
                  records_per_chunk: int = 6000, metadata_key: str = "rollout_results", skip_bad_requests: bool = False):
@@ -142,7 +145,7 @@ class LeanInferenceRunner(StatBuffer, PipelineStep):
 
     async def flusher(self) -> None:
         """Background: checkpoint lines every ``flush_interval_s``, stats every ``stats_flush_interval_s``."""
-        last_stats = time.monotonic()
+        last_stats = last_fleet = time.monotonic()
         while True:
             await asyncio.sleep(self.flush_interval_s)
             self.flush_progress()
@@ -152,6 +155,18 @@ class LeanInferenceRunner(StatBuffer, PipelineStep):
                 self.flush_stats()
                 self.publish_progress()
                 last_stats = now
+            if now - last_fleet >= self.fleet_save_interval_s:
+                self.save_fleet()
+                last_fleet = now
+
+    def save_fleet(self) -> None:
+        """This task's record of the server's replicas (windows, in flight, the servers' gauges) in ``fleet_dir``
+        (read by the run report and ``finephrase status``)."""
+        record = getattr(self.server, "fleet_record", None)
+        if self.fleet_dir and record is not None:
+            from finephrase.inference.fleet import save_record
+
+            save_record(self.fleet_dir, self.task_rank, record())
 
     def size_admission(self) -> None:
         """Documents in flight follow the server's in-flight windows (``window_total``: what its replicas take now)
@@ -219,6 +234,7 @@ class LeanInferenceRunner(StatBuffer, PipelineStep):
             finally:
                 self.flush_progress()
                 self.publish_progress()
+                self.save_fleet()
                 await self.cleanup(background, documents.pending, delete_cache_file=completed_successfully)
 
     async def cleanup(self, background: list[asyncio.Task], pending: set[asyncio.Task], delete_cache_file: bool,

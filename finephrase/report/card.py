@@ -23,6 +23,7 @@ import yaml
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from finephrase.inference.backends import backend_for
+from finephrase.inference.fleet import fleet_line
 from finephrase.inference.request_builder import DEFAULT_MAX_NEW_TOKENS
 from finephrase.prompts import Prompt
 from finephrase.report import (
@@ -211,6 +212,7 @@ def _generator_view(report: RunReport, recipe, configs: list[ConfigFiles]) -> di
         "concurrency": gen.get("concurrency") or g.concurrency or "adaptive", "sampling": g.params.model_dump(exclude_none=True),
         "inference_s": inference_s, "throughput": throughput, "gpu_hours": gpu_hours,
         "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+        "fleet": fleet_line(gen.get("fleet")),
     }
 
 

@@ -65,6 +65,7 @@ class Rephrase(LeanInferenceRunner):
             the server takes, see :mod:`finephrase.inference.window`).
         window: settings of every replica's window (``initial``, and ``capacity`` / ``capacity_source`` for
             servers launched with a known batch size), see ``AdaptiveWindow``.
+        fleet_dir: where each task saves what happened on the replicas (see :mod:`finephrase.inference.fleet`).
         context_length: the server's context window in tokens (None: from the server's info, else 4096).
         tokenizer: token counter spec (a .gguf, a tokenizer.json or folder); None = estimate.
         checkpoints_dir: local folder for datatrove's checkpoints and request cache (enables resume).
@@ -90,6 +91,7 @@ class Rephrase(LeanInferenceRunner):
         generation_params: dict | None = None,
         concurrency: int | None = None,
         window: dict | None = None,
+        fleet_dir: str | None = None,
         request_timeout: float = 600,
         max_retries: int = 4,
         context_length: int | None = None,
@@ -118,6 +120,7 @@ class Rephrase(LeanInferenceRunner):
         self.router = Router(routing, self.prompts)
         self.tokens = TokenCounter(tokenizer)
         self.window = dict(window or {})
+        self.fleet_dir = fleet_dir
         if concurrency is not None:
             self.window["ceiling"] = concurrency
         concurrency = concurrency or UNBOUNDED
