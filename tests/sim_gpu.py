@@ -116,6 +116,7 @@ class Engine:
         self.prompt_tokens = 0
         self.finished = 0
         self.lag = 0.0  # seconds the host ran late behind the simulated clock (summed over steps)
+        self.steps = 0
         self.max_running_seen = 0
         self.max_waiting_seen = 0
         self.task: asyncio.Task | None = None
@@ -175,6 +176,7 @@ class Engine:
                 if delay < -0.5:  # far behind (host suspended): restart the clock rather than burst
                     clock = loop.time()
             self._step()
+            self.steps += 1
 
 
 class SimTGIValidation(tgi_server.TGITestServer):
@@ -490,7 +492,8 @@ class SimGPU:
         return web.json_response({**self.stats, "generated_tokens": self.generated_before + e.generated_tokens,
                                   "finished": e.finished,
                                   "max_running_seen": e.max_running_seen, "max_waiting_seen": e.max_waiting_seen,
-                                  "lag_s": e.lag, "running": len(e.running), "waiting": len(e.waiting)})
+                                  "lag_s": e.lag, "steps": e.steps, "running": len(e.running),
+                                  "waiting": len(e.waiting)})
 
     async def test_faults(self, request):
         fault = await request.json()

@@ -19,6 +19,7 @@ import orjson
 
 from finephrase.cluster import ClusterError, slurm
 from finephrase.cluster.jobs import Ledger, StageJobs, load_ledger
+from finephrase.inference.fleet import fleet_line, summarise
 from finephrase.inference.pool import read_endpoints_file
 from finephrase.pipeline import RunPaths
 
@@ -57,6 +58,7 @@ class RunStatus:
     tokens_per_s_now: float | None = None
     documents_in: int | None = None  # the rephrase stage's input, once known
     eta_s: float | None = None
+    fleet: str | None = None  # the replicas' utilisation and windows, from the rephrase tasks' fleet records
 
     @property
     def complete(self) -> bool:
@@ -158,4 +160,5 @@ def run_status(output: str, probe: bool = True) -> RunStatus:
     st.documents, st.tokens = _progress(output)
     st.documents_in = _documents_in(output, st.stages)
     _rates(output, st, ledger.launches[0].time)
+    st.fleet = fleet_line(summarise(RunPaths(output).w("fleet")))
     return st

@@ -32,6 +32,7 @@ class FleetMonitor:
         self.samples: dict[str, list] = {}  # url -> [[t, in_flight, window, running, waiting, utilisation], ...]
         self._last_sample: dict[str, float] = {}
         self._stated: set[str] = set()  # replicas whose stated capacity was read
+        self._misses: dict[str, int] = {}  # polls of /metrics that found no gauges, per replica
 
     async def run(self, pool) -> None:
         """Poll until cancelled; after each poll, wake the requests waiting for room on a replica. The interval is
@@ -55,7 +56,9 @@ class FleetMonitor:
                 window.set_capacity(stated.capacity, stated.source)
         gauges = None if replica.gauges is False else await read_gauges(session, replica.url)
         if gauges is None:
-            replica.gauges = False if replica.gauges is None else replica.gauges
+            misses = self._misses[replica.url] = self._misses.get(replica.url, 0) + 1
+            if replica.gauges is None and misses >= 3:  # never published any: probed from now on
+                replica.gauges = False
             running = waiting = None
         else:
             replica.gauges = True
