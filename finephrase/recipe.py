@@ -182,8 +182,8 @@ class GeneratorConfig(_Strict):
         "'{alias}']; it must serve the OpenAI API")
     # request settings
     params: GenerationParams = Field(default_factory=GenerationParams)
-    concurrency: int | None = Field(None, ge=1, description="max requests in flight (default: 8; embedded: "
-                                    "2 per llama.cpp process, 16 per vLLM server)")
+    concurrency: int | None = Field(None, ge=1, description="upper bound on one task's requests in flight (default: "
+                                    "none: each replica's window adapts to the batch the server takes)")
     request_timeout: float = Field(600, gt=0)
     max_retries: int = Field(4, ge=0)
     unavailable_timeout: float = Field(600, gt=0, description="seconds with no replica reachable before the run "

@@ -67,6 +67,8 @@ def cmd_status(args) -> int:
     of = f" of {st.documents_in}" if st.documents_in is not None else ""
     console.print(f"rephrased: {st.documents}{of} documents, {st.tokens} tokens; {rate}; elapsed "
                   f"{_duration(st.elapsed_s)}, ETA {_duration(st.eta_s)}", highlight=False)
+    if st.fleet:
+        console.print(f"fleet: {st.fleet}", highlight=False, soft_wrap=True)
     console.print("complete" if st.complete else f"finish job: {(st.finish or '-').lower()}", highlight=False)
     return 0
 

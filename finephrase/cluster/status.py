@@ -22,6 +22,7 @@ from finephrase.cluster.jobs import Ledger, StageJobs, load_ledger
 from finephrase.inference.client.pool import read_endpoints_file
 from finephrase.stats import ROLLOUTS
 from finephrase.pipeline.build import RunPaths
+from finephrase.inference.client.fleet import fleet_line, summarise
 
 SAMPLE = "status.json"
 
@@ -58,6 +59,7 @@ class RunStatus:
     tokens_per_s_now: float | None = None
     documents_in: int | None = None  # the rephrase stage's input, once known
     eta_s: float | None = None
+    fleet: str | None = None  # the replicas' utilisation and windows, from the rephrase tasks' fleet records
 
     @property
     def complete(self) -> bool:
@@ -159,4 +161,5 @@ def run_status(output: str, probe: bool = True) -> RunStatus:
     st.documents, st.tokens = _progress(output)
     st.documents_in = _documents_in(output, st.stages)
     _rates(output, st, ledger.launches[0].time)
+    st.fleet = fleet_line(summarise(RunPaths(output).w("fleet")))
     return st

@@ -32,9 +32,15 @@ def build_report(output: str, stages: list[str], prompts, generator: dict | None
                  wall_time_s: float | None = None, limit: int | None = None, tasks: int | None = None) -> RunReport:
     """The report of the run that wrote ``output``: datatrove's stats of ``stages`` (names) for ``prompts``, and
     the parquet footers of their configs."""
+    from finephrase.inference.client.fleet import summarise
+
     counts = counts_from_stats(output, stages, [p.name for p in prompts])
+    generator = dict(generator or {})
+    fleet = summarise(_path(output, "fleet"))  # what the rephrase tasks saw on the replicas
+    if fleet:
+        generator["fleet"] = fleet
     return RunReport(counts=counts, configs=config_files_report(output, _config_names(prompts), counts),
-                     generator=dict(generator or {}), wall_time_s=wall_time_s, limit=limit, tasks=tasks)
+                     generator=generator, wall_time_s=wall_time_s, limit=limit, tasks=tasks)
 
 
 def save_report(output: str, report: RunReport) -> str:

@@ -24,6 +24,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from finephrase.inference.client.backends import backend_for
 from finephrase.inference.client.request_builder import DEFAULT_MAX_NEW_TOKENS
+from finephrase.inference.client.fleet import fleet_line
 from finephrase.prompts import Prompt
 from finephrase.report import (
     ALL,
@@ -207,9 +208,10 @@ def _generator_view(report: RunReport, recipe, configs: list[ConfigFiles]) -> di
     return {
         "model": gen.get("model") or g.model or "unknown", "revision": _revision(report, configs),
         "gguf_sha256": gen.get("gguf_sha256"), "server": server, "context": facts["context"], "extra": facts["extra"],
-        "concurrency": gen.get("concurrency") or g.concurrency or 8, "sampling": g.params.model_dump(exclude_none=True),
+        "concurrency": gen.get("concurrency") or g.concurrency or "adaptive", "sampling": g.params.model_dump(exclude_none=True),
         "inference_s": inference_s, "throughput": throughput, "gpu_hours": gpu_hours,
         "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+        "fleet": fleet_line(gen.get("fleet")),
     }
 
 

@@ -36,13 +36,20 @@ class GeneratorRuntime:
     context_length: int | None = None
     api_key_env: str | None = None  # the variable's name only: the key never travels with the steps
     state_file: str | None = None  # the embedded replicas' supervisor state (see finephrase.inference.servers.embedded)
-    concurrency: int = 8  # requests in flight when the recipe does not say (the embedded engines size it)
+    concurrency: int | None = None  # requests the launched servers take at once (embedded: launch settings)
 
     def step_settings(self) -> dict:
         """The ``Rephrase`` step's arguments that say how to reach the model."""
         return {"endpoints": self.endpoints, "endpoints_file": self.endpoints_file, "protocol": self.protocol,
                 "model": self.model, "tokenizer": self.tokenizer, "context_length": self.context_length,
-                "api_key_env": self.api_key_env, "server_state_file": self.state_file}
+                "api_key_env": self.api_key_env, "server_state_file": self.state_file, "window": self.window()}
+
+    def window(self) -> dict:
+        """Every replica's in-flight window settings: servers launched here start at their share of the launch
+        settings' concurrency; others start at the window's default and learn (finephrase.inference.client.window)."""
+        if not self.concurrency:
+            return {}
+        return {"initial": max(1, self.concurrency // max(1, len(self.endpoints)))}
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,11 @@ datatrove's ``EndpointServer`` knows one URL and treats HTTP 500 as fatal for th
 
 - talks to several replicas (a static list and/or an endpoints file of ``host:port`` lines
   that server jobs append to; the file is re-read while running),
-- sends each request to the healthy replica with the fewest requests in flight,
+- sends each request to the healthy replica with the most free room in its in-flight window, and holds it
+  while every replica's window is full: each replica's window (:mod:`finephrase.inference.client.window`) keeps its
+  batch full with a short queue, from the capacity and the running / waiting gauges the server publishes (or a
+  throughput probe where it publishes none), polled by the pool's fleet monitor (:mod:`finephrase.inference.client.fleet`,
+  which also keeps what happened for the run's record); ``ceiling`` (``generator.concurrency``) bounds it,
 - keeps one keep-alive HTTP session (aiohttp) for all requests,
 - retries 408/424/425/429/5xx, timeouts and dropped connections with jittered exponential
   back-off on another replica, taking a replica that refuses connections out of rotation and
@@ -29,6 +33,7 @@ The wire protocol is pluggable (``finephrase.inference.client.protocols``): Open
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import random
@@ -44,11 +49,14 @@ from yarl import URL
 
 from finephrase.errors import GeneratorRejected, GeneratorUnavailable, ReplicasCrashed
 from finephrase.inference.client.protocols import Protocol, ProtocolError, make_protocol
+from finephrase.inference.client.fleet import FleetMonitor
+from finephrase.inference.client.window import AdaptiveWindow
 
 if TYPE_CHECKING:
     from datatrove.pipeline.inference.run_inference import InferenceConfig
 
 RETRYABLE_STATUS = {408, 424, 425, 429, 500, 502, 503, 504}
+OVERLOADED_STATUS = {429, 503}  # the server says it takes no more now: the replica's window shrinks
 # how servers say "the input is too long" (TGI validation.rs, vLLM, SGLang, llama.cpp, OpenAI error codes)
 TOO_LONG = re.compile(
     r"context[ _]length|context window|maximum model length|max_total_tokens|longer than|too long|too large"
@@ -151,6 +159,8 @@ class Replica:
     info: dict = field(default_factory=dict)
     urls: dict = field(default_factory=dict)  # path -> parsed URL (parsed once, not per request)
     refused: "RequestFailed | None" = None  # the health generation's refusal (4xx), if the last one was refused
+    window: AdaptiveWindow = field(default_factory=AdaptiveWindow)  # this task's requests it may have at once
+    gauges: bool | None = None  # whether it publishes running / waiting gauges (None: not asked yet)
 
     def url_for(self, path: str) -> URL:
         url = self.urls.get(path)
@@ -182,8 +192,14 @@ class ReplicaPool:
         unavailable_timeout: float = 600.0,
         tokenizer: str | None = None,
         state_file: str | None = None,
+        window: dict | None = None,
     ):
         self.config = config
+        # AdaptiveWindow settings of every replica (initial, ceiling, capacity + capacity_source when launched here)
+        self.window_settings = dict(window or {})
+        self.fleet = FleetMonitor()
+        self._room: collections.deque[asyncio.Future] = collections.deque()  # requests waiting for a window slot
+        self._fleet_task: asyncio.Task | None = None
         self.rank = rank
         self.readiness: asyncio.Future | None = None  # resolved when a replica answered, or failed with the reason
         self.starter: asyncio.Task | None = None  # the background start (``start``)
@@ -222,7 +238,7 @@ class ReplicaPool:
         for url in urls:
             seen.add(url)
             if url not in self.replicas:
-                self.replicas[url] = Replica(url, healthy=False)
+                self.replicas[url] = Replica(url, healthy=False, window=AdaptiveWindow(**self.window_settings))
                 logger.info(f"replica joined: {url}")
         if self.endpoints_file:
             for url in list(self.replicas):
@@ -279,6 +295,7 @@ class ReplicaPool:
         if not readiness.done():
             readiness.set_result(True)
         self._monitor = asyncio.create_task(self.monitor_health())
+        self._fleet_task = asyncio.create_task(self.fleet.run(self))
 
     async def _probe(self, replica: Replica) -> bool:
         """Healthy means it generated: the protocol's health route, then a real 1-token generation."""
@@ -400,10 +417,10 @@ class ReplicaPool:
         if readiness is not None and readiness.done() and readiness.exception() is None:
             self.readiness = None
         self.starter = None
-        for task in (self._watchdog, self._monitor):  # the request watchdog and the health monitor
+        for task in (self._watchdog, self._monitor, self._fleet_task):  # watchdog, health and fleet monitors
             if task is not None:
                 task.cancel()
-        self._watchdog = self._monitor = None
+        self._watchdog = self._monitor = self._fleet_task = None
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None
@@ -422,23 +439,46 @@ class ReplicaPool:
             await self.readiness_future()
 
     @property
+    def window_total(self) -> int:
+        """Requests the healthy replicas' windows take now (what the runner keeps documents ready for)."""
+        return sum(r.window.allowed for r in self.replicas.values() if r.healthy) or 8
+
+    @property
     def in_flight(self) -> int:
         """Requests on a replica right now."""
         return sum(r.in_flight for r in self.replicas.values())
 
     # ---------------------------------------------------------------- requests
     def _pick(self, exclude: set[str] | tuple = ()) -> Replica | None:
-        """The healthy replica with the fewest requests in flight (then the fewest sent), avoiding ``exclude``
-        when another one is healthy."""
-        best = None
+        """The healthy replica with the most free room in its window (then the fewest sent), avoiding ``exclude``
+        when another one has room; None when no healthy replica has room."""
+        best, best_room = None, 0
         for r in self.replicas.values():
-            if r.healthy and r.url not in exclude and (
-                    best is None or r.in_flight < best.in_flight
-                    or (r.in_flight == best.in_flight and r.requests < best.requests)):
-                best = r
+            if r.healthy and r.url not in exclude:
+                room = r.window.allowed - r.in_flight
+                if room > best_room or (room == best_room and best is not None and r.requests < best.requests):
+                    best, best_room = r, room
         if best is None and exclude:
             return self._pick(())
         return best
+
+    def wake_waiters(self, n: int | None = None) -> None:
+        """Let ``n`` requests waiting for room (all when None) look again (a slot freed, a window grew)."""
+        room = self._room
+        while room and (n is None or n > 0):
+            fut = room.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                if n is not None:
+                    n -= 1
+
+    async def _wait_for_room(self) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        self._room.append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout=self.probe_interval)
+        except asyncio.TimeoutError:
+            pass
 
     def _mark_down(self, replica: Replica, why: str) -> None:
         if replica.healthy:
@@ -459,6 +499,9 @@ class ReplicaPool:
             r = self._pick(())
             if r is not None:
                 return r
+            if any(r.healthy for r in self.replicas.values()):  # every window is full: wait for a slot
+                await self._wait_for_room()
+                continue
             self._check_unavailable()
             monitor = self._monitor
             if monitor is None or monitor.done():
@@ -494,8 +537,9 @@ class ReplicaPool:
             tried.add(replica.url)
             replica.in_flight += 1
             replica.requests += 1
+            sent_at = time.monotonic()
             if task is not None:
-                inflight[task] = time.monotonic() + timeout
+                inflight[task] = sent_at + timeout
             try:
                 async with session.post(replica.url_for(protocol.path), data=body) as r:
                     raw = await r.read()
@@ -503,17 +547,25 @@ class ReplicaPool:
                         raise ProtocolError(r.status, raw.decode("utf-8", "replace"))
                 response = protocol.parse(raw, context)
                 replica.failures = 0
+                if replica.gauges is False:  # no gauges: the window probes with the answers' throughput
+                    replica.window.on_completion(sent_at, time.monotonic() - sent_at,
+                                                 (response.get("usage") or {}).get("completion_tokens", 0),
+                                                 replica.in_flight)
                 return response
             except asyncio.CancelledError:
                 if not self._timed_out_here(task):
                     raise
                 last_error = f"timeout after {timeout}s from {replica.url}"
             except Exception as e:  # noqa: BLE001 - sorted (and re-raised when not a failed attempt) below
+                if isinstance(e, ProtocolError) and e.status in OVERLOADED_STATUS:
+                    replica.window.on_overload(replica.in_flight, sent_at)
                 last_error = self._attempt_error(e, replica)
                 if last_error is None:
                     continue  # not an attempt: the replica refused the connection
             finally:
                 replica.in_flight -= 1
+                if self._room:
+                    self.wake_waiters(1)
                 if task is not None:
                     inflight.pop(task, None)
             attempt += 1
@@ -575,4 +627,9 @@ class ReplicaPool:
         raise e
 
     def stats(self) -> dict:
-        return {r.url: {"requests": r.requests, "healthy": r.healthy} for r in self.replicas.values()}
+        return {r.url: {"requests": r.requests, "healthy": r.healthy, "window": r.window.allowed}
+                for r in self.replicas.values()}
+
+    def fleet_record(self) -> dict:
+        """What happened on every replica (windows, decisions, in flight, server gauges): see ``fleet``."""
+        return self.fleet.record(self)

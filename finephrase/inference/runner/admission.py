@@ -51,6 +51,9 @@ class FastSemaphore:
         return True
 
     def release(self) -> None:
+        if self._value < 0:  # shrunk below the units out (DocumentTasks.resize): this one pays it back
+            self._value += 1
+            return
         waiters = self._waiters
         while waiters:
             fut = waiters.popleft()
@@ -75,6 +78,17 @@ class DocumentTasks:
         self.failed: list[BaseException] = []
         self.done = 0  # documents finished without an error (the live progress shows them)
         self._slots = FastSemaphore(limit)
+        self.limit = limit
+
+    def resize(self, limit: int) -> None:
+        """At most ``limit`` documents in flight from now on (documents already running are not stopped)."""
+        delta = limit - self.limit
+        self.limit = limit
+        if delta > 0:
+            for _ in range(delta):
+                self._slots.release()
+        else:
+            self._slots._value += delta  # below zero: the next releases pay it back before anyone is admitted
 
     async def start(self, make_coroutine) -> None:
         await self._slots.acquire()

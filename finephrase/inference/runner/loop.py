@@ -89,6 +89,11 @@ class LeanInferenceRunner(StatBuffer, PipelineStep):
     payloads_final = False
     #: tune Python's cyclic garbage collector while the step runs (see ``run``); None restores nothing
     gc_threshold: tuple[int, int, int] | None = (10_000, 20, 20)
+    #: requests one document sends at once (the admission of documents is sized from it, see ``size_admission``)
+    requests_per_document = 1
+    #: where each task saves what happened on the server's replicas (``fleet_record``), None: nowhere
+    fleet_dir: str | None = None
+    fleet_save_interval_s = 10.0
 
     def __init__(self, rollout_fn, config, output_writer, checkpoints_local_dir: str | None = None,
                  records_per_chunk: int = 6000, metadata_key: str = "rollout_results", skip_bad_requests: bool = False):
@@ -112,6 +117,7 @@ class LeanInferenceRunner(StatBuffer, PipelineStep):
         self.server = None  # the server of the running task (``make_server``)
         self.document_tasks: DocumentTasks | None = None
         self.task_rank = 0
+        self.world_size = 1  # the tasks of this step (``run``): they share the server
 
     def make_server(self, rank: int):
         """The server this task sends its requests to (see the module docstring for what it must offer)."""
@@ -139,15 +145,40 @@ class LeanInferenceRunner(StatBuffer, PipelineStep):
 
     async def flusher(self) -> None:
         """Background: checkpoint lines every ``flush_interval_s``, stats every ``stats_flush_interval_s``."""
-        last_stats = time.monotonic()
+        last_stats = last_fleet = time.monotonic()
         while True:
             await asyncio.sleep(self.flush_interval_s)
             self.flush_progress()
+            self.size_admission()
             now = time.monotonic()
             if now - last_stats >= self.stats_flush_interval_s:
                 self.flush_stats()
                 self.publish_progress()
                 last_stats = now
+            if now - last_fleet >= self.fleet_save_interval_s:
+                self.save_fleet()
+                last_fleet = now
+
+    def save_fleet(self) -> None:
+        """This task's record of the server's replicas (windows, in flight, the servers' gauges) in ``fleet_dir``
+        (read by the run report and ``finephrase status``)."""
+        record = getattr(self.server, "fleet_record", None)
+        if self.fleet_dir and record is not None:
+            from finephrase.inference.client.fleet import save_record
+
+            save_record(self.fleet_dir, self.task_rank, record())
+
+    def size_admission(self) -> None:
+        """Documents in flight follow the server's in-flight windows (``window_total``: what its replicas take now)
+        with half as much again ready behind them, within ``max_concurrent_documents``; a server without windows
+        keeps the configured limit."""
+        total = getattr(self.server, "window_total", None)
+        documents = self.document_tasks
+        if total is None or documents is None:
+            return
+        wanted = min(self.config.max_concurrent_documents, int(total * 1.5 / self.requests_per_document) + 8)
+        if wanted != documents.limit:
+            documents.resize(wanted)
 
     def flush_progress(self) -> None:
         """Checkpoint lines (and the output lines queued with them) first, then the held answers of the documents
@@ -168,6 +199,7 @@ class LeanInferenceRunner(StatBuffer, PipelineStep):
             previous = gc.get_threshold()
             gc.freeze()
             gc.set_threshold(*self.gc_threshold)
+        self.world_size = world_size
         try:
             with self.track_time(unit="total"):
                 asyncio.run(self.run_async(data, rank))
@@ -187,6 +219,7 @@ class LeanInferenceRunner(StatBuffer, PipelineStep):
             background = [asyncio.create_task(self.metrics_reporter(interval=self.config.metric_interval)),
                           asyncio.create_task(self.flusher())]
             documents = self.document_tasks = DocumentTasks(self.config.max_concurrent_documents)
+            self.size_admission()
             completed_successfully = False
             try:
                 with self.inference_timer(), self.output_writer as output:
@@ -201,6 +234,7 @@ class LeanInferenceRunner(StatBuffer, PipelineStep):
             finally:
                 self.flush_progress()
                 self.publish_progress()
+                self.save_fleet()
                 await self.cleanup(background, documents.pending, delete_cache_file=completed_successfully)
 
     async def cleanup(self, background: list[asyncio.Task], pending: set[asyncio.Task], delete_cache_file: bool,

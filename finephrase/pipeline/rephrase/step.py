@@ -46,6 +46,7 @@ from finephrase.pipeline.rephrase.truncate import rewrite_truncated
 from finephrase import stats as names
 
 STRATEGIES = {"truncate": rewrite_truncated, "chunked": rewrite_chunked}  # prompt.context -> strategy
+UNBOUNDED = 100_000  # requests in flight when the recipe sets no bound (the replicas' windows are the limit)
 REJECTIONS_BEFORE_STOP = 3  # the same refusal this many times with nothing answered yet: a configuration problem
 
 
@@ -61,7 +62,11 @@ class Rephrase(LeanInferenceRunner):
             ``/generate``, prompts rendered with the model's chat template).
         model: model name sent in requests and recorded in provenance.
         generation_params: overrides of the prompts' defaults (max_new_tokens, temperature, top_p, seed).
-        concurrency: requests in flight.
+        concurrency: the most requests in flight (None: no bound; each replica's in-flight window adapts to what
+            the server takes, see :mod:`finephrase.inference.client.window`).
+        window: settings of every replica's window (``initial``, and ``capacity`` / ``capacity_source`` for
+            servers launched with a known batch size), see ``AdaptiveWindow``.
+        fleet_dir: where each task saves what happened on the replicas (see :mod:`finephrase.inference.client.fleet`).
         context_length: the server's context window in tokens (None: from the server's info, else 4096).
         tokenizer: token counter spec (a .gguf, a tokenizer.json or folder); None = estimate.
         checkpoints_dir: local folder for datatrove's checkpoints and request cache (enables resume).
@@ -85,7 +90,9 @@ class Rephrase(LeanInferenceRunner):
         protocol: str = "openai",
         model: str = "default",
         generation_params: dict | None = None,
-        concurrency: int = 8,
+        concurrency: int | None = None,
+        window: dict | None = None,
+        fleet_dir: str | None = None,
         request_timeout: float = 600,
         max_retries: int = 4,
         context_length: int | None = None,
@@ -113,6 +120,12 @@ class Rephrase(LeanInferenceRunner):
         self.routing = routing
         self.router = Router(routing, self.prompts)
         self.tokens = TokenCounter(tokenizer)
+        self.window = dict(window or {})
+        self.fleet_dir = fleet_dir
+        if concurrency is not None:
+            self.window["ceiling"] = concurrency
+        concurrency = concurrency or UNBOUNDED
+        self.requests_per_document = len(self.prompts) if not routing else 1
         config = InferenceConfig(
             server_type="endpoint",  # informational: make_server below returns finephrase's ReplicaPool
             model_name_or_path=model,
@@ -160,6 +173,7 @@ class Rephrase(LeanInferenceRunner):
             unavailable_timeout=self.unavailable_timeout,
             tokenizer=self.tokens.spec,
             state_file=self.server_state_file,
+            window={"share": 1 / max(1, self.world_size), **self.window},
         )
 
     def run(self, data, rank: int = 0, world_size: int = 1):
