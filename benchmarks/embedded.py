@@ -105,13 +105,16 @@ def main() -> None:
     ap.add_argument("--recalibrate", action="store_true", help="measure this machine's calibration again")
     ap.add_argument("--out", default=str(HERE / "results" / "embedded.md"))
     args = ap.parse_args()
+    from finephrase.inference.backends import EmbeddedBackend
     from finephrase.inference.calibration import calibrate, machine_calibration, payloads
     from finephrase.inference.cpu_dtype import DtypeChoice, machine_dtype
     from finephrase.vllm_setup import require_vllm_python
 
     load = f"load average {os.getloadavg()[0]:.1f} at the start"
     python = require_vllm_python()
-    calibration = calibrate(python) if args.recalibrate else machine_calibration(python, log=print)
+    make_servers = EmbeddedBackend.make_servers
+    calibration = (calibrate(python, make_servers) if args.recalibrate
+                   else machine_calibration(python, make_servers, log=print))
     print(calibration.describe(), flush=True)
     batch = payloads(args.requests, args.max_tokens, demo_pages(args.requests))
     rows = [measure("llama.cpp", batch, args.concurrency),

@@ -131,7 +131,8 @@ class EmbeddedBackend(Backend):
         from finephrase.inference.engine_choice import choose_embedded
 
         # a server command of the user's is served as given
-        return choose_embedded("llama.cpp" if g.command and g.engine != "vllm" else g.engine, expected_tokens)
+        return choose_embedded("llama.cpp" if g.command and g.engine != "vllm" else g.engine, expected_tokens,
+                               EmbeddedBackend.make_servers)
 
     @contextlib.contextmanager
     def runtime(self, g: GeneratorConfig, log_dir: str | None = None,

@@ -170,7 +170,9 @@ async def drive(endpoints: list[str], model: str, batch: list[dict], concurrency
 
 
 def measure_servers(servers, batch: list[dict], concurrency: int | None = None) -> dict:
-    """Start ``servers`` (timed until they generate), warm them up, send ``batch``; stop them. The row of figures."""
+    """Start ``servers`` (timed until they generate, after what is done once per machine: vLLM's GGUF conversion),
+    warm them up, send ``batch``; stop them. The row of figures."""
+    servers.prepare()
     start = time.monotonic()
     with servers:
         startup = time.monotonic() - start
@@ -187,9 +189,9 @@ def model_thread_choices(cores: int | None = None) -> list[int]:
     return [cores, cores - 1] if cores > 1 else [1]
 
 
-def calibrate(vllm_python: str, log: Callable[[str], None] = print) -> Calibration:
-    """Measure both engines here (see the module docstring) and cache the figures."""
-    from finephrase.inference.backends import EmbeddedBackend
+def calibrate(vllm_python: str, make_servers: Callable, log: Callable[[str], None] = print) -> Calibration:
+    """Measure both engines here (see the module docstring) and cache the figures. ``make_servers``: the one place
+    the embedded replicas are made (``EmbeddedBackend.make_servers``, passed in: the backends import this module)."""
     from finephrase.inference.cpu_dtype import machine_dtype
     from finephrase.vllm_setup import vllm_version
 
@@ -198,12 +200,11 @@ def calibrate(vllm_python: str, log: Callable[[str], None] = print) -> Calibrati
     log(f"calibrating the embedded engines on this machine, once (~{2 * 2.5 + 1:.0f} min on 2 cores; cached in "
         f"{cache_file(key)})")
     batch = payloads()
-    row = measure_servers(EmbeddedBackend.make_servers("llama.cpp", n_ctx=2048), batch)
+    row = measure_servers(make_servers("llama.cpp", n_ctx=2048), batch)
     log(f"calibration: llama.cpp {row['tokens_per_s']:.1f} tokens/s, started in {row['startup_s']:.0f} s")
     llama, vllm = EngineCost(row["startup_s"], row["tokens_per_s"]), {}
     for threads in model_thread_choices():
-        row = measure_servers(EmbeddedBackend.make_servers("vllm", n_ctx=2048, replicas=1, threads=threads,
-                                                           dtype=dtype), batch)
+        row = measure_servers(make_servers("vllm", n_ctx=2048, replicas=1, threads=threads, dtype=dtype), batch)
         vllm[threads] = EngineCost(row["startup_s"], row["tokens_per_s"])
         log(f"calibration: vLLM {dtype.dtype} on {threads} core(s) {row['tokens_per_s']:.1f} tokens/s, started in "
             f"{row['startup_s']:.0f} s")
@@ -212,15 +213,16 @@ def calibrate(vllm_python: str, log: Callable[[str], None] = print) -> Calibrati
     return calibration
 
 
-def machine_calibration(vllm_python: str, measure: bool = True,
+def machine_calibration(vllm_python: str, make_servers: Callable | None = None,
                         log: Callable[[str], None] | None = None) -> Calibration | None:
-    """This machine's figures: cached, else measured now (``measure``), else ``None``."""
+    """This machine's figures: cached, else measured now with ``make_servers`` (see :func:`calibrate`), else
+    ``None``."""
     from loguru import logger
 
     from finephrase.inference.cpu_dtype import machine_dtype
     from finephrase.vllm_setup import vllm_version
 
     found = cached(machine_key(vllm_version(vllm_python), machine_dtype().dtype))
-    if found is not None or not measure:
+    if found is not None or make_servers is None:
         return found
-    return calibrate(vllm_python, log or logger.info)
+    return calibrate(vllm_python, make_servers, log or logger.info)

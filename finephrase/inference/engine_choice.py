@@ -12,6 +12,7 @@ report's and the card's ``engine_choice``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from finephrase.inference.calibration import Calibration, EngineCost
@@ -60,9 +61,10 @@ def choose_engine(engine: str, vllm_ready: bool, tokens: float | None,
     return Choice("llama.cpp", f"auto: ~{tokens:,.0f} completion tokens expected ({figures})")
 
 
-def choose_embedded(engine: str, tokens: float | None) -> Choice:
+def choose_embedded(engine: str, tokens: float | None, make_servers: Callable) -> Choice:
     """:func:`choose_engine` for this machine: vLLM counts as set up when :func:`finephrase.vllm_setup.vllm_python`
-    finds it (looked up only when the choice can be vLLM); ``auto`` calibrates the engines here the first time."""
+    finds it (looked up only when the choice can be vLLM); ``auto`` calibrates the engines here the first time
+    (with ``make_servers``: ``EmbeddedBackend.make_servers``)."""
     from finephrase.errors import FinephraseError
     from finephrase.inference.calibration import machine_calibration
     from finephrase.vllm_setup import vllm_python
@@ -71,7 +73,7 @@ def choose_embedded(engine: str, tokens: float | None) -> Choice:
     calibration: Calibration | str | None = None
     if engine == "auto" and python is not None:
         try:
-            calibration = machine_calibration(python)
+            calibration = machine_calibration(python, make_servers)
         except (FinephraseError, OSError, RuntimeError) as e:  # an engine that does not start here: one line
             calibration = str(e).splitlines()[0][:300]
     return choose_engine(engine, python is not None, tokens, calibration)

@@ -38,7 +38,7 @@ def model_threads(python: str, dtype: str) -> tuple[int, str]:
     engine core's scheduler are Python processes of their own); and why."""
     from finephrase.inference.calibration import machine_calibration
 
-    calibration = machine_calibration(python, measure=False)
+    calibration = machine_calibration(python)  # cached figures only: never measured here
     if calibration is not None and calibration.dtype == dtype:
         t = calibration.vllm_threads
         return t, (f"{t} of {calibration.key['cores']} cores: the fastest in this machine's calibration ("
