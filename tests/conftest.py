@@ -117,6 +117,20 @@ output_rules:
 """
 
 
+@pytest.fixture(scope="session")
+def vllm_servers(tmp_path_factory):
+    """One vLLM server, started once for the tests that only need a vLLM server (tests/test_vllm_engine.py), with
+    the defaults a run gets on this machine (the dtype this CPU executes, the model's cores); a real recipe run
+    starts its own. Logs and state file in a folder of the session."""
+    from finephrase.inference.client.backends import EmbeddedBackend
+    from finephrase.inference.servers.vllm_setup import SETUP_COMMAND, vllm_python
+
+    assert vllm_python() is not None, f"vLLM's CPU build is not set up: run `{SETUP_COMMAND}` (`make test` does)"
+    servers = EmbeddedBackend.make_servers("vllm", n_ctx=2048, log_dir=str(tmp_path_factory.mktemp("vllm")))
+    with servers:
+        yield servers
+
+
 # a fast generation setting for tests that run the real embedded model
 FAST_GENERATOR = {"params": {"max_new_tokens": 48, "temperature": 0.0, "seed": 0}, "context_length": 768}
 

@@ -1,10 +1,12 @@
-"""The embedded generator on vLLM's CPU build (issue "A faster embedded default: continuous batching on CPU").
+"""The embedded generator on vLLM's CPU build, and how ``engine: auto`` decides on this machine.
 
-The engine choice, the run size it weighs and the conversion cache's keys are checked without a server. Then one
-real run: vLLM's CPU build (``finephrase setup-embedded --engine vllm``, which `make test` runs) serves a recipe
-end to end on its default single replica, which is SIGKILLed mid-run (its engine-core child with it): the supervisor
-restarts it, the requests wait for it (the run does not fail), every document is rephrased exactly once, and the rows, the provenance and the card name the engine and its
-version. vLLM takes ~2.5 minutes to start on 2 cores: one run covers all of it.
+Without a server: the decision from given calibration figures, the calibration's cache keys, the dtype paths (a CPU
+that does not execute bf16 gets float32 and says why), the run size, the conversion cache's keys, the process group.
+Then one vLLM server for the tests that only need a server (the session fixture ``vllm_servers``: its dtype and
+cores, the calibration's driver, a SIGKILLed API server taking its engine core with it and restarted), and one real
+recipe run that starts vLLM itself (``finephrase setup-embedded --engine vllm``, which `make test` runs): every
+document rephrased exactly once, the rows, the provenance and the card naming the engine, its version, its dtype and
+why. vLLM takes ~2.5 minutes to start on 2 cores: two starts in all.
 """
 
 from __future__ import annotations
@@ -20,37 +22,98 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, TITLE_PROMPT, first_demo_docs, is_alive, process_tree, replica_once_rephrasing
+from conftest import ROOT, TITLE_PROMPT, first_demo_docs, is_alive, process_tree
 
+from finephrase.inference.servers.calibration import (Calibration, EngineCost, cache_file, cached, cpu_identity, machine_key,
+                                              model_thread_choices, payloads, save)
+from finephrase.inference.cpu_dtype import PROBES, DtypeChoice, choose_dtype, machine_dtype, probe
 from finephrase.inference.servers.engine_choice import break_even_tokens, choose_engine, expected_tokens
 from finephrase.inference.servers.gguf_convert import MARKER, cached_conversion, converted_folder
+from finephrase.inference.servers.vllm_engine import VllmServers
 from finephrase.recipe import load_recipe
 from finephrase.run_size import expected_requests
 from finephrase.inference.servers.vllm_setup import SETUP_COMMAND, vllm_python, vllm_version
+
+KEY = {"cpu": "AMD EPYC", "flags_sha256": "0" * 16, "cores": 2, "llama_cpp_python": "0.3.36", "vllm": "0.32.0",
+       "dtype": "bfloat16"}
+
+
+def _calibration(llama: tuple, vllm: dict, key: dict = KEY) -> Calibration:
+    return Calibration(key=key, llama=EngineCost(*llama), vllm={t: EngineCost(*c) for t, c in vllm.items()},
+                       dtype=key["dtype"], dtype_reason="bfloat16: this CPU executes AVX512-BF16 instructions")
 
 
 # ---------------------------------------------------------------- without a server
 
 
-def test_auto_takes_vllm_only_when_it_is_set_up_and_the_run_pays_its_start_up():
-    from finephrase.inference.servers.engine_choice import EngineCost
-
-    measured = choose_engine("auto", True, 1e9)  # the benchmark's figures: vLLM no faster here
-    assert measured.engine == "llama.cpp" and "no faster" in measured.reason
-    limit = break_even_tokens(EngineCost(5, 49), EngineCost(145, 195))  # a machine where vLLM is ~4x faster
-    assert 5_000 < limit < 15_000
-    assert break_even_tokens(EngineCost(4, 23), EngineCost(167, 22)) == float("inf")
-    assert choose_engine("llama.cpp", True, 1e9).engine == "llama.cpp"
-    assert choose_engine("vllm", False, 10).engine == "vllm"  # asked for: it fails later, with the set-up command
+def test_auto_decides_on_this_machines_calibration():
+    # an AVX512-BF16 machine (2 cores): vLLM bf16 2.3x llama.cpp with one core for the model, slower on both
+    bf16 = _calibration((4, 36.2), {1: (125, 83.9), 2: (131, 61.0)})
+    assert bf16.vllm_threads == 1 and bf16.best_vllm == EngineCost(125, 83.9)
+    limit = break_even_tokens(bf16.llama, bf16.best_vllm)
+    assert 7_500 < limit < 8_000  # (125 - 4) / (1/36.2 - 1/83.9)
+    demo = choose_engine("auto", True, 8_300, bf16)
+    assert demo.engine == "vllm" and "83.9 tokens/s on 1 core(s)" in demo.reason and "36.2" in demo.reason
+    assert f"~{limit:,.0f} completion tokens" in demo.reason
+    assert choose_engine("auto", True, limit * 0.9, bf16).engine == "llama.cpp"
+    assert choose_engine("auto", True, None, bf16).engine == "vllm"  # open-ended: `finephrase serve`, a Hub source
+    # an AVX2-only machine: vLLM float32 no faster than llama.cpp, whatever the run's size
+    avx2 = _calibration((4, 23.0), {1: (167, 22.0)}, {**KEY, "dtype": "float32"})
+    assert break_even_tokens(avx2.llama, avx2.best_vllm) == float("inf")
+    slow = choose_engine("auto", True, 1e9, avx2)
+    assert slow.engine == "llama.cpp" and "no faster" in slow.reason and "22.0 tokens/s" in slow.reason
+    failed = choose_engine("auto", True, 1e9, "vLLM server 0 exited with code 1")
+    assert failed.engine == "llama.cpp" and "could not be calibrated here (vLLM server 0 exited" in failed.reason
     not_set_up = choose_engine("auto", False, 1e9)
     assert not_set_up.engine == "llama.cpp" and "setup-embedded --engine vllm" in not_set_up.reason
-    assert choose_engine("auto", True, limit * 0.9, limit).engine == "llama.cpp"
-    big = choose_engine("auto", True, limit * 1.1, limit)
-    assert big.engine == "vllm" and "pays off" in big.reason
-    assert choose_engine("auto", True, None, limit).engine == "vllm"  # open-ended: `finephrase serve`, a Hub source
+    assert choose_engine("llama.cpp", True, 1e9, bf16).engine == "llama.cpp"
+    assert choose_engine("vllm", False, 10).engine == "vllm"  # asked for: it fails later, with the set-up command
     assert expected_tokens(60, 320) == 60 * 320 * 0.5 and expected_tokens(None, 320) is None
     with pytest.raises(ValueError, match="use auto, llama.cpp or vllm"):
         choose_engine("tgi", True, 1)
+
+
+def test_a_calibration_is_cached_per_cpu_flags_cores_and_engine_versions(tmp_path, monkeypatch):
+    monkeypatch.setenv("FINEPHRASE_CALIBRATION_DIR", str(tmp_path))
+    figures = _calibration((4, 36.2), {1: (125, 83.9), 2: (131, 61.0)})
+    path = save(figures)
+    assert path == cache_file(KEY) and path.parent == tmp_path
+    again = cached(KEY)
+    assert again is not None and again.to_json() == figures.to_json() and again.vllm_threads == 1
+    for changed in ({"vllm": "0.33.0"}, {"llama_cpp_python": "0.3.37"}, {"dtype": "float32"}, {"cores": 4},
+                    {"flags_sha256": "1" * 16}, {"cpu": "Intel Xeon"}):
+        assert cached({**KEY, **changed}) is None, changed
+    path.write_text("{")  # a torn file is no calibration
+    assert cached(KEY) is None
+    model, flags = cpu_identity("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: sse avx512f avx\n\n"
+                                "processor\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: sse avx512f avx\n")
+    assert (model, flags) == ("AMD EPYC", "avx avx512f sse")
+    key = machine_key("0.32.0", "float32", llama_version="0.3.36")
+    assert key["cores"] == os.cpu_count() and key["vllm"] == "0.32.0" and key["dtype"] == "float32"
+    assert model_thread_choices(2) == [2, 1] and model_thread_choices(16) == [16, 15] and model_thread_choices(1) == [1]
+    batch = payloads(3, 16)  # Python's own documentation: the calibration needs no data set
+    assert len(batch) == 3 and batch[0]["max_tokens"] == 16 and len(batch[0]["messages"][-1]["content"]) > 600
+
+
+def test_the_dtype_is_what_the_cpu_executes(tmp_path):
+    # an instruction no CPU executes (ud2): the probe's child dies of SIGILL, this process goes on; float32, and why
+    assert probe("0f0bc3") == (False, "SIGILL")
+    none = choose_dtype({"UD2": ("0f0bc3", False)})
+    assert none.dtype == "float32" and "does not execute bf16" in none.reason and "UD2: SIGILL" in none.reason
+    assert choose_dtype({"RET": ("c3", False)}) == DtypeChoice("bfloat16", "bfloat16: this CPU executes RET "
+                                                                           "instructions")
+    arm = choose_dtype(machine="aarch64")
+    assert arm.dtype == "float32" and "x86-64 only" in arm.reason
+    # this machine: bf16 exactly when one of the real probes runs here
+    here = machine_dtype()
+    runs = [name for name, (code, amx) in PROBES.items() if probe(code, amx)[0]]
+    assert (here.dtype == "bfloat16") == bool(runs), (here, runs)
+    # a CPU without bf16: vLLM is started with --dtype float32 and the report and the card get the reason
+    servers = VllmServers(gguf=str(tmp_path / "m.gguf"), dtype=none)
+    servers.python, servers.model_dir = sys.executable, str(tmp_path)
+    command = servers.command(8000)
+    assert command[command.index("--dtype") + 1] == "float32"
+    assert servers.facts["dtype"] == none.reason
 
 
 def test_the_run_size_comes_from_the_limit_or_the_source(tmp_path, make_recipe):
@@ -144,9 +207,52 @@ def test_a_server_group_goes_with_its_run_however_it_dies():
     assert subprocess.run([*LEADER, "sh", "-c", "exit 3"], cwd=ROOT, timeout=60).returncode == 3
 
 
-# ---------------------------------------------------------------- a real run on vLLM
+# ---------------------------------------------------------------- one vLLM server (the session's)
 
 
+@pytest.mark.slow
+def test_the_vllm_server_runs_in_the_dtype_and_on_the_cores_chosen_here(vllm_servers):
+    from finephrase.inference.servers.calibration import drive
+
+    dtype = machine_dtype()
+    assert vllm_servers.facts["dtype"] == dtype.reason and vllm_servers.facts["threads_choice"]
+    log = Path(vllm_servers.log_dir, "vllm_server_0.log").read_text()
+    assert f"dtype=torch.{dtype.dtype}" in log, log[-3000:]  # vLLM's own account of the engine it built
+    replica = vllm_servers.pool[0]
+    bound = vllm_servers.process_env(replica)["VLLM_CPU_OMP_THREADS_BIND"]
+    assert len(bound.split(",")) == vllm_servers.threads
+    # the calibration's driver on a real vLLM: completion tokens are the server's own usage counts
+    wall, tokens = __import__("asyncio").run(drive(vllm_servers.endpoints, vllm_servers.alias, payloads(4, 16), 4))
+    assert 4 <= tokens <= 4 * 16 and wall > 0
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+@pytest.mark.slow
+def test_a_killed_vllm_server_takes_its_engine_core_with_it_and_is_restarted(vllm_servers):
+    """The last test on the session's server: SIGKILL its API server (not the group); the engine core goes with it
+    and the supervisor starts a new server. That requests wait for a restarted replica is the supervisor's, the
+    same for both engines (the llama.cpp kill test runs a recipe through one)."""
+    replica = vllm_servers.pool[0]
+    leader = replica.proc.pid
+    group = process_tree(leader)
+    assert len(group) >= 3, "a vLLM server (under its group leader) runs an API server and an engine core"
+    (api_server,) = [p for p in group if p != leader and _parent(p) == leader]  # the leader's one child
+    os.kill(api_server, signal.SIGKILL)
+    deadline = time.time() + 30
+    while time.time() < deadline and ([p for p in group if is_alive(p)] or replica.proc.pid == leader):
+        time.sleep(0.2)
+    assert [p for p in group if is_alive(p)] == [], "processes of the killed server outlived it"
+    assert replica.proc.pid != leader and replica.proc.poll() is None, "the supervisor did not start a new server"
+    state = json.loads(Path(vllm_servers.state_file).read_text())["replicas"][0]
+    assert state["exits"] == ["signal SIGKILL (9)"] and state["restarts"] == 1 and state["pid"] == replica.proc.pid
+    vllm_servers.stop()  # the new server would take ~2.5 minutes of the suite's two cores to start
+    assert not is_alive(replica.proc.pid)
+
+
+# ---------------------------------------------------------------- a real recipe run on vLLM
 
 
 def _rows(out: Path, config: str) -> list[dict]:
@@ -154,10 +260,10 @@ def _rows(out: Path, config: str) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_a_recipe_runs_on_vllm_and_survives_a_replica_killed_mid_run(tmp_path, demo_data, make_recipe):
+def test_a_recipe_runs_on_vllm_it_starts_itself(tmp_path, demo_data, make_recipe):
     python = vllm_python()
     assert python is not None, f"vLLM's CPU build is not set up: run `{SETUP_COMMAND}` (`make test` does)"
-    docs = [d for d in first_demo_docs(demo_data, 40) if len(d["text"]) > 400][:10]
+    docs = [d for d in first_demo_docs(demo_data, 40) if len(d["text"]) > 400][:8]
     (tmp_path / "src").mkdir()
     with open(tmp_path / "src" / "docs.jsonl", "w") as f:
         f.writelines(json.dumps({"id": d["id"], "text": d["text"][:1200]}) + "\n" for d in docs)
@@ -171,21 +277,9 @@ def test_a_recipe_runs_on_vllm_and_survives_a_replica_killed_mid_run(tmp_path, d
         "output": {"records_per_chunk": 2}, "run": {"limit": -1, "tasks": 1},
     })
     out = tmp_path / "out"
-    run = subprocess.Popen([sys.executable, "-m", "finephrase.cli.main", "run", str(recipe), "--output", str(out)],
-                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    state_file = out / ".finephrase" / "logs" / "server" / "state.json"
-    victim = replica_once_rephrasing(run, out, timeout=900)
-    group = process_tree(victim["pid"])
-    assert len(group) >= 2, "a vLLM server runs an engine-core process beside its API server"
-    os.kill(victim["pid"], signal.SIGKILL)  # the API server only: its engine core must not outlive it
-    output, _ = run.communicate(timeout=1200)
-    assert run.returncode == 0, output[-5000:]
-    survivors = [pid for pid in group if is_alive(pid)]
-    assert survivors == [], f"processes of the killed replica outlived it: {survivors}"
-    state = json.loads(state_file.read_text())
-    assert "signal SIGKILL (9)" in state["replicas"][0]["exits"] and state["replicas"][0]["restarts"] >= 1
-    log = (out / ".finephrase" / "logs" / "console.log").read_text()
-    assert "vLLM server 0" in log and "restarting vLLM server 0" in log, log[-3000:]
+    proc = subprocess.run([sys.executable, "-m", "finephrase.cli.main", "run", str(recipe), "--output", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     ids = sorted(d["id"] for d in docs)
     version = vllm_version(python)
     for config in ("faq", "title"):
@@ -196,5 +290,9 @@ def test_a_recipe_runs_on_vllm_and_survives_a_replica_killed_mid_run(tmp_path, d
     gen = json.loads((out / ".finephrase" / "report.json").read_text())["generator"]
     assert gen["engine"] == "vLLM" and gen["engine_version"] == version and gen["replicas"] == 1, gen
     assert gen["concurrency"] == 16 and gen["engine_choice"] == "set in the recipe"
+    dtype = machine_dtype()
+    assert gen["dtype"] == dtype.reason and gen["threads_choice"], gen  # what it ran in, and why
+    log = (out / ".finephrase" / "logs" / "server" / "vllm_server_0.log").read_text()
+    assert f"dtype=torch.{dtype.dtype}" in log
     card = (out / "README.md").read_text()
-    assert "vLLM" in card and version in card
+    assert "vLLM" in card and version in card and dtype.reason in card

@@ -115,7 +115,7 @@ def cmd_serve(args) -> int:
     from finephrase.inference.servers.embedded import serve_forever
     from finephrase.inference.servers.engine_choice import choose_embedded
 
-    choice = choose_embedded(args.engine, None)
+    choice = choose_embedded(args.engine, None, EmbeddedBackend.make_servers)
     servers = EmbeddedBackend.make_servers(engine=choice.engine, gguf=args.gguf, replicas=args.replicas,
                                            threads=args.threads, n_ctx=args.n_ctx)
     console.print(f"starting {servers.replicas} {servers.engine} server(s) for {os.path.basename(servers.gguf)} "

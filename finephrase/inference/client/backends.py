@@ -138,7 +138,8 @@ class EmbeddedBackend(Backend):
         from finephrase.inference.servers.engine_choice import choose_embedded
 
         # a server command of the user's is served as given
-        return choose_embedded("llama.cpp" if g.command and g.engine != "vllm" else g.engine, expected_tokens)
+        return choose_embedded("llama.cpp" if g.command and g.engine != "vllm" else g.engine, expected_tokens,
+                               EmbeddedBackend.make_servers)
 
     @contextlib.contextmanager
     def runtime(self, g: GeneratorConfig, log_dir: str | None = None,
@@ -154,7 +155,8 @@ class EmbeddedBackend(Backend):
             ), {"server": self.name, "engine": servers.engine, "engine_version": servers.version,
                 "engine_choice": choice.reason, "gguf": os.path.basename(servers.gguf),
                 "gguf_sha256": file_sha256(Path(servers.gguf)), "replicas": servers.replicas,
-                "threads": servers.threads, "n_ctx": servers.n_ctx, "concurrency": g.concurrency or servers.concurrency}
+                "threads": servers.threads, "n_ctx": servers.n_ctx, "concurrency": g.concurrency or servers.concurrency,
+                **servers.facts}
 
     @staticmethod
     def servers(g: GeneratorConfig, log_dir: str | None = None, engine: str = "llama.cpp"):
@@ -178,7 +180,7 @@ class EmbeddedBackend(Backend):
 
     def card_facts(self, g: GeneratorConfig, provenance: dict) -> dict:
         extra = {k: provenance[k] for k in ("engine", "engine_version", "engine_choice", "gguf", "replicas",
-                                            "threads") if provenance.get(k) is not None}
+                                            "threads", "threads_choice", "dtype") if provenance.get(k) is not None}
         return {"context": g.context_length or provenance.get("n_ctx") or g.n_ctx, "extra": extra}
 
 

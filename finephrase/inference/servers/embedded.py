@@ -221,6 +221,11 @@ class EmbeddedServers:
         except metadata.PackageNotFoundError:
             return None
 
+    @property
+    def facts(self) -> dict:
+        """Engine settings the run report and the card name, with why (vLLM's dtype and cores); none here."""
+        return {}
+
     def start(self) -> list[str]:
         self.prepare()
         self._stopping.clear()

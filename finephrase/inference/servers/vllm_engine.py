@@ -8,9 +8,13 @@ vllm.entrypoints.openai.api_server`` as each replica's process, run by vLLM's ow
 each replica runs under :mod:`finephrase.inference.servers.group_leader` in a process group of its own, killed whole when
 it exits, stops, or the run dies (SIGKILL included).
 
-Threads: by default one replica whose model runs on every core but one; replica ``i`` is bound to ``threads`` cores
-of its own (``VLLM_CPU_OMP_THREADS_BIND``), its KV cache is
-``kv_cache_gib`` GiB (``VLLM_CPU_KVCACHE_SPACE``).
+Dtype: ``bfloat16`` where this CPU executes bf16 dot products, else ``float32``
+(:mod:`finephrase.inference.cpu_dtype`: found by executing them), the reason in the run report and the card.
+
+Threads: by default one replica whose model runs on the cores this machine's calibration found fastest (all, or all
+but one: :mod:`finephrase.inference.servers.calibration`), all but one where it has not been calibrated; replica ``i`` is
+bound to ``threads`` cores of its own (``VLLM_CPU_OMP_THREADS_BIND``), its KV cache is ``kv_cache_gib`` GiB
+(``VLLM_CPU_KVCACHE_SPACE``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import sys
 
 from loguru import logger
 
+from finephrase.inference.cpu_dtype import DtypeChoice
 from finephrase.inference.servers.embedded import DEFAULT_ALIAS, EmbeddedServers, Replica
 from finephrase.inference.servers.embedded import likely_cause as llama_likely_cause
 
@@ -28,19 +33,35 @@ START_TIMEOUT_S = 900.0  # ~145 s on 2 cores for SmolLM2-135M; more when replica
 KV_CACHE_GIB = 1
 
 
+def model_threads(python: str, dtype: str) -> tuple[int, str]:
+    """The model's cores: the fastest in this machine's calibration, else all but one (the API server and the
+    engine core's scheduler are Python processes of their own); and why."""
+    from finephrase.inference.servers.calibration import machine_calibration
+
+    calibration = machine_calibration(python)  # cached figures only: never measured here
+    if calibration is not None and calibration.dtype == dtype:
+        t = calibration.vllm_threads
+        return t, (f"{t} of {calibration.key['cores']} cores: the fastest in this machine's calibration ("
+                   + ", ".join(f"{c.tokens_per_s:.1f} tokens/s on {n}" for n, c in sorted(calibration.vllm.items()))
+                   + ")")
+    cores = os.cpu_count() or 1
+    return max(1, cores - 1), f"all {cores} cores but one (not calibrated here)"
+
+
 class VllmServers(EmbeddedServers):
     engine = "vLLM"
     log_name = "vllm_server"
     own_group = True
 
-    def __init__(self, gguf: str | None = None, replicas: int | None = None, threads: int = 1, n_ctx: int = 2048,
-                 alias: str = DEFAULT_ALIAS, kv_cache_gib: int = KV_CACHE_GIB, start_timeout: float = START_TIMEOUT_S,
-                 **settings):
-        # one replica batches many requests: by default one per machine, its model on every core but one (the API
-        # server and the engine core's scheduling are Python processes of their own)
-        threads = threads if replicas else max(1, (os.cpu_count() or 1) - 1)
-        super().__init__(gguf=gguf, replicas=replicas or 1, threads=threads, n_ctx=n_ctx, alias=alias,
+    def __init__(self, gguf: str | None = None, replicas: int | None = None, threads: int | None = None,
+                 n_ctx: int = 2048, alias: str = DEFAULT_ALIAS, kv_cache_gib: int = KV_CACHE_GIB,
+                 start_timeout: float = START_TIMEOUT_S, dtype: DtypeChoice | None = None, **settings):
+        # one replica batches many requests: by default one per machine, its model on the calibrated cores (chosen
+        # in prepare); several replicas asked for: one core each unless threads says otherwise
+        super().__init__(gguf=gguf, replicas=replicas or 1, threads=threads or 1, n_ctx=n_ctx, alias=alias,
                          start_timeout=start_timeout, **settings)
+        self.threads_choice = "set in the recipe" if threads else ("one per replica" if replicas else None)
+        self.dtype = dtype
         self.kv_cache_gib = kv_cache_gib
         self.python: str | None = None
         self.model_dir: str | None = None
@@ -56,10 +77,14 @@ class VllmServers(EmbeddedServers):
         return 16 * self.replicas
 
     def prepare(self) -> None:
+        from finephrase.inference.cpu_dtype import machine_dtype
         from finephrase.inference.servers.gguf_convert import convert_gguf
         from finephrase.inference.servers.vllm_setup import require_vllm_python
 
         self.python = require_vllm_python()
+        self.dtype = self.dtype or machine_dtype()
+        if self.threads_choice is None:
+            self.threads, self.threads_choice = model_threads(self.python, self.dtype.dtype)
         if self.model_dir is None:
             self.model_dir = str(convert_gguf(self.gguf, self.python, log=logger.info))
 
@@ -76,8 +101,13 @@ class VllmServers(EmbeddedServers):
         return [sys.executable, "-m", "finephrase.inference.servers.group_leader", "--",
                 self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_dir,
                 "--served-model-name", self.alias, "--host", self.host, "--port", str(port),
-                "--max-model-len", str(self.n_ctx), "--dtype", "float32",
+                "--max-model-len", str(self.n_ctx), "--dtype", self.dtype.dtype,
                 "--disable-uvicorn-access-log"]
+
+    @property
+    def facts(self) -> dict:
+        """The run report's and the card's: the dtype and the model's cores, each with why."""
+        return {"dtype": f"{self.dtype.reason}" if self.dtype else None, "threads_choice": self.threads_choice}
 
     def cores(self, replica: Replica) -> str:
         """``VLLM_CPU_OMP_THREADS_BIND`` of a replica: its own ``threads`` cores, wrapping round the machine."""
