@@ -131,12 +131,19 @@ class EvalSetConfig(_Strict):
         return [self.text_key] if isinstance(self.text_key, str) else list(self.text_key)
 
 
+def _datatrove_ngrams() -> int:
+    from datatrove.pipeline.decont import NGramsDecontConfig
+
+    return NGramsDecontConfig().n_grams
+
+
 class DecontaminationConfig(_Strict):
     """n-gram overlap with evaluation sets (datatrove's n-gram decontamination): rows that share an n-gram with
     an eval set are dropped or flagged; with ``check_sources``, such source documents are dropped first."""
 
     eval_sets: list[EvalSetConfig] = Field(..., min_length=1)
-    n_grams: int = Field(13, ge=1, description="n-gram size in words (13, as in GPT-3 and datatrove)")
+    n_grams: int = Field(default_factory=lambda: _datatrove_ngrams(), ge=1,
+                         description="n-gram size in words (default: datatrove's NGramsDecontConfig, 12)")
     action: Literal["drop", "flag"] = Field("drop", description="contaminated rows dropped, or kept and flagged "
                                             "(`contaminated:<eval set>` in `checks`)")
     check_sources: bool = Field(False, description="also drop the source documents that share an n-gram")
