@@ -314,7 +314,8 @@ def _mix_stage(recipe: Recipe, prompts: list[Prompt], paths: RunPaths, runtime: 
     real = reader_for(m.source) if m.source is not None else _intermediate_reader(current)
     return Stage(names.STAGE_MIX, [
         Mix([ParquetReader(os.path.join(paths.data, p.config_name)) for p in prompts], real,
-            synthetic=m.synthetic, per_prompt=m.per_prompt, tokenizer=runtime.tokenizer, seed=m.seed),
+            synthetic=m.synthetic, per_prompt=m.per_prompt, tokenizer=runtime.tokenizer, seed=m.seed,
+            include_flagged=m.include_flagged),
         ParquetWriter(os.path.join(paths.data, "mix"), output_filename="${rank}.parquet", adapter=mix_adapter,
                       schema=MIX_SCHEMA),
     ], 1)

@@ -259,6 +259,9 @@ class MixConfig(_Strict):
         None, description="mix-in source of the real part (any source kind; default: the rephrased source after "
         "filters and dedup), e.g. a FineWeb-Edu-HQ sample")
     seed: int = Field(0, description="which real documents are picked and how real and synthetic interleave")
+    include_flagged: bool = Field(False, description="also mix rows whose checks failed (kept and flagged with "
+                                  "output_checks: flag or decontamination.action: flag); by default only rows that "
+                                  "passed")
 
     @field_validator("per_prompt")
     @classmethod

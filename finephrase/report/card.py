@@ -24,6 +24,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from finephrase.inference.backends import backend_for
 from finephrase.inference.request_builder import DEFAULT_MAX_NEW_TOKENS
+from finephrase.inference.tokens import CHARS_PER_TOKEN
 from finephrase.prompts import Prompt
 from finephrase.report import (
     ALL,
@@ -232,6 +233,12 @@ def _prompt_views(report: RunReport, recipe, prompts: list[Prompt]) -> list[dict
     return views
 
 
+def _mix_tokenizer(recipe) -> str | None:
+    """The file name of the tokenizer the mix counted real and synthetic tokens with (None: estimated)."""
+    spec = backend_for(recipe.generator.server).request_settings(recipe.generator).tokenizer
+    return os.path.basename(spec.rstrip("/")) if spec else None
+
+
 def _mix_view(report: RunReport, recipe, mix: ConfigFiles | None) -> dict | None:
     if not (recipe.mix or mix):
         return None
@@ -253,7 +260,8 @@ def _mix_view(report: RunReport, recipe, mix: ConfigFiles | None) -> dict | None
     source = cfg.source if cfg else None
     return {"target": cfg.synthetic if cfg else None, "per_prompt": cfg.per_prompt if cfg else {},
             "achieved": achieved, "stats": m, "prompts": prompts, "rows": mix.rows if mix else 0,
-            "seed": cfg.seed if cfg else None,
+            "seed": cfg.seed if cfg else None, "tokenizer": _mix_tokenizer(recipe), "chars_per_token": CHARS_PER_TOKEN,
+            "include_flagged": bool(cfg and cfg.include_flagged),
             "source": (source.name or source.dataset or source.path) if source else None}
 
 

@@ -77,7 +77,9 @@ SOURCE_CONTAMINATED_PREFIX = "contaminated_"  # datatrove's NGramsDecontFilter: 
 
 # --- finephrase.steps.mix.Mix -----------------------------------------------------------------------------------
 
-MIX_STATS = ("synthetic_documents", "synthetic_tokens", "real_documents", "real_tokens", "real_tokens_short")
+MIX_SYNTHETIC_FAILED_CHECKS = "synthetic_failed_checks"  # rows left out of the mix: a check failed (flagged rows)
+MIX_STATS = ("synthetic_documents", "synthetic_tokens", "real_documents", "real_tokens", "real_tokens_short",
+             MIX_SYNTHETIC_FAILED_CHECKS)
 MIX_PER_PROMPT_STATS = ("synthetic_tokens", "real_tokens")  # <stat>/<prompt>: the tokens each prompt's share counts
 
 # --- the card's table of every step: the counters shown (per-prompt ``<stat>/<prompt>`` counters too) ------------

@@ -89,6 +89,7 @@ class MixCount(_Model):
     real_documents: int = 0
     real_tokens: int = 0
     real_tokens_short: int = 0  # real tokens missing to reach the target share (the real data ran out)
+    synthetic_failed_checks: int = 0  # flagged rows left out of the mix (mix.include_flagged: false)
     per_prompt: dict[str, dict[str, int]] = {}  # prompt -> synthetic_tokens, real_tokens (its share's tokens)
 
     def achieved(self, prompt: str | None = None) -> float | None:
