@@ -61,12 +61,16 @@ from finephrase.steps.output_dedup import (
     OutputMinhashDedupFilter,
     config_and_text,
 )
-from finephrase.steps.quality_filter import QualityFilter
+from finephrase.steps.quality_ensemble import EnsembleFilter, EnsembleThresholdsStep
+from finephrase.steps.quality_filter import quality_filter
 from finephrase.steps.read_jsonl import SafeJsonlReader
 from finephrase.steps.rephrase import Rephrase
+from finephrase.steps.rephrase.routing import Router
+from finephrase.steps.select_top import TopPercentCutoff, TopPercentFilter
 
 WORK_DIR = ".finephrase"
 DECONT_INDEX = "decont-index"  # the eval sets' n-gram index, under the work folder
+QUALITY_ENSEMBLE = "quality-ensemble"  # a quality ensemble's percentile thresholds, under the work folder
 
 
 @dataclass
@@ -141,8 +145,15 @@ def build_stages(recipe: Recipe, prompts: list[Prompt], output: str, runtime: Ge
     tasks = tasks or recipe.run.tasks
     limit = recipe.run.limit if limit is None else limit
     stages = [_decont_index_stage(recipe.decontamination, paths)] if recipe.decontamination else []
+    q = recipe.filters.quality
+    if q and q.ensemble:
+        stages.append(_thresholds_stage(recipe, paths))
     stages.append(_filter_stage(recipe, paths, tasks, limit))
     current = paths.w("filtered")
+    if q and q.top_percent:
+        stages += _top_stages(TopSide("quality-", "quality_score", False, names.STAGE_QUALITY_TOP), q.top_percent,
+                              paths, current, tasks, _jsonl_writer(paths.w("selected")))
+        current = paths.w("selected")
     if recipe.dedup.exact:
         stages += _exact_stages(SOURCE_SIDE, paths, current, tasks, _jsonl_writer(paths.w("exact-deduped")))
         current = paths.w("exact-deduped")
@@ -180,18 +191,62 @@ def _decont_index_stage(decont, paths: RunPaths) -> Stage:
                                                          language=decont.language)], 1)
 
 
-def _filter_stage(recipe: Recipe, paths: RunPaths, tasks: int, limit: int) -> Stage:
-    """1. read + filter (length, language, quality, eval-set n-grams)."""
-    filters = recipe.filters
-    steps: list = [source_reader(recipe, limit)]
+def _text_filters(filters) -> list:
+    """The length and language filters (the filter stage's first steps, and the ensemble sample's)."""
+    steps: list = []
     if filters.min_chars > 1:
         steps.append(MinCharsFilter(filters.min_chars))
     if filters.language:
         lang = filters.language
         steps.append(LanguageFilter(lang.languages, lang.threshold, None if lang.model == "auto" else lang.model))
-    if filters.quality:
-        q = filters.quality
-        steps.append(QualityFilter(resolve_classifier(q.model), q.label, q.threshold))
+    return steps
+
+
+def _classifiers(q) -> list[dict]:
+    """A quality ensemble's classifiers as its steps take them (resolved to local paths)."""
+    return [{"name": c.name, "path": resolve_classifier(c.model), "label": c.label, "device": q.device,
+             "batch_size": q.batch_size} for c in q.classifiers]
+
+
+def _thresholds_stage(recipe: Recipe, paths: RunPaths) -> Stage:
+    """0. a quality ensemble's percentile thresholds, on a sample of the source (one task)."""
+    q = recipe.filters.quality
+    return Stage(names.STAGE_QUALITY_THRESHOLDS, [
+        source_reader(recipe, q.sample), *_text_filters(recipe.filters),
+        EnsembleThresholdsStep(paths.w(QUALITY_ENSEMBLE), _classifiers(q), q.buckets, q.batch_size)], 1)
+
+
+@dataclass(frozen=True)
+class TopSide:
+    """What a top-percent selection ranks: the sources by ``quality_score``, or each config's rows by
+    ``output_quality_score``."""
+
+    prefix: str  # of the cutoff stage and the work folder
+    score_key: str
+    by_config: bool
+    stage: str  # the selecting stage's name (the report reads its stats)
+
+
+def _top_stages(side: TopSide, percent: float, paths: RunPaths, current: str, tasks: int, writer) -> list[Stage]:
+    """The top ``percent`` % over the whole run: the cutoff (one task, every file), then the selection."""
+    folder = paths.w(f"{side.prefix}top")
+    return [
+        Stage(f"{side.prefix}top-cutoff", [_intermediate_reader(current),
+                                           TopPercentCutoff(folder, percent, side.score_key, side.by_config)], 1),
+        Stage(side.stage, [_intermediate_reader(current), TopPercentFilter(folder, side.score_key, side.by_config),
+                           writer], tasks),
+    ]
+
+
+def _filter_stage(recipe: Recipe, paths: RunPaths, tasks: int, limit: int) -> Stage:
+    """1. read + filter (length, language, quality, eval-set n-grams)."""
+    filters = recipe.filters
+    steps: list = [source_reader(recipe, limit), *_text_filters(filters)]
+    q = filters.quality
+    if q and q.ensemble:
+        steps.append(EnsembleFilter(paths.w(QUALITY_ENSEMBLE), _classifiers(q), int(q.threshold), q.batch_size))
+    elif q:
+        steps.append(quality_filter(resolve_classifier(q.model), q.label, q.threshold, q.device, q.batch_size))
     decont = recipe.decontamination
     if decont and decont.check_sources:  # datatrove's filter, on the index of stage 0
         steps.append(NGramsDecontFilter(paths.w(DECONT_INDEX), _decont_config(decont), language=decont.language))
@@ -269,8 +324,8 @@ def _rows_stages(recipe: Recipe, prompts: list[Prompt], paths: RunPaths, runtime
     """5. rows per prompt config with the output rules, then the output dedup and the decontamination of the
     rows (when the recipe has them): the last of these stages writes the parquet configs, the others
     ``.finephrase/rows*/``."""
-    out_dedup, decont = recipe.output_dedup, recipe.decontamination
-    after = [kind for kind, on in (("exact", out_dedup.exact), ("minhash", out_dedup.minhash),
+    out_dedup, decont, select = recipe.output_dedup, recipe.decontamination, recipe.select_outputs
+    after = [kind for kind, on in (("top", select), ("exact", out_dedup.exact), ("minhash", out_dedup.minhash),
                                    ("decontaminated", decont)) if on]
     folders = ["rows"] + [f"rows-{kind}" for kind in after]
 
@@ -280,7 +335,10 @@ def _rows_stages(recipe: Recipe, prompts: list[Prompt], paths: RunPaths, runtime
     stages = [_rows_stage(recipe, prompts, paths, runtime, tasks, writer(0))]
     for i, kind in enumerate(after, start=1):
         current = paths.w(folders[i - 1])
-        if kind == "exact":
+        if kind == "top":
+            stages += _top_stages(TopSide("output-", "output_quality_score", True, names.STAGE_OUTPUT_TOP),
+                                  select.top_percent, paths, current, tasks, writer(i))
+        elif kind == "exact":
             stages += _exact_stages(OUTPUT_SIDE, paths, current, tasks, writer(i))
         elif kind == "minhash":
             stages += _minhash_stages(OUTPUT_SIDE, out_dedup.minhash, paths, current, tasks, writer(i))
@@ -302,7 +360,8 @@ def _rows_stage(recipe: Recipe, prompts: list[Prompt], paths: RunPaths, runtime:
         _intermediate_reader(paths.w("rephrased"), compressed=False),
         FormatRows(prompts, model=runtime.model, lid_model_path=lid_model, on_fail=recipe.output_checks,
                    # scored outputs: the generated text scored by the quality filter's classifier
-                   quality_model=resolve_classifier(q.model) if q else None, quality_label=q.label if q else "hq"),
+                   quality_model=resolve_classifier(q.model) if q and q.model else None,
+                   quality_label=q.label if q else "hq"),
         writer,
     ], tasks)
 
@@ -312,10 +371,13 @@ def _mix_stage(recipe: Recipe, prompts: list[Prompt], paths: RunPaths, runtime: 
     """6. real + synthetic mix."""
     m = recipe.mix
     real = reader_for(m.source) if m.source is not None else _intermediate_reader(current)
+    router = Router(recipe.routing.model_dump(), prompts) if recipe.routing else None
+    # routing with levels kept as they are (Nemotron-CC's medium): the real text is those documents
+    real_filter = router.keeps if router and router.keeps_any and m.source is None else None
     return Stage(names.STAGE_MIX, [
         Mix([ParquetReader(os.path.join(paths.data, p.config_name)) for p in prompts], real,
             synthetic=m.synthetic, per_prompt=m.per_prompt, tokenizer=runtime.tokenizer, seed=m.seed,
-            include_flagged=m.include_flagged),
+            include_flagged=m.include_flagged, real_filter=real_filter),
         ParquetWriter(os.path.join(paths.data, "mix"), output_filename="${rank}.parquet", adapter=mix_adapter,
                       schema=MIX_SCHEMA),
     ], 1)

@@ -173,7 +173,6 @@ def test_mix_reaches_the_recipe_share():
     up to one real document; when real documents run out, all are used and the shortfall is counted."""
     import random
 
-
     from finephrase.inference.tokens import TokenCounter
     from finephrase.steps.mix import Mix
 

@@ -313,7 +313,10 @@ def _quality_view(report: RunReport, recipe, prompts: list[Prompt]) -> dict | No
             bucket["documents"], bucket["sent"] = (found.documents, found.prompts) if found else (0, {})
         routing += [{"name": name, "min": None, "max": None, "prompts": list(c.prompts), "documents": c.documents,
                      "sent": c.prompts} for name, c in routed.items() if name not in {b["name"] for b in routing}]
-    return {"model": q.model, "label": q.label, "threshold": q.threshold,
+    ensemble = [{"name": c.name, "model": c.model, "label": c.label} for c in q.ensemble] if q.ensemble else None
+    return {"model": q.model, "label": q.label, "threshold": q.threshold, "ensemble": ensemble,
+            "buckets": q.buckets, "sample": q.sample, "top_percent": q.top_percent,
+            "select_outputs": recipe.select_outputs.top_percent if recipe.select_outputs else None,
             "scores": {k: v for k, v in scores.items() if v}, "routing": routing}
 
 

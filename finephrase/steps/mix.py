@@ -85,13 +85,16 @@ class Mix(PipelineStep):
         tokenizer: token counter spec for real and synthetic text alike (see ``finephrase.inference.tokens``).
         seed: which real documents are picked and how the two streams interleave.
         include_flagged: also mix the rows whose checks failed (kept and flagged by the rows stage).
+        real_filter: which real documents may be picked (e.g. a router's ``keeps``: the documents of the quality
+            levels kept as they are, Nemotron-CC's medium quality); None: all of them.
     """
 
     name = "🥣 Mix real + synthetic"
     type = "Mixer"
 
     def __init__(self, synthetic_readers: list, real_reader, synthetic: float = 0.5, tokenizer: str | None = None,
-                 seed: int = 0, per_prompt: dict[str, float] | None = None, include_flagged: bool = False):
+                 seed: int = 0, per_prompt: dict[str, float] | None = None, include_flagged: bool = False,
+                 real_filter=None):
         super().__init__()
         self.shares = dict(per_prompt or {})
         for share in (synthetic, *self.shares.values()):
@@ -103,6 +106,7 @@ class Mix(PipelineStep):
         self.tokens = TokenCounter(tokenizer)
         self.seed = seed
         self.include_flagged = include_flagged
+        self.real_filter = real_filter
 
     def share_of(self, prompt: str | None) -> float:
         return self.shares.get(prompt, self.synthetic) if prompt else self.synthetic
@@ -147,7 +151,8 @@ class Mix(PipelineStep):
                 "mixed_with": None, "tokens": n}), n
 
     def _real_docs(self) -> Iterator[Document]:
-        return self.real_reader.run(None, 0, 1)
+        docs = self.real_reader.run(None, 0, 1)
+        return docs if self.real_filter is None else (d for d in docs if self.real_filter(d.metadata))
 
     def _count(self, doc: Document) -> int:
         return self.tokens.count(doc.text)
