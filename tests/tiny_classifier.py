@@ -31,7 +31,8 @@ def demo_pages(demo_data: Path) -> list[tuple[str, bool]]:
     return out
 
 
-def train_tiny_classifier(demo_data: Path, folder: Path, steps: int = 40, seed: int = 0) -> Path:
+def train_tiny_classifier(demo_data: Path, folder: Path, steps: int = 60, seed: int = 0, lr: float = 3e-3,
+                          per_label: int = 4) -> Path:
     import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
@@ -42,7 +43,7 @@ def train_tiny_classifier(demo_data: Path, folder: Path, steps: int = 40, seed: 
     wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
     wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    wordpiece.train_from_iterator([t for t, _ in pages], trainers.WordPieceTrainer(
+    wordpiece.train_from_iterator([t[:2000] for t, _ in pages], trainers.WordPieceTrainer(  # the model reads 64 tokens
         vocab_size=3000, min_frequency=2, special_tokens=special, show_progress=False))
     wordpiece.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
@@ -52,15 +53,16 @@ def train_tiny_classifier(demo_data: Path, folder: Path, steps: int = 40, seed: 
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=wordpiece.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=MAX_TOKENS, num_labels=1,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                         problem_type="regression", id2label={0: "LABEL_0"}, label2id={"LABEL_0": 0})
     model = BertForSequenceClassification(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     rng = random.Random(seed)
-    hq = [t for t, good in pages if good]
-    lq = [t for t, good in pages if not good]
+    hq = [t[:2000] for t, good in pages if good]  # the model reads 64 tokens: the beginning of each page
+    lq = [t[:2000] for t, good in pages if not good]
     model.train()
     for _ in range(steps):
-        batch = [(t, HQ_TARGET) for t in rng.sample(hq, 8)] + [(t, LQ_TARGET) for t in rng.sample(lq, 8)]
+        batch = [(t, HQ_TARGET) for t in rng.sample(hq, per_label)] + [(t, LQ_TARGET) for t in rng.sample(lq, per_label)]
         enc = tokenizer([t for t, _ in batch], return_tensors="pt", padding=True, truncation=True)
         loss = model(**enc, labels=torch.tensor([[y] for _, y in batch])).loss
         loss.backward()
