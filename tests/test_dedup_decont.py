@@ -161,7 +161,7 @@ def test_output_dedup_and_decontamination_per_config(tmp_path, make_recipe, plan
     alpha, beta = rows_of(out, "alpha"), rows_of(out, "beta")
     assert len(alpha) == 8 - 3 and len(beta) == 8 - 2
     assert not any(PLANTED in r["text"] for r in alpha), "the planted benchmark passage is caught"
-    assert any(NEAR_MISS in r["text"] for r in alpha), "12 words in common are not a 13-gram"
+    assert any(NEAR_MISS in r["text"] for r in alpha), "11 words in common are not a 12-gram"
     assert len({r["text"] for r in alpha}) == len(alpha) and len({r["text"] for r in beta}) == len(beta)
     assert {r["text"] for r in alpha} & {r["text"] for r in beta}, "the same text in two configs is kept in both"
     t2 = docs[2]["metadata"]["rollout_results"][0]["alpha"]["text"]
@@ -191,7 +191,7 @@ def test_output_dedup_and_decontamination_per_config(tmp_path, make_recipe, plan
     card = str(render_card(report, recipe, prompts))
     assert "| output dedup `alpha` | 8 | 6 | exact duplicates 1, near duplicates (MinHash) 1 |" in card
     assert "| decontamination `alpha` (drop) | 6 | 5 | bench 1 |" in card
-    assert "13-grams" in card and "`bench`" in card and "[`org/bench`](https://huggingface.co/datasets/org/bench)" \
+    assert "12-grams" in card and "`bench`" in card and "[`org/bench`](https://huggingface.co/datasets/org/bench)" \
         in card and "question, answer" in card
 
 
