@@ -15,7 +15,6 @@ import os
 import pytest
 import yaml
 from datasets import load_dataset
-from datatrove.data import Document
 
 from conftest import FAST_GENERATOR, assert_no_survivors, child_processes, run_cli, run_marker
 from finephrase.prompts import load_prompt
@@ -139,19 +138,17 @@ def test_mix_config(demo_run):
     m = summary["mix"]
     assert (m["synthetic_documents"], m["synthetic_tokens"]) == (len(synth), sum(synth))
     assert (m["real_documents"], m["real_tokens"]) == (len(real), sum(real))
-    # every generated row that passed its checks is in the mix (flagged ones are left out and counted), its tokens
-    # those of its text by the generator's tokenizer, which counts the real pages too (the card says which)
+    # every generated row is in the mix (the demo mixes flagged rows in too: mix.include_flagged), its tokens those
+    # of its text by the generator's tokenizer, which counts the real pages too (the card says which)
     from finephrase.inference.embedded import default_gguf_path
     from finephrase.inference.tokens import TokenCounter
-    from finephrase.steps.mix import passed_checks
 
     rows = {p: load_dataset("parquet", data_dir=str(out / "data" / p), split="train") for p in summary["prompts"]}
     all_rows = [r for ds_p in rows.values() for r in ds_p]
-    passed = [r for r in all_rows if passed_checks(Document(text=r["text"], id=r["id"], metadata=r))]
-    assert len(all_rows) == sum(p["rows"] for p in summary["prompts"].values())
-    assert len(synth) == len(passed) and m["synthetic_failed_checks"] == len(all_rows) - len(passed)
+    assert len(synth) == len(all_rows) == sum(p["rows"] for p in summary["prompts"].values())
+    assert m["synthetic_failed_checks"] == 0
     counter = TokenCounter(default_gguf_path())
-    assert sum(synth) == sum(counter.count(r["text"]) for r in passed)
+    assert sum(synth) == sum(counter.count(r["text"]) for r in all_rows)
     assert "counted by the same tokenizer: the generator's, `SmolLM2-135M-Instruct" in (out / "README.md").read_text()
     # real pages are added until the real share of tokens reaches 1 - synthetic: the achieved synthetic
     # share is the recipe's, up to the last real page added (or the real pages ran out, and all are used)
@@ -172,6 +169,8 @@ def test_mix_reaches_the_recipe_share():
     """The Mix step on many small documents: the achieved synthetic share of tokens is the requested one,
     up to one real document; when real documents run out, all are used and the shortfall is counted."""
     import random
+
+    from datatrove.data import Document
 
     from finephrase.inference.tokens import TokenCounter
     from finephrase.steps.mix import Mix

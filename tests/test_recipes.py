@@ -56,8 +56,12 @@ def check_common(out: Path, summary: dict, configs: list[str], mix: bool):
     assert (out / "data" / "mix").exists() == mix
 
 
+# 48-token test generations are cut (flagged `truncated`): the mix takes them too, to be checked at all
+MIX_FLAGGED = {"mix": {"include_flagged": True}}
+
+
 def test_wrap(tmp_path, demo_data):
-    out, summary = run_recipe_fast(tmp_path, "wrap", 2)
+    out, summary = run_recipe_fast(tmp_path, "wrap", 2, MIX_FLAGGED)
     check_common(out, summary, ["easy", "medium", "hard", "qa"], mix=True)
     mix = rows(out, "mix")
     assert set(mix["kind"]) == {"real", "synthetic"}
@@ -181,7 +185,7 @@ def test_rewire_rewrites_everything_and_keeps_the_top_tenth(tmp_path, demo_data)
 
 
 def test_beyondweb(tmp_path, demo_data):
-    out, summary = run_recipe_fast(tmp_path, "beyondweb", 2)
+    out, summary = run_recipe_fast(tmp_path, "beyondweb", 2, MIX_FLAGGED)
     check_common(out, summary, ["summarize", "continue"], mix=True)
 
 
