@@ -14,10 +14,12 @@ Layout of an output folder::
       recipe.yaml, prompts/        what made it
       .finephrase/                 work files: intermediate documents, checkpoints, logs (not published)
 
-Stages: (``decont-index``: the eval sets' n-grams, with a ``decontamination``) -> ``filter`` (read, filters,
-the sources' decontamination with ``check_sources``) -> exact / MinHash dedup of the sources -> ``rephrase`` ->
-``rows`` (the output rules) -> exact / MinHash dedup of the rows per config (``output_dedup``) ->
-``decontaminate`` (the rows) -> ``mix``. The last stage before ``mix`` writes ``data/<prompt>/``; the stages before
+Stages: (``decont-index``: the eval sets' n-grams, with a ``decontamination``) -> (``quality-thresholds``: a
+quality ensemble's percentile thresholds on a sample) -> ``filter`` (read, filters, the sources' decontamination
+with ``check_sources``) -> (``quality-top-cutoff`` -> ``quality-top``: the top percent of the sources,
+``filters.quality.top_percent``) -> exact / MinHash dedup of the sources -> ``rephrase`` -> ``rows`` (the output
+rules) -> (``output-top-cutoff`` -> ``output-top``: the top percent of each config's rows, ``select_outputs``) ->
+exact / MinHash dedup of the rows per config (``output_dedup``) -> ``decontaminate`` (the rows) -> ``mix``. The last stage before ``mix`` writes ``data/<prompt>/``; the stages before
 it write ``.finephrase/rows*/``.
 """
 

@@ -44,12 +44,12 @@ class FastTextScorer:
     kind = "fasttext"
 
     def __init__(self, path: str, label: str = "hq"):
-        from finephrase.steps.local_model import load_fasttext
+        import fasttext
 
-        self.path, self.label = path, label
-        self.model = load_fasttext(path, lambda: None)
-        if self.model is None:
+        if not os.path.isfile(path):
             raise ScorerError(f"fastText model {path!r} not found")
+        self.path, self.label = path, label
+        self.model = fasttext.load_model(path)  # the file itself, never a cached copy of an older one
         labels = [x.removeprefix("__label__") for x in self.model.labels]
         if label not in labels:
             raise ScorerError(f"{label!r} is not a label of {path} (its labels: {labels})")
