@@ -76,7 +76,7 @@ def test_a_transformers_classifier_scores_a_run_like_the_pipeline(edu_classifier
         "source": {"path": str(folder)}, "filters": {"min_chars": 1, "language": None,
                                                      "quality": {"model": str(edu_classifier), "threshold": 2.5,
                                                                  "batch_size": 4}},
-        "dedup": None, "mix": None})
+        "dedup": None, "mix": None, "run": {"limit": -1}})
     run_filter_stage(recipe, tmp_path / "out")
     expected = dict(zip([d["id"] for d in docs], pipeline_scores(edu_classifier, [d["text"] for d in docs])))
     kept = filtered(tmp_path / "out")
@@ -113,14 +113,18 @@ def test_a_transformers_classifier_from_a_hub_repo(edu_classifier, sample, hub_s
     HfApi().upload_folder(folder_path=str(edu_classifier), repo_id=hub_repo_id)
     local = resolve_classifier(hub_repo_id)  # the whole repo (config.json: a transformers model) into the cache
     assert Path(local, "config.json").is_file() and Path(local) != edu_classifier
-    _, docs = sample
-    texts = [d["text"] for d in docs[:6]]
+    texts = [d["text"] for d in sample[1][:6]]
     assert TransformersScorer(local).score_batch(texts) == pytest.approx(pipeline_scores(edu_classifier, texts),
                                                                            abs=1e-4)
-    recipe = write_recipe(tmp_path / "r.yaml", {"filters": {"quality": {"model": hub_repo_id, "threshold": 2.5}}})
-    from finephrase.recipe import load_recipe
-
-    load_recipe(recipe)  # resolved and checked before anything runs
+    folder, docs = sample
+    recipe = write_recipe(tmp_path / "r.yaml", {  # a run naming the Hub repo: resolved once, before anything runs
+        "source": {"path": str(folder)}, "dedup": None, "mix": None, "run": {"limit": -1},
+        "filters": {"min_chars": 1, "language": None, "quality": {"model": hub_repo_id, "threshold": 0.0}}})
+    run_filter_stage(recipe, tmp_path / "out")
+    expected = dict(zip([d["id"] for d in docs], pipeline_scores(edu_classifier, [d["text"] for d in docs])))
+    kept = filtered(tmp_path / "out")
+    assert set(kept) == {i for i, s in expected.items() if s >= 0.0} and kept
+    assert all(row["metadata"]["quality_score"] == pytest.approx(expected[i], abs=1e-4) for i, row in kept.items())
 
 
 def test_a_fasttext_threshold_above_one_is_a_recipe_error(tmp_path, demo_data):
