@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 FINEPHRASE := $(VENV)/bin/finephrase
+# PyTorch's CPU index, when it answers (an unreachable index makes pip retry it for every package)
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_INDEX = $(shell $(PYTHON) -c "import urllib.request as u; u.urlopen('$(TORCH_CPU_INDEX)/torch/', timeout=10); print('--extra-index-url $(TORCH_CPU_INDEX)')" 2>/dev/null)
 
 .PHONY: setup setup-vllm demo test demo-data clean
 
@@ -11,6 +14,10 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml finephrase/inference/servers/llama_setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	# torch for the transformers quality classifiers (the `classifiers` extra, in `dev` too), first and as the CPU
+	# build: 2.13.0+cpu exists only on PyTorch's CPU index (asked when it answers) or a local wheel, so PyPI's CUDA
+	# build of 2.13.0 is never picked; the editable install below then finds torch==2.13.0 satisfied.
+	$(PY) -m pip install -q 'torch==2.13.0+cpu' $(TORCH_INDEX)
 	$(PY) -m pip install -q -e '.[dev]'
 	# llama-cpp-python built from source with portable flags (-DGGML_NATIVE=OFF: no AVX-512/AMX;
 	# ~6 min on 2 cores the first time, then reused from ~/.cache/finephrase/wheels, keyed by

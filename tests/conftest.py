@@ -62,9 +62,10 @@ def write_recipe(path: Path, overrides: dict | None = None, base: Path = DEMO_RE
     src = data.get("source", {})
     if src.get("path") and not os.path.isabs(src["path"]):
         src["path"] = str(ROOT / src["path"])
-    q = (data.get("filters") or {}).get("quality")
-    if q and not os.path.isabs(q["model"]) and (ROOT / q["model"]).exists():  # else a Hub model reference
-        q["model"] = str(ROOT / q["model"])
+    q = (data.get("filters") or {}).get("quality") or {}
+    for c in [q] + list(q.get("ensemble") or []):  # one classifier, or an ensemble's
+        if c.get("model") and not os.path.isabs(c["model"]) and (ROOT / c["model"]).exists():  # else a Hub model
+            c["model"] = str(ROOT / c["model"])
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 

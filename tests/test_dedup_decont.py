@@ -2,7 +2,7 @@
 
 The stages after the rephrase stage run here for real (datatrove's executor, two tasks) on planted rephrased
 documents: no model is needed. Planted in the generations: exact and near duplicates inside a config and across
-configs, and passages of a benchmark (13-gram overlap); the counts are checked in datatrove's stats, the run
+configs, and passages of a benchmark (12-gram overlap, datatrove's default); the counts are checked in datatrove's stats, the run
 report and the dataset card. The source side (``check_sources``) runs the index and filter stages on planted
 source documents.
 """
@@ -42,7 +42,7 @@ template: |-
   {{{{ document }}}}
 output_rules: {{drop_refusals: false}}
 """
-# a benchmark: questions long enough to have 13-grams
+# a benchmark: questions long enough to have 12-grams (datatrove's default n)
 BENCH = [
     {"question": "A train leaves the station at nine in the morning travelling at sixty miles per hour towards "
                  "a city that is one hundred and eighty miles away; at what time does it arrive?",
@@ -52,7 +52,7 @@ BENCH = [
      "answer": "Saturn."},
 ]
 PLANTED = BENCH[0]["question"]
-NEAR_MISS = " ".join(BENCH[1]["question"].split()[:12])  # 12 words of a question: no 13-gram in common
+NEAR_MISS = " ".join(BENCH[1]["question"].split()[:11])  # 11 words of a question: no 12-gram in common
 
 
 def _shingles(text: str) -> set:
@@ -162,7 +162,7 @@ def test_output_dedup_and_decontamination_per_config(tmp_path, make_recipe, plan
     alpha, beta = rows_of(out, "alpha"), rows_of(out, "beta")
     assert len(alpha) == 8 - 3 and len(beta) == 8 - 2
     assert not any(PLANTED in r["text"] for r in alpha), "the planted benchmark passage is caught"
-    assert any(NEAR_MISS in r["text"] for r in alpha), "12 words in common are not a 13-gram"
+    assert any(NEAR_MISS in r["text"] for r in alpha), "11 words in common are not a 12-gram"
     assert len({r["text"] for r in alpha}) == len(alpha) and len({r["text"] for r in beta}) == len(beta)
     assert {r["text"] for r in alpha} & {r["text"] for r in beta}, "the same text in two configs is kept in both"
     t2 = docs[2]["metadata"]["rollout_results"][0]["alpha"]["text"]
@@ -192,7 +192,7 @@ def test_output_dedup_and_decontamination_per_config(tmp_path, make_recipe, plan
     card = str(render_card(report, recipe, prompts))
     assert "| output dedup `alpha` | 8 | 6 | exact duplicates 1, near duplicates (MinHash) 1 |" in card
     assert "| decontamination `alpha` (drop) | 6 | 5 | bench 1 |" in card
-    assert "13-grams" in card and "`bench`" in card and "[`org/bench`](https://huggingface.co/datasets/org/bench)" \
+    assert "12-grams" in card and "`bench`" in card and "[`org/bench`](https://huggingface.co/datasets/org/bench)" \
         in card and "question, answer" in card
 
 
@@ -309,8 +309,46 @@ def test_eval_set_names_and_output_dedup_default(make_recipe):
     recipe = load_recipe(make_recipe({"decontamination": {"eval_sets": [
         {"dataset": "openai/gsm8k", "config": "main"}, {"path": "data/demo/docs.jsonl.gz", "name": "demo"}]}}))
     assert [e.name for e in recipe.decontamination.eval_sets] == ["gsm8k", "demo"]
-    assert recipe.decontamination.n_grams == 13 and recipe.decontamination.action == "drop"
+    from datatrove.pipeline.decont import NGramsDecontConfig
+
+    assert recipe.decontamination.n_grams == NGramsDecontConfig().n_grams == 12
+    assert recipe.decontamination.action == "drop"
     assert not recipe.output_dedup.enabled
+
+
+@pytest.mark.parametrize("eval_set, n, message", [
+    ({"text_key": "problem"}, 12, r"^eval set 'bench': no row has text_key problem \(its fields: answer, question\); "
+                                  r"fix: set the eval set's text_key$"),
+    ({"text_key": "answer"}, 12, r"^eval set 'bench': only 0 of 2 passages of text_key answer have 12 words or more "),
+    ({"text_key": ["question"]}, 40, r"only 0 of 2 passages of text_key question have 40 words or more"),
+])
+def test_an_index_that_checks_nothing_is_an_error(tmp_path, eval_set, n, message):
+    from datatrove.pipeline.decont import NGramsDecontConfig
+
+    from finephrase.pipeline.decont.index import DecontaminationError
+
+    with open(tmp_path / "bench.jsonl", "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in BENCH)
+    step = EvalSetIndex(str(tmp_path / "index"), [{"name": "bench", "path": str(tmp_path / "bench.jsonl"), **eval_set}],
+                        NGramsDecontConfig(n_grams=n))
+    with pytest.raises(DecontaminationError, match=message) as e:
+        step.run()
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "index" / "bench.index.hashes").exists()
+
+
+def test_a_run_with_a_wrong_text_key_stops_with_one_line(tmp_path, make_recipe, planted):
+    from conftest import run_cli
+
+    recipe = recipe_for(tmp_path, make_recipe, {"eval_sets": [{"path": str(tmp_path / "bench.jsonl"),
+                                                               "text_key": "prompt"}]})
+    proc = run_cli("run", recipe.path, "--output", str(tmp_path / "out"), check=False)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stdout + proc.stderr
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "no row has text_key prompt" in line]
+    assert lines and "eval set 'bench'" in lines[-1] and "fix: set the eval set's text_key" in lines[-1], \
+        proc.stderr[-2000:]
+    assert not (tmp_path / "out" / "data").exists()
 
 
 # ------------------------------------------------------------------ end to end: `finephrase run`, an echo server

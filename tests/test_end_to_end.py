@@ -138,10 +138,18 @@ def test_mix_config(demo_run):
     m = summary["mix"]
     assert (m["synthetic_documents"], m["synthetic_tokens"]) == (len(synth), sum(synth))
     assert (m["real_documents"], m["real_tokens"]) == (len(real), sum(real))
-    # every generated row is in the mix, with its completion tokens
+    # every generated row is in the mix (the demo mixes flagged rows in too: mix.include_flagged), its tokens those
+    # of its text by the generator's tokenizer, which counts the real pages too (the card says which)
+    from finephrase.inference.servers.embedded import default_gguf_path
+    from finephrase.inference.client.tokens import TokenCounter
+
     rows = {p: load_dataset("parquet", data_dir=str(out / "data" / p), split="train") for p in summary["prompts"]}
-    assert len(synth) == sum(len(ds_p) for ds_p in rows.values()) == sum(p["rows"] for p in summary["prompts"].values())
-    assert sum(synth) == sum(sum(ds_p["completion_tokens"]) for ds_p in rows.values())
+    all_rows = [r for ds_p in rows.values() for r in ds_p]
+    assert len(synth) == len(all_rows) == sum(p["rows"] for p in summary["prompts"].values())
+    assert m["synthetic_failed_checks"] == 0
+    counter = TokenCounter(default_gguf_path())
+    assert sum(synth) == sum(counter.count(r["text"]) for r in all_rows)
+    assert "counted by the same tokenizer: the generator's, `SmolLM2-135M-Instruct" in (out / "README.md").read_text()
     # real pages are added until the real share of tokens reaches 1 - synthetic: the achieved synthetic
     # share is the recipe's, up to the last real page added (or the real pages ran out, and all are used)
     target_real = sum(synth) * (1 - share) / share
@@ -164,6 +172,7 @@ def test_mix_reaches_the_recipe_share():
 
     from datatrove.data import Document
 
+    from finephrase.inference.client.tokens import TokenCounter
     from finephrase.pipeline.mix import Mix
 
     class Docs:
@@ -174,16 +183,15 @@ def test_mix_reaches_the_recipe_share():
             yield from self.docs
 
     rng = random.Random(0)
-    synthetic = [Document(text="s" * 10, id=f"s{i}", metadata={"completion_tokens": rng.randint(20, 400),
-                                                                  "source_id": f"r{i}", "prompt": "faq"})
-                 for i in range(60)]
+    synthetic = [Document(text="synthetic " * rng.randint(20, 400), id=f"s{i}",
+                          metadata={"source_id": f"r{i}", "prompt": "faq"}) for i in range(60)]
     real = [Document(text="word " * rng.randint(5, 150), id=f"r{i}") for i in range(400)]
     for share in (0.5, 0.7, 0.9):
         step = Mix([Docs(synthetic)], Docs(real), synthetic=share)
         out = list(step.run())
         synth = sum(d.metadata["tokens"] for d in out if d.metadata["kind"] == "synthetic")
         real_tokens = [d.metadata["tokens"] for d in out if d.metadata["kind"] == "real"]
-        assert synth == sum(d.metadata["completion_tokens"] for d in synthetic)
+        assert synth == sum(TokenCounter(None).count(d.text) for d in synthetic)  # the real text's counter
         target = synth * (1 - share) / share
         assert sum(real_tokens) >= target > sum(real_tokens) - real_tokens[-1]
         achieved = synth / (synth + sum(real_tokens))
@@ -195,7 +203,7 @@ def test_mix_reaches_the_recipe_share():
     out = list(step.run())
     real_out = [d for d in out if d.metadata["kind"] == "real"]
     assert len(real_out) == 20
-    synth = sum(d.metadata["completion_tokens"] for d in synthetic)
+    synth = sum(TokenCounter(None).count(d.text) for d in synthetic)
     short = synth * (1 - 0.1) / 0.1 - sum(d.metadata["tokens"] for d in real_out)
     assert abs(step.stats.stats["real_tokens_short"].total - short) <= 1
 

@@ -13,6 +13,7 @@ from datatrove.pipeline.readers import JsonlReader
 from conftest import write_recipe
 from finephrase.pipeline.mix import Mix
 from finephrase.plan import resolve
+from finephrase.inference.client.tokens import TokenCounter
 
 
 class Rows:
@@ -28,8 +29,10 @@ class Rows:
 
 
 def _synthetic(rng: random.Random) -> list[Document]:
-    return [Document(text="s", id=f"{prompt}-{i}", metadata={"completion_tokens": rng.randint(50, 400),
-                                                             "source_id": f"src-{i}", "prompt": prompt})
+    """Rows of 50-400 words; ``completion_tokens`` (the server's count, before cleaning) deliberately differs from
+    the text's tokens: the mix counts the published text, with the tokenizer it counts the real text with."""
+    return [Document(text=" ".join(["synthetic"] * rng.randint(50, 400)), id=f"{prompt}-{i}",
+                     metadata={"completion_tokens": 7, "source_id": f"src-{i}", "prompt": prompt})
             for prompt in ("table", "math", "faq") for i in range(40)]
 
 
@@ -72,6 +75,25 @@ def test_each_prompt_gets_its_share_within_two_percent(mixin_source):
     assert "real_tokens_short" not in stats
 
 
+def test_rows_whose_checks_failed_stay_out_unless_asked(mixin_source):
+    synthetic = _synthetic(random.Random(0))
+    notes = ["failed:format_qa", "contaminated:gsm8k", "stripped_prefix", "stripped_prefix,failed:too_short", None]
+    for i, doc in enumerate(synthetic):
+        doc.metadata["checks"] = notes[i % len(notes)]
+    passed = {d.id for d in synthetic if d.metadata["checks"] in ("stripped_prefix", None)}
+    mix = Mix([Rows(synthetic)], JsonlReader(str(mixin_source)), synthetic=0.7)
+    out = _run(mix)
+    assert {d.id for d in out if d.metadata["kind"] == "synthetic"} == passed
+    assert mix.stats.stats["synthetic_failed_checks"].total == len(synthetic) - len(passed)
+    counted = TokenCounter(None)
+    synth = sum(counted.count(d.text) for d in synthetic if d.id in passed)
+    real = sum(d.metadata["tokens"] for d in out if d.metadata["kind"] == "real")
+    assert mix.stats.stats["synthetic_tokens"].total == synth and abs(synth / (synth + real) - 0.7) < 0.02
+    assert all(d.metadata["tokens"] == counted.count(d.text) for d in out)  # one tokenizer for both kinds
+    everything = _run(Mix([Rows(synthetic)], JsonlReader(str(mixin_source)), synthetic=0.7, include_flagged=True))
+    assert {d.id for d in everything if d.metadata["kind"] == "synthetic"} == {d.id for d in synthetic}
+
+
 def test_picks_are_fixed_by_the_seed_spread_over_the_source_and_interleaved(mixin_source):
     synthetic = _synthetic(random.Random(0))
 
@@ -100,7 +122,7 @@ def test_when_the_real_data_runs_out_all_of_it_is_used_and_the_shortfall_counted
     out = _run(mix)
     real = [d for d in out if d.metadata["kind"] == "real"]
     assert sorted(d.id for d in real) == [f"r{i}" for i in range(5)]
-    need = sum(d.metadata["completion_tokens"] for d in synthetic)
+    need = sum(TokenCounter(None).count(d.text) for d in synthetic)
     assert abs(mix.stats.stats["real_tokens_short"].total - (need - sum(d.metadata["tokens"] for d in real))) <= 1
     assert rows.passes == 2  # counted once, yielded once: the synthetic rows are streamed, never listed
 

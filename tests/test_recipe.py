@@ -68,7 +68,7 @@ def write_recipe_file(folder, data: dict):
         ({"generatr": {"server": "embedded"}}, "generatr", "unknown key"),
         ({"generator": {"server": "gpu-magic"}}, "generator.server", "embedded"),
         ({"generator": {"concurrency": "lots"}}, "generator.concurrency", "integer"),
-        ({"filters": {"quality": {"threshold": 3}}}, "filters.quality.threshold", "less than or equal to 1"),
+        ({"filters": {"quality": {"threshold": 3}}}, "filters.quality.threshold", "3.0 > 1: a fastText score is a probability"),
         ({"prompts": ["finephrase/faq", "finephrase/nope"]}, "prompts[1]", "unknown prompt 'finephrase/nope'"),
         ({"prompts": []}, "prompts", "at least 1"),
         ({"source": {"path": "/nonexistent/corpus"}}, "source.path", "does not exist"),

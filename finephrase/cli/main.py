@@ -254,9 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_setup_embedded)
 
     _add_output_commands(sub)
-    from finephrase.cli.main import prompts as cli_prompts
-    from finephrase.cli.main import quality as cli_quality
-    from finephrase.cli.main import cluster as cli_cluster
+    from finephrase.cli import prompts as cli_prompts
+    from finephrase.cli import quality as cli_quality
+    from finephrase.cli import cluster as cli_cluster
     for module in (cli_prompts, cli_quality, cli_cluster):
         module.register(sub)  # prompts ...; quality train/score; launch, status, stop
     return p

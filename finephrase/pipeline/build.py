@@ -14,10 +14,12 @@ Layout of an output folder::
       recipe.yaml, prompts/        what made it
       .finephrase/                 work files: intermediate documents, checkpoints, logs (not published)
 
-Stages: (``decont-index``: the eval sets' n-grams, with a ``decontamination``) -> ``filter`` (read, filters,
-the sources' decontamination with ``check_sources``) -> exact / MinHash dedup of the sources -> ``rephrase`` ->
-``rows`` (the output rules) -> exact / MinHash dedup of the rows per config (``output_dedup``) ->
-``decontaminate`` (the rows) -> ``mix``. The last stage before ``mix`` writes ``data/<prompt>/``; the stages before
+Stages: (``decont-index``: the eval sets' n-grams, with a ``decontamination``) -> (``quality-thresholds``: a
+quality ensemble's percentile thresholds on a sample) -> ``filter`` (read, filters, the sources' decontamination
+with ``check_sources``) -> (``quality-top-cutoff`` -> ``quality-top``: the top percent of the sources,
+``filters.quality.top_percent``) -> exact / MinHash dedup of the sources -> ``rephrase`` -> ``rows`` (the output
+rules) -> (``output-top-cutoff`` -> ``output-top``: the top percent of each config's rows, ``select_outputs``) ->
+exact / MinHash dedup of the rows per config (``output_dedup``) -> ``decontaminate`` (the rows) -> ``mix``. The last stage before ``mix`` writes ``data/<prompt>/``; the stages before
 it write ``.finephrase/rows*/``.
 """
 
@@ -61,12 +63,16 @@ from finephrase.pipeline.dedup.outputs import (
     OutputMinhashDedupFilter,
     config_and_text,
 )
-from finephrase.pipeline.filters.quality import QualityFilter
 from finephrase.pipeline.readers.jsonl import SafeJsonlReader
 from finephrase.pipeline.rephrase import Rephrase
+from finephrase.pipeline.filters.quality_ensemble import EnsembleFilter, EnsembleThresholdsStep
+from finephrase.pipeline.filters.quality import quality_filter
+from finephrase.pipeline.rephrase.routing import Router
+from finephrase.pipeline.filters.select_top import TopPercentCutoff, TopPercentFilter
 
 WORK_DIR = ".finephrase"
 DECONT_INDEX = "decont-index"  # the eval sets' n-gram index, under the work folder
+QUALITY_ENSEMBLE = "quality-ensemble"  # a quality ensemble's percentile thresholds, under the work folder
 
 
 @dataclass
@@ -142,8 +148,15 @@ def build_stages(plan: Plan, output: str, runtime: GeneratorRuntime,
     tasks = tasks or recipe.run.tasks
     limit = recipe.run.limit if limit is None else limit
     stages = [_decont_index_stage(recipe.decontamination, paths)] if recipe.decontamination else []
+    q = recipe.filters.quality
+    if q and q.ensemble:
+        stages.append(_thresholds_stage(plan, paths))
     stages.append(_filter_stage(plan, paths, tasks, limit))
     current = paths.w("filtered")
+    if q and q.top_percent:
+        stages += _top_stages(TopSide("quality-", "quality_score", False, names.STAGE_QUALITY_TOP), q.top_percent,
+                              paths, current, tasks, _jsonl_writer(paths.w("selected")))
+        current = paths.w("selected")
     if recipe.dedup.exact:
         stages += _exact_stages(SOURCE_SIDE, paths, current, tasks, _jsonl_writer(paths.w("exact-deduped")))
         current = paths.w("exact-deduped")
@@ -181,19 +194,65 @@ def _decont_index_stage(decont, paths: RunPaths) -> Stage:
                                                          language=decont.language)], 1)
 
 
-def _filter_stage(plan: Plan, paths: RunPaths, tasks: int, limit: int) -> Stage:
-    """1. read + filter (length, language, quality, eval-set n-grams)."""
-    recipe = plan.recipe
-    filters = recipe.filters
-    steps: list = [source_reader(recipe, limit)]
+def _text_filters(filters) -> list:
+    """The length and language filters (the filter stage's first steps, and the ensemble sample's)."""
+    steps: list = []
     if filters.min_chars > 1:
         steps.append(MinCharsFilter(filters.min_chars))
     if filters.language:
         lang = filters.language
         steps.append(LanguageFilter(lang.languages, lang.threshold, None if lang.model == "auto" else lang.model))
-    if filters.quality:
-        q = filters.quality
-        steps.append(QualityFilter(plan.quality_model, q.label, q.threshold))
+    return steps
+
+
+def _classifiers(plan: Plan) -> list[dict]:
+    """A quality ensemble's classifiers as its steps take them (their local paths from the plan)."""
+    q = plan.recipe.filters.quality
+    return [{"name": c.name, "path": plan.classifiers[c.name], "label": c.label, "device": q.device,
+             "batch_size": q.batch_size} for c in q.classifiers]
+
+
+def _thresholds_stage(plan: Plan, paths: RunPaths) -> Stage:
+    """0. a quality ensemble's percentile thresholds, on a sample of the source (one task)."""
+    recipe = plan.recipe
+    q = recipe.filters.quality
+    return Stage(names.STAGE_QUALITY_THRESHOLDS, [
+        source_reader(recipe, q.sample), *_text_filters(recipe.filters),
+        EnsembleThresholdsStep(paths.w(QUALITY_ENSEMBLE), _classifiers(plan), q.buckets, q.batch_size)], 1)
+
+
+@dataclass(frozen=True)
+class TopSide:
+    """What a top-percent selection ranks: the sources by ``quality_score``, or each config's rows by
+    ``output_quality_score``."""
+
+    prefix: str  # of the cutoff stage and the work folder
+    score_key: str
+    by_config: bool
+    stage: str  # the selecting stage's name (the report reads its stats)
+
+
+def _top_stages(side: TopSide, percent: float, paths: RunPaths, current: str, tasks: int, writer) -> list[Stage]:
+    """The top ``percent`` % over the whole run: the cutoff (one task, every file), then the selection."""
+    folder = paths.w(f"{side.prefix}top")
+    return [
+        Stage(f"{side.prefix}top-cutoff", [_intermediate_reader(current),
+                                           TopPercentCutoff(folder, percent, side.score_key, side.by_config)], 1),
+        Stage(side.stage, [_intermediate_reader(current), TopPercentFilter(folder, side.score_key, side.by_config),
+                           writer], tasks),
+    ]
+
+
+def _filter_stage(plan: Plan, paths: RunPaths, tasks: int, limit: int) -> Stage:
+    """1. read + filter (length, language, quality, eval-set n-grams)."""
+    recipe = plan.recipe
+    filters = recipe.filters
+    steps: list = [source_reader(recipe, limit), *_text_filters(filters)]
+    q = filters.quality
+    if q and q.ensemble:
+        steps.append(EnsembleFilter(paths.w(QUALITY_ENSEMBLE), _classifiers(plan), int(q.threshold), q.batch_size))
+    elif q:
+        steps.append(quality_filter(plan.quality_model, q.label, q.threshold, q.device, q.batch_size))
     decont = recipe.decontamination
     if decont and decont.check_sources:  # datatrove's filter, on the index of stage 0
         steps.append(NGramsDecontFilter(paths.w(DECONT_INDEX), _decont_config(decont), language=decont.language))
@@ -271,8 +330,9 @@ def _rows_stages(plan: Plan, paths: RunPaths, runtime: GeneratorRuntime, tasks: 
     """5. rows per prompt config with the output rules, then the output dedup and the decontamination of the
     rows (when the recipe has them): the last of these stages writes the parquet configs, the others
     ``.finephrase/rows*/``."""
-    out_dedup, decont = plan.recipe.output_dedup, plan.recipe.decontamination
-    after = [kind for kind, on in (("exact", out_dedup.exact), ("minhash", out_dedup.minhash),
+    recipe = plan.recipe
+    out_dedup, decont, select = recipe.output_dedup, recipe.decontamination, recipe.select_outputs
+    after = [kind for kind, on in (("top", select), ("exact", out_dedup.exact), ("minhash", out_dedup.minhash),
                                    ("decontaminated", decont)) if on]
     folders = ["rows"] + [f"rows-{kind}" for kind in after]
 
@@ -282,7 +342,10 @@ def _rows_stages(plan: Plan, paths: RunPaths, runtime: GeneratorRuntime, tasks: 
     stages = [_rows_stage(plan, paths, runtime, tasks, writer(0))]
     for i, kind in enumerate(after, start=1):
         current = paths.w(folders[i - 1])
-        if kind == "exact":
+        if kind == "top":
+            stages += _top_stages(TopSide("output-", "output_quality_score", True, names.STAGE_OUTPUT_TOP),
+                                  select.top_percent, paths, current, tasks, writer(i))
+        elif kind == "exact":
             stages += _exact_stages(OUTPUT_SIDE, paths, current, tasks, writer(i))
         elif kind == "minhash":
             stages += _minhash_stages(OUTPUT_SIDE, out_dedup.minhash, paths, current, tasks, writer(i))
@@ -311,9 +374,13 @@ def _mix_stage(recipe: Recipe, prompts: list[Prompt], paths: RunPaths, runtime: 
     """6. real + synthetic mix."""
     m = recipe.mix
     real = reader_for(m.source) if m.source is not None else _intermediate_reader(current)
+    router = Router(recipe.routing.model_dump(), prompts) if recipe.routing else None
+    # routing with levels kept as they are (Nemotron-CC's medium): the real text is those documents
+    real_filter = router.keeps if router and router.keeps_any and m.source is None else None
     return Stage(names.STAGE_MIX, [
         Mix([ParquetReader(os.path.join(paths.data, p.config_name)) for p in prompts], real,
-            synthetic=m.synthetic, per_prompt=m.per_prompt, tokenizer=runtime.tokenizer, seed=m.seed),
+            synthetic=m.synthetic, per_prompt=m.per_prompt, tokenizer=runtime.tokenizer, seed=m.seed,
+            include_flagged=m.include_flagged, real_filter=real_filter),
         ParquetWriter(os.path.join(paths.data, "mix"), output_filename="${rank}.parquet", adapter=mix_adapter,
                       schema=MIX_SCHEMA),
     ], 1)

@@ -1,6 +1,12 @@
 """Mix: real and synthetic documents at a token ratio per prompt (WRAP 1:1, FinePhrase 60-80 % synthetic).
 
-All synthetic rows are kept. Real documents come from any datatrove reader: the rephrased source after
+Every synthetic row that passed its checks is kept: a row whose ``checks`` column notes a failed output rule
+(``failed:<rule>``, written by the rows stage with ``output_checks: flag``) or an eval set's n-gram
+(``contaminated:<eval set>``, ``decontamination.action: flag``) is left out and counted
+(``synthetic_failed_checks``), unless ``include_flagged`` (the recipe's ``mix.include_flagged``). Real and synthetic
+tokens are counted by the same ``TokenCounter`` (the generator's tokenizer; without one, an estimate at
+``CHARS_PER_TOKEN`` characters per token): a synthetic row's tokens are those of its text as published (after
+cleaning), not the server's ``completion_tokens``. Real documents come from any datatrove reader: the rephrased source after
 filters and dedup by default, or another mix-in source (FinePhrase mixed FineWeb-Edu-HQ into its rephrased
 data). For each prompt ``p`` with synthetic share ``s_p`` the real tokens it needs are
 ``synthetic_tokens_p * (1 - s_p) / s_p``; each real document picked counts toward the prompt furthest from its
@@ -15,8 +21,9 @@ Streaming, never all documents in memory:
    counts with a 5 % margin), so the picks are spread over the whole source and the same seed picks the same
    documents; if the picks fall short, further passes take more of the documents left, until the target or the
    end of the source;
-3. the synthetic and the picked real documents are interleaved by a seeded draw weighted by the tokens each
-   stream still has (each stream keeps its own order).
+3. the synthetic and the picked real documents are interleaved by position: a document sits at the share of its
+   stream's tokens before it, plus a seeded fraction of its own (each stream keeps its own order, and both are
+   spread over the whole mix whatever their document sizes).
 
 The achieved shares are measured (stats ``synthetic_tokens/<prompt>``, ``real_tokens/<prompt>``) and reported
 in the card; when the real data runs out, every real document is used and ``real_tokens_short`` counts what is
@@ -26,6 +33,7 @@ missing.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import random
 from collections.abc import Iterator
 
@@ -43,6 +51,13 @@ MIX_SCHEMA_COLUMNS = [f.name for f in MIX_SCHEMA]
 RATE_MARGIN = 1.05  # picks sized 5 % above the need: one pass is nearly always enough
 MAX_PASSES = 6  # over the real source, after the counting one (the last takes every document left)
 SAMPLE_DOCUMENTS = 1000  # real documents tokenized in the counting pass (tokens per character)
+# the notes of a ``checks`` column that mean a check failed (finephrase.pipeline.formatters.rows, .decontaminate)
+FAILED_CHECKS = ("failed:", "contaminated:")
+
+
+def passed_checks(doc: Document) -> bool:
+    """True when the row's ``checks`` column notes no failed output rule and no eval set's n-gram."""
+    return not any(note.startswith(FAILED_CHECKS) for note in (doc.metadata.get("checks") or "").split(","))
 
 
 def mix_adapter(self, document: Document) -> dict:
@@ -67,15 +82,19 @@ class Mix(PipelineStep):
         real_reader: a datatrove reader over the real documents (the source, or another mix-in source).
         synthetic: share of tokens that are synthetic, in (0, 1], for prompts without their own.
         per_prompt: ``{prompt name: synthetic share}`` overriding ``synthetic`` (FinePhrase: table 0.7, math 0.8).
-        tokenizer: token counter spec for the real documents (see ``finephrase.inference.client.tokens``).
+        tokenizer: token counter spec for real and synthetic text alike (see ``finephrase.inference.client.tokens``).
         seed: which real documents are picked and how the two streams interleave.
+        include_flagged: also mix the rows whose checks failed (kept and flagged by the rows stage).
+        real_filter: which real documents may be picked (e.g. a router's ``keeps``: the documents of the quality
+            levels kept as they are, Nemotron-CC's medium quality); None: all of them.
     """
 
     name = "🥣 Mix real + synthetic"
     type = "Mixer"
 
     def __init__(self, synthetic_readers: list, real_reader, synthetic: float = 0.5, tokenizer: str | None = None,
-                 seed: int = 0, per_prompt: dict[str, float] | None = None):
+                 seed: int = 0, per_prompt: dict[str, float] | None = None, include_flagged: bool = False,
+                 real_filter=None):
         super().__init__()
         self.shares = dict(per_prompt or {})
         for share in (synthetic, *self.shares.values()):
@@ -86,6 +105,8 @@ class Mix(PipelineStep):
         self.synthetic = synthetic
         self.tokens = TokenCounter(tokenizer)
         self.seed = seed
+        self.include_flagged = include_flagged
+        self.real_filter = real_filter
 
     def share_of(self, prompt: str | None) -> float:
         return self.shares.get(prompt, self.synthetic) if prompt else self.synthetic
@@ -99,9 +120,14 @@ class Mix(PipelineStep):
         yield from self._interleave(self._synthetic_docs(), sum(synthetic.values()), real, sum(need.values()))
 
     # ------------------------------------------------------------------ the two streams
-    def _synthetic_rows(self) -> Iterator[Document]:
+    def _synthetic_rows(self, count_skipped: bool = False) -> Iterator[Document]:
+        """The rows that go into the mix (those that passed their checks, unless ``include_flagged``)."""
         for reader in self.synthetic_readers:
-            yield from reader.run(None, 0, 1)
+            for doc in reader.run(None, 0, 1):
+                if self.include_flagged or passed_checks(doc):
+                    yield doc
+                elif count_skipped:
+                    self.stat_update(names.MIX_SYNTHETIC_FAILED_CHECKS)
 
     def _synthetic_tokens(self) -> dict[str, int]:
         """Completion tokens of the synthetic rows per prompt (a counting pass)."""
@@ -112,10 +138,10 @@ class Mix(PipelineStep):
         return out
 
     def _synthetic_count(self, doc: Document) -> int:
-        return int(doc.metadata.get("completion_tokens") or self.tokens.count(doc.text))
+        return self.tokens.count(doc.text)
 
     def _synthetic_docs(self) -> Iterator[tuple[Document, int]]:
-        for doc in self._synthetic_rows():
+        for doc in self._synthetic_rows(count_skipped=True):
             n, prompt = self._synthetic_count(doc), doc.metadata.get("prompt")
             self.stat_update("synthetic_documents")
             self.stat_update("synthetic_tokens", value=n)
@@ -125,7 +151,8 @@ class Mix(PipelineStep):
                 "mixed_with": None, "tokens": n}), n
 
     def _real_docs(self) -> Iterator[Document]:
-        return self.real_reader.run(None, 0, 1)
+        docs = self.real_reader.run(None, 0, 1)
+        return docs if self.real_filter is None else (d for d in docs if self.real_filter(d.metadata))
 
     def _count(self, doc: Document) -> int:
         return self.tokens.count(doc.text)
@@ -173,16 +200,15 @@ class Mix(PipelineStep):
                                                                  "prompt": None, "mixed_with": prompt, "tokens": n})
 
     def _interleave(self, synthetic, synthetic_tokens: float, real, real_tokens: float) -> Iterator[Document]:
-        """The two streams merged by a seeded draw weighted by the tokens each still has to give."""
+        """The two streams merged by position: each document sits at the share of its stream's tokens before it (plus
+        a seeded fraction of its own), so both streams are spread over the whole mix whatever their document sizes."""
         rng = random.Random(self.seed)
-        streams = [[synthetic, max(synthetic_tokens, 0.0)], [real, max(real_tokens, 0.0)]]
-        while streams:
-            weights = [max(left, 1.0) for _, left in streams]  # a stream past its estimate still gets drawn
-            pick = 0 if len(streams) == 1 else int(rng.random() * sum(weights) >= weights[0])
-            item = next(streams[pick][0], None)
-            if item is None:
-                streams.pop(pick)
-                continue
-            doc, n = item
-            streams[pick][1] -= n
+
+        def placed(stream, total: float):
+            done = 0
+            for doc, n in stream:
+                yield (done + rng.random() * n) / max(total, 1.0), doc
+                done += n
+
+        for _, doc in heapq.merge(placed(synthetic, synthetic_tokens), placed(real, real_tokens), key=lambda x: x[0]):
             yield doc

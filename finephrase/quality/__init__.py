@@ -1,4 +1,5 @@
-"""Quality classifiers the DCLM way: train, score, and resolve a fastText model (local path or Hub repo).
+"""Quality classifiers the papers used: fastText the DCLM way (train, score), transformers models the FineWeb-Edu
+way, ensembles the Nemotron-CC way; resolved from a local path or a Hub repo.
 
 What lives here:
 
@@ -9,11 +10,18 @@ What lives here:
   held-out split with precision / recall / F1 per label, a quantised model;
 * :mod:`.score` — ``finephrase quality score``: the score distribution (a terminal histogram) and what a
   threshold keeps;
-* :mod:`.models` — a classifier from a local path or a Hub model repo (``org/name`` or ``hf://org/name/file``),
-  downloaded and cached with ``huggingface_hub``; offline, a clear error naming ``hf download``.
+* :mod:`.models` — a classifier from a local path or a Hub model repo (``org/name`` or ``hf://org/name/file``; a
+  repo with ``config.json`` is a transformers model, downloaded whole), cached with ``huggingface_hub``; offline, a
+  clear error naming ``hf download``;
+* :mod:`.scorers` — one ``score_batch(texts)`` over a fastText file or a transformers sequence-classification /
+  regression folder (batched, on a configurable device), and the FineWeb-Edu card's ``int_score``;
+* :mod:`.ensemble` — Nemotron-CC's percentile buckets (thresholds on a sample, a score's bucket, the thresholds
+  file).
 
-What it may import: fasttext, huggingface_hub, datatrove's readers, and from finephrase only
-``finephrase.errors`` and ``finephrase.hub_errors`` (Hub failures in one or two lines). The steps (``finephrase.pipeline.filters.quality``) import :mod:`.text` and :mod:`.models`.
+What it may import: fasttext, torch and transformers (lazily, only when a transformers model is loaded: the
+``classifiers`` extra), numpy, huggingface_hub, datatrove's readers, and from finephrase only ``finephrase.errors``
+and ``finephrase.hub_errors`` (Hub failures in one or two lines). The steps (``finephrase.pipeline.filters.quality``,
+``.quality_ensemble``, ``.format_rows``) import :mod:`.text`, :mod:`.models`, :mod:`.scorers` and :mod:`.ensemble`.
 """
 
 from finephrase.quality.text import fasttext_text

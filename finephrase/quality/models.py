@@ -1,7 +1,10 @@
-"""A fastText classifier from a local path or a Hub model repo, downloaded and cached with huggingface_hub.
+"""A classifier from a local path or a Hub model repo, downloaded and cached with huggingface_hub.
 
-Accepted: a local file (``models/quality.ftz``); ``org/name`` (the repo's single ``.bin`` / ``.ftz`` file, e.g.
-DCLM's ``mlfoundations/fasttext-oh-eli5``); ``org/name/file.bin`` or ``hf://org/name/file.bin`` (that file);
+Accepted: a local fastText file (``models/quality.ftz``) or ``transformers`` folder (``config.json`` + weights +
+tokenizer, as ``save_pretrained`` writes it); ``org/name`` (a transformers repo — one with ``config.json``, e.g. the
+FineWeb-Edu classifier ``HuggingFaceFW/fineweb-edu-classifier``, downloaded whole with ``snapshot_download`` — or
+the repo's single ``.bin`` / ``.ftz`` file, e.g. DCLM's ``mlfoundations/fasttext-oh-eli5``);
+``org/name/file.bin`` or ``hf://org/name/file.bin`` (that file);
 ``...@revision`` pins a revision. Downloads land in huggingface_hub's cache (``HF_HUB_CACHE``), so a second run
 reads the cached file, also offline (``HF_HUB_OFFLINE=1``). A Hub that cannot be reached is an error with the
 fix (download it with ``hf download`` elsewhere, then pass the local path).
@@ -12,6 +15,7 @@ from __future__ import annotations
 import os
 
 from finephrase.errors import FinephraseError
+from finephrase.quality.scorers import is_transformers_model
 
 MODEL_SUFFIXES = (".bin", ".ftz")
 
@@ -31,10 +35,18 @@ def _parse(spec: str) -> tuple[str, str | None, str | None]:
     return f"{parts[0]}/{parts[1]}", filename, revision or None
 
 
-def _model_file(repo_id: str, revision: str | None) -> str:
-    from huggingface_hub import list_repo_files
+def _download(repo_id: str, revision: str | None) -> str:
+    """The repo whole (a transformers model) or its one fastText file."""
+    from huggingface_hub import hf_hub_download, list_repo_files, snapshot_download
 
-    files = [f for f in list_repo_files(repo_id, revision=revision) if f.endswith(MODEL_SUFFIXES)]
+    listed = list_repo_files(repo_id, revision=revision)
+    if "config.json" in listed:
+        return snapshot_download(repo_id, revision=revision)
+    return hf_hub_download(repo_id, _model_file(repo_id, listed), revision=revision)
+
+
+def _model_file(repo_id: str, listed: list[str]) -> str:
+    files = [f for f in listed if f.endswith(MODEL_SUFFIXES)]
     if len(files) != 1:
         found = ", ".join(files) or "none"
         raise ClassifierNotFound(f"{repo_id}: expected one .bin/.ftz file in the repo, found {found}; "
@@ -44,18 +56,21 @@ def _model_file(repo_id: str, revision: str | None) -> str:
 
 def resolve_classifier(spec: str) -> str:
     """A local path to the classifier ``spec`` names (downloading it from the Hub when needed)."""
-    if os.path.isfile(spec):
+    if os.path.isfile(spec) or is_transformers_model(spec):
         return spec
     if spec.startswith(("/", "./", "../")) or (not spec.startswith("hf://") and spec.endswith(MODEL_SUFFIXES)
                                                and spec.count("/") < 2):
-        raise ClassifierNotFound(f"fastText model {spec!r} not found")
+        raise ClassifierNotFound(f"classifier {spec!r} not found (a fastText file, or a transformers folder with "
+                                 "config.json)")
     repo_id, filename, revision = _parse(spec)
     from huggingface_hub import hf_hub_download
 
     from finephrase.hub_errors import describe_hub_error
 
     try:
-        return hf_hub_download(repo_id, filename or _model_file(repo_id, revision), revision=revision)
+        if filename:
+            return hf_hub_download(repo_id, filename, revision=revision)
+        return _download(repo_id, revision)
     except ClassifierNotFound:
         raise
     except Exception as e:  # noqa: BLE001 - an expected Hub failure gets its cause and fix; anything else re-raised

@@ -25,6 +25,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from finephrase.inference.client.backends import backend_for
 from finephrase.inference.client.request_builder import DEFAULT_MAX_NEW_TOKENS
 from finephrase.inference.client.fleet import fleet_line
+from finephrase.inference.client.tokens import CHARS_PER_TOKEN
 from finephrase.prompts import Prompt
 from finephrase.report import (
     ALL,
@@ -233,6 +234,12 @@ def _prompt_views(report: RunReport, recipe, prompts: list[Prompt]) -> list[dict
     return views
 
 
+def _mix_tokenizer(recipe) -> str | None:
+    """The file name of the tokenizer the mix counted real and synthetic tokens with (None: estimated)."""
+    spec = backend_for(recipe.generator.server).request_settings(recipe.generator).tokenizer
+    return os.path.basename(spec.rstrip("/")) if spec else None
+
+
 def _mix_view(report: RunReport, recipe, mix: ConfigFiles | None) -> dict | None:
     if not (recipe.mix or mix):
         return None
@@ -254,7 +261,8 @@ def _mix_view(report: RunReport, recipe, mix: ConfigFiles | None) -> dict | None
     source = cfg.source if cfg else None
     return {"target": cfg.synthetic if cfg else None, "per_prompt": cfg.per_prompt if cfg else {},
             "achieved": achieved, "stats": m, "prompts": prompts, "rows": mix.rows if mix else 0,
-            "seed": cfg.seed if cfg else None,
+            "seed": cfg.seed if cfg else None, "tokenizer": _mix_tokenizer(recipe), "chars_per_token": CHARS_PER_TOKEN,
+            "include_flagged": bool(cfg and cfg.include_flagged),
             "source": (source.name or source.dataset or source.path) if source else None}
 
 
@@ -306,7 +314,10 @@ def _quality_view(report: RunReport, recipe, prompts: list[Prompt]) -> dict | No
             bucket["documents"], bucket["sent"] = (found.documents, found.prompts) if found else (0, {})
         routing += [{"name": name, "min": None, "max": None, "prompts": list(c.prompts), "documents": c.documents,
                      "sent": c.prompts} for name, c in routed.items() if name not in {b["name"] for b in routing}]
-    return {"model": q.model, "label": q.label, "threshold": q.threshold,
+    ensemble = [{"name": c.name, "model": c.model, "label": c.label} for c in q.ensemble] if q.ensemble else None
+    return {"model": q.model, "label": q.label, "threshold": q.threshold, "ensemble": ensemble,
+            "buckets": q.buckets, "sample": q.sample, "top_percent": q.top_percent,
+            "select_outputs": recipe.select_outputs.top_percent if recipe.select_outputs else None,
             "scores": {k: v for k, v in scores.items() if v}, "routing": routing}
 
 

@@ -60,6 +60,7 @@ class PromptCount(_Model):
     duplicates: dict[str, int] = {}  # "exact" / "minhash" -> rows removed as duplicates of a row of this config
     contaminated: dict[str, int] = {}  # eval set -> rows dropped for sharing an n-gram with it
     contaminated_flagged: dict[str, int] = {}  # eval set -> rows kept, flagged `contaminated:<set>` in `checks`
+    below_top: int = 0  # rows under the top percent of this config (select_outputs)
     # scored outputs (a quality classifier in the recipe): the generated text scored like the source
     output_scored: int = 0  # rows scored
     output_quality: float = 0.0  # sum of their scores
@@ -78,8 +79,9 @@ class PromptCount(_Model):
 
     @property
     def written(self) -> int:
-        """Rows written: kept by the output rules, minus the duplicates and the contaminated rows dropped."""
-        return self.rows - sum(self.duplicates.values()) - sum(self.contaminated.values())
+        """Rows written: kept by the output rules, minus the rows under the top percent, the duplicates and the
+        contaminated rows dropped."""
+        return self.rows - self.below_top - sum(self.duplicates.values()) - sum(self.contaminated.values())
 
 
 class MixCount(_Model):
@@ -88,6 +90,7 @@ class MixCount(_Model):
     real_documents: int = 0
     real_tokens: int = 0
     real_tokens_short: int = 0  # real tokens missing to reach the target share (the real data ran out)
+    synthetic_failed_checks: int = 0  # flagged rows left out of the mix (mix.include_flagged: false)
     per_prompt: dict[str, dict[str, int]] = {}  # prompt -> synthetic_tokens, real_tokens (its share's tokens)
 
     def achieved(self, prompt: str | None = None) -> float | None:

@@ -108,7 +108,7 @@ def _prompt(rows: dict, name: str) -> PromptCount:
         row_completion_tokens=get(names.ROW_COMPLETION_TOKENS),
         dropped=_by_reason(rows, names.ROW_DROPPED, name), flagged=_by_reason(rows, names.ROW_FLAGGED, name),
         duplicates=_by_reason(rows, names.DUPLICATES, name), contaminated=_by_reason(rows, names.CONTAMINATED, name),
-        contaminated_flagged=_by_reason(rows, names.CONTAMINATED_FLAGGED, name),
+        contaminated_flagged=_by_reason(rows, names.CONTAMINATED_FLAGGED, name), below_top=get(names.BELOW_TOP),
         output_scored=get(names.OUTPUT_SCORED), output_quality=get(names.OUTPUT_QUALITY),
         quality_uplift=get(names.QUALITY_UPLIFT), below_source=get(names.BELOW_SOURCE),
         removed_prompt_tokens=get(names.REMOVED_PROMPT_TOKENS),
@@ -185,7 +185,7 @@ def counts_from_stats(output: str, stages: list[str], prompts: list[str]) -> Run
     return RunCounts(
         documents_read=reader.get(names.DOCUMENTS, 0),
         skipped_input={k: reader[k] for k in names.SKIPPED_INPUT if reader.get(k)},
-        filters=_filters(filter_stage),
+        filters=_filters(filter_stage + load_stage_stats(output, names.STAGE_QUALITY_TOP)),
         dedup=_dedup(output),
         prompts={name: _prompt(rows, name) for name in prompts},
         steps=steps,

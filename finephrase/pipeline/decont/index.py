@@ -11,6 +11,10 @@ An eval set (a dict, as in the recipe's ``decontamination.eval_sets``): ``name``
 parquet file, a folder of them, or a local copy of a Hub dataset) or ``dataset`` (a Hub id, loaded with
 ``datasets.load_dataset``; ``path`` wins when both are given), ``config``, ``split``, ``text_key`` (a field or a
 list of fields; list values are joined too). Counted: ``eval_passages/<name>``, ``eval_ngrams/<name>``.
+
+An index that would check (almost) nothing stops the run with a one-line :class:`DecontaminationError` naming the
+eval set and the field: no rows, no row with the ``text_key`` field(s) (its fields are listed), or fewer than
+``MIN_INDEXED_SHARE`` of the passages as long as one n-gram.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from datatrove.utils.text import ngrams, simplify_text
 from datatrove.utils.word_tokenizers import load_word_tokenizer
 from loguru import logger
 
+from finephrase.errors import FinephraseError
 from finephrase import stats as names
 
 FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
@@ -96,6 +101,13 @@ def eval_rows(eval_set: dict) -> Iterator[dict]:
     yield from rows
 
 
+MIN_INDEXED_SHARE = 0.1  # of an eval set's passages that must hold at least one n-gram
+
+
+class DecontaminationError(FinephraseError):
+    """An eval set whose n-gram index would be empty or tiny (a wrong ``text_key``, passages shorter than the n-gram)."""
+
+
 def passage(row: dict, keys: list[str]) -> str:
     """The text of a row that is checked: its ``keys`` fields (lists joined), joined by a space."""
     parts = []
@@ -142,11 +154,45 @@ class EvalSetIndex(PipelineStep):
             name, keys = eval_set["name"], eval_set["text_key"]
             keys = [keys] if isinstance(keys, str) else list(keys)
             found: set[int] = set()
+            tally = IndexTally()
             with self.track_time():
                 for row in eval_rows(eval_set):
                     self.stat_update(names.per_prompt(names.EVAL_PASSAGES, name))
-                    found.update(self.hashes(passage(row, keys), tokenizer, hash_func))
+                    hashes = self.hashes(passage(row, keys), tokenizer, hash_func)
+                    tally.add(row, keys, hashes)
+                    found.update(hashes)
+            tally.check(name, keys, self.config.n_grams)
             self.stat_update(names.per_prompt(names.EVAL_NGRAMS, name), value=len(found))
             logger.info(f"eval set {name}: {len(found)} {self.config.n_grams}-grams indexed")
             with self.output_folder.open(f"{name}.index.hashes", mode="wb") as f:
                 f.write(np.array(sorted(found), dtype=self.config.hash_config.np_descr).tobytes())
+
+
+class IndexTally:
+    """What one eval set's rows gave the index: rows, rows with the checked field(s), passages long enough for an
+    n-gram; :meth:`check` raises when the index would check (almost) nothing."""
+
+    def __init__(self):
+        self.rows = self.with_field = self.indexed = 0
+        self.fields: set[str] = set()
+
+    def add(self, row: dict, keys: list[str], hashes: list[int]) -> None:
+        self.rows += 1
+        if len(self.fields) < 50:
+            self.fields.update(map(str, row))
+        if any(row.get(k) not in (None, "", [], ()) for k in keys):
+            self.with_field += 1
+        self.indexed += bool(hashes)
+
+    def check(self, name: str, keys: list[str], n: int) -> None:
+        field = "text_key " + ", ".join(keys)
+        if not self.rows:
+            raise DecontaminationError(f"eval set {name!r}: no rows read; fix: check its path/dataset, config and split")
+        if not self.with_field:
+            raise DecontaminationError(f"eval set {name!r}: no row has {field} (its fields: "
+                                       f"{', '.join(sorted(self.fields))}); fix: set the eval set's text_key")
+        if self.indexed < MIN_INDEXED_SHARE * self.rows:
+            raise DecontaminationError(
+                f"eval set {name!r}: only {self.indexed} of {self.rows} passages of {field} have {n} words or more "
+                f"(the n-gram size), so the index would check almost nothing; fix: add longer fields to text_key or "
+                "lower decontamination.n_grams")

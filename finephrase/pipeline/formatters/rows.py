@@ -19,10 +19,9 @@ from datatrove.pipeline.base import PipelineStep
 from loguru import logger
 
 from finephrase.prompts import Prompt
-from finephrase.quality.score import label_score
 from finephrase.pipeline.formatters.output_checks import check_output
 from finephrase import stats as names
-from finephrase.quality.fasttext_model import load_fasttext
+from finephrase.quality.scorers import load_scorer
 
 ROW_SCHEMA = pa.schema(
     [
@@ -125,8 +124,8 @@ class FormatRows(PipelineStep):
     def _score(self, text: str) -> float:
         """The quality classifier's score of a generated text (the same model and label as the quality filter)."""
         if self._quality is None:
-            self._quality = load_fasttext(self.quality_model)
-        return round(label_score(self._quality, text, self.quality_label), 6)
+            self._quality = load_scorer(self.quality_model, self.quality_label)
+        return round(self._quality.score_batch([text])[0], 6)
 
     def _count_scores(self, name: str, metadata: dict) -> None:
         """Scored outputs: the output's score, its uplift over the source's, and whether it scores below it."""

@@ -9,6 +9,10 @@ Two recipe forms (``routing:``):
 - ``threshold`` (the first form, kept): two buckets, ``high-quality`` (score >= threshold) and ``low-quality``,
   each going to the prompts whose ``suits`` is that bucket or ``any``; unscored documents to ``suits: any`` only.
 
+A bucket with ``keep: true`` keeps its documents as they are (Nemotron-CC's medium quality, ``prompts`` usually
+empty): :meth:`Router.keeps` says so, and the mix draws its real text from these documents
+(:class:`finephrase.pipeline.mix.Mix`'s ``real_filter``).
+
 The bucket is written in the document's metadata (``bucket``): the rows stage counts documents per bucket and per
 prompt from it, and every row carries it.
 """
@@ -28,6 +32,7 @@ class Bucket:
     name: str
     min: float
     prompts: tuple[Prompt, ...]
+    keep: bool = False
 
 
 class Router:
@@ -42,7 +47,8 @@ class Router:
     def _buckets(self) -> tuple[list[Bucket], tuple[Prompt, ...]]:
         by_name = {p.name: p for p in self.prompts}
         if self.routing.get("buckets"):
-            buckets = [Bucket(b["name"], float(b.get("min", 0.0)), tuple(by_name[n] for n in b["prompts"]))
+            buckets = [Bucket(b["name"], float(b.get("min", 0.0)), tuple(by_name[n] for n in b.get("prompts") or ()),
+                              bool(b.get("keep")))
                        for b in self.routing["buckets"]]
             unscored = tuple(by_name[n] for n in self.routing.get("unscored") or ())
         else:
@@ -53,23 +59,35 @@ class Router:
             unscored = tuple(p for p in self.prompts if p.suits == "any")
         return sorted(buckets, key=lambda b: b.min, reverse=True), unscored
 
+    def bucket(self, metadata: dict) -> Bucket | None:
+        """The bucket of a scored document (None: unscored, or below every bucket)."""
+        score = metadata.get(self.by)
+        if score is None:
+            return None
+        return next((b for b in self.buckets if float(score) >= b.min), None)
+
+    @property
+    def keeps_any(self) -> bool:
+        return any(b.keep for b in self.buckets)
+
+    def keeps(self, metadata: dict) -> bool:
+        """The document's bucket keeps it as it is (the real text of the mix)."""
+        found = self.bucket(metadata)
+        return found is not None and found.keep
+
     def route(self, metadata: dict) -> tuple[str | None, list[Prompt]]:
         if not self.routing:
             return None, self.prompts
-        score = metadata.get(self.by)
-        if score is None:
+        if metadata.get(self.by) is None:
             return UNSCORED, list(self.unscored)
-        score = float(score)
-        for bucket in self.buckets:
-            if score >= bucket.min:
-                return bucket.name, list(bucket.prompts)
-        return BELOW_BUCKETS, []
+        found = self.bucket(metadata)
+        return (found.name, list(found.prompts)) if found else (BELOW_BUCKETS, [])
 
     def describe(self) -> list[dict]:
         """The buckets as the card lists them: name, score range, prompts."""
         out, upper = [], None
         for b in self.buckets:
             out.append({"name": b.name, "min": None if b.min == float("-inf") else b.min, "max": upper,
-                        "prompts": [p.name for p in b.prompts]})
+                        "prompts": [p.name for p in b.prompts], "keep": b.keep})
             upper = b.min
         return out
