@@ -19,7 +19,7 @@ import orjson
 
 from finephrase.cluster import ClusterError, slurm
 from finephrase.cluster.jobs import Ledger, StageJobs, load_ledger
-from finephrase.inference.client.pool import read_endpoints_file
+from finephrase.inference.endpoints import read_endpoints_file
 from finephrase.stats import ROLLOUTS
 from finephrase.pipeline.build import RunPaths
 from finephrase.inference.client.fleet import fleet_line, summarise

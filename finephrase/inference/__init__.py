@@ -10,7 +10,9 @@
   checkpoints, request cache and writer; datatrove's public surface and file formats);
 * :mod:`.servers` — servers finephrase starts and supervises on this machine: llama.cpp and vLLM's CPU build
   (``embedded``, ``llama_server``, ``vllm_engine``, ``group_leader``, ``gguf_convert``), the engine choice, and their
-  set-up (``llama_setup``, ``vllm_setup``).
+  set-up (``llama_setup``, ``vllm_setup``);
+* :mod:`.endpoints` — the endpoints file servers register in (locked appends and removals) and the one readiness
+  probe (a 1-token generation), shared by the pool, ``finephrase serve`` and the server jobs.
 
 What it may import: datatrove, aiohttp, orjson, the standard library, and from finephrase only
 ``finephrase.errors``, ``finephrase.lifetime``, ``finephrase.resources``, ``finephrase.progress`` (the runner

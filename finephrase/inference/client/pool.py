@@ -51,6 +51,7 @@ from finephrase.errors import GeneratorRejected, GeneratorUnavailable, ReplicasC
 from finephrase.inference.client.protocols import Protocol, ProtocolError, make_protocol
 from finephrase.inference.client.fleet import FleetMonitor
 from finephrase.inference.client.window import AdaptiveWindow
+from finephrase.inference.endpoints import READY_REQUEST, normalize_endpoint, read_endpoints_file
 
 if TYPE_CHECKING:
     from datatrove.pipeline.inference.run_inference import InferenceConfig
@@ -64,7 +65,7 @@ TOO_LONG = re.compile(
 
 
 # the health check's generation (see ReplicaPool._generates)
-PROBE_PAYLOAD = {"messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 1, "temperature": 0.0}
+PROBE_PAYLOAD = READY_REQUEST
 # marks the health generation (servers ignore it; test servers count it apart from the work)
 HEALTH_HEADERS = {"X-Finephrase-Health": "generation"}
 
@@ -129,22 +130,6 @@ def refusal(status: int, body: str, url: str) -> RequestFailed:
     message = server_message(body)
     kind = InputTooLong if status == 413 or (status in (400, 422) and TOO_LONG.search(message)) else RequestRejected
     return kind(f"BadRequestError {status} from {url}: {message}", status=status, body=message)
-
-
-def normalize_endpoint(e: str) -> str:
-    e = e.strip().rstrip("/")
-    if not e.startswith(("http://", "https://")):
-        e = "http://" + e
-    return e.removesuffix("/v1")
-
-
-def read_endpoints_file(path: str) -> list[str]:
-    try:
-        with open(path) as f:
-            lines = [line.split("#", 1)[0].strip() for line in f]
-    except FileNotFoundError:
-        return []
-    return [normalize_endpoint(line) for line in lines if line]
 
 
 @dataclass

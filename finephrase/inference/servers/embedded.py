@@ -37,6 +37,7 @@ from loguru import logger
 
 from finephrase.errors import FinephraseError, ReplicasCrashed
 from finephrase.lifetime import preexec_die_with_parent
+from finephrase.inference.endpoints import READY_REQUEST, deregister, register
 
 DEFAULT_ALIAS = "SmolLM2-135M-Instruct"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -306,8 +307,7 @@ class EmbeddedServers:
             with urllib.request.urlopen(f"{base}/v1/models", timeout=2) as r:
                 if r.status != 200:
                     return False
-            body = json.dumps({"model": self.alias, "messages": [{"role": "user", "content": "Say OK."}],
-                               "max_tokens": 1, "temperature": 0}).encode()
+            body = json.dumps({"model": self.alias, **READY_REQUEST}).encode()
             req = urllib.request.Request(f"{base}/v1/chat/completions", data=body,
                                          headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(req, timeout=60) as r:
@@ -400,9 +400,7 @@ def serve_forever(servers: EmbeddedServers, endpoints_file: str | None = None, o
     """Run the supervised pool until interrupted (``finephrase serve``); ends when no replica can be kept alive."""
     with servers:
         if endpoints_file:
-            with open(endpoints_file, "a") as f:
-                for e in servers.endpoints:
-                    f.write(e.removeprefix("http://") + "\n")
+            register(endpoints_file, servers.endpoints)
         if on_ready is not None:
             on_ready(servers.endpoints)
         try:
@@ -411,3 +409,6 @@ def serve_forever(servers: EmbeddedServers, endpoints_file: str | None = None, o
             raise ReplicasCrashed(servers._failure_message())
         except KeyboardInterrupt:
             pass
+        finally:
+            if endpoints_file:  # no client sends to a server that is going
+                deregister(endpoints_file, servers.endpoints)
