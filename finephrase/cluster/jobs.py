@@ -1,7 +1,7 @@
 """The run's job ledger: ``OUTPUT/.finephrase/jobs.json``, every job a launch submitted, by id.
 
 ``{"launches": [{"time", "executor", "servers": [ids], "stages": [{"name", "tasks", "arrays": [ids], "jobs": [ids]}],
-"finish": id}], "endpoints_file": path, "recipe": path}``. ``finephrase stop`` cancels exactly these ids;
+"finish": id}], "endpoints_file": path, "recipe": path, "api_key_id": fingerprint}``. ``finephrase stop`` cancels exactly these ids;
 ``finephrase status`` reads them back; a new launch reuses the server jobs still alive.
 """
 
@@ -62,6 +62,7 @@ class Launch:
 class Ledger:
     recipe: str | None = None
     endpoints_file: str | None = None
+    api_key_id: str | None = None  # a fingerprint of the API key the server jobs hold (never the key)
     launches: list[Launch] = field(default_factory=list)
 
     def all_ids(self) -> list[str]:
@@ -84,7 +85,8 @@ def load_ledger(output: str) -> Ledger | None:
     launches = [Launch(time=x["time"], executor=x["executor"], servers=x.get("servers", []),
                        stages=[StageJobs(**s) for s in x.get("stages", [])], finish=x.get("finish"))
                 for x in data.get("launches", [])]
-    return Ledger(recipe=data.get("recipe"), endpoints_file=data.get("endpoints_file"), launches=launches)
+    return Ledger(recipe=data.get("recipe"), endpoints_file=data.get("endpoints_file"),
+                  api_key_id=data.get("api_key_id"), launches=launches)
 
 
 def save_ledger(output: str, ledger: Ledger) -> str:

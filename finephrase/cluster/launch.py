@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from finephrase.cluster import ClusterError, slurm
 from finephrase.cluster.jobs import Launch, Ledger, load_ledger, save_ledger
+from finephrase.cluster.secrets import API_KEY_ENV, check_secrets, key_id, redact_file, run_api_key
 from finephrase.cluster.servers import activate_command, endpoints_file, job_prefix, live_servers, submit_servers
 from finephrase.cluster.templates import model_for, server_kind
 from finephrase.inference.backends import GeneratorRuntime, backend_for
@@ -43,10 +44,12 @@ def cluster_runtime(recipe: Recipe, output: str) -> GeneratorRuntime:
     protocol = settings.protocol
     if kind != "tgi" and protocol.startswith("tgi"):
         protocol = "openai"  # vLLM, SGLang and llama.cpp speak the OpenAI API only
-    model = model_for(recipe, kind)[0] if (recipe.cluster and recipe.cluster.servers) else settings.model
+    launched = bool(recipe.cluster and recipe.cluster.servers)
+    model = model_for(recipe, kind)[0] if launched else settings.model
     return GeneratorRuntime(endpoints=list(g.endpoints), endpoints_file=endpoints_file(recipe, output),
                             protocol=protocol, model=model, tokenizer=settings.tokenizer,
-                            context_length=settings.context_length, api_key_env=g.api_key_env)
+                            context_length=settings.context_length,
+                            api_key_env=API_KEY_ENV if launched else g.api_key_env)
 
 
 def _cluster_recipe(recipe: Recipe) -> Recipe:
@@ -81,6 +84,7 @@ def submit_finish(recipe: Recipe, output: str, after: list[str], partition: str,
     cmd = [sys.executable, "-m", "finephrase.cluster.finish", output, os.path.abspath(recipe.path)]
     cmd += ["--push-to", push_to] if push_to else []
     lines = ["#!/bin/bash", f"#SBATCH --job-name={job_prefix(recipe)}-finish", f"#SBATCH --output={log}",
+             "#SBATCH --export=ALL",
              "#SBATCH --cpus-per-task=1", f"#SBATCH --mem-per-cpu={cluster.task_mem_per_cpu_gb}G",
              f"#SBATCH --time={cluster.time}", f"#SBATCH --partition={partition}"]
     lines += [f"#SBATCH --{k}={v}" for k, v in (("account", cluster.account), ("qos", cluster.qos)) if v]
@@ -101,6 +105,9 @@ def _submit_stages(recipe: Recipe, stages: list[Stage], output: str, partition: 
     try:
         launch.stages = launch_slurm(stages, executors, recorders)
     finally:  # what was submitted is recorded even when a later sbatch fails
+        for stage in stages:  # datatrove's copies of the job script and the executor, without secrets
+            for name in ("launch_script.slurm", "executor.json"):
+                redact_file(os.path.join(RunPaths(output).logs(stage.name), name), cluster)
         if not launch.stages:
             from finephrase.cluster.jobs import StageJobs
 
@@ -122,6 +129,7 @@ def launch(recipe: Recipe, executor: str = "slurm", servers: int | None = None, 
         return LaunchResult(output, executor)
     prompts = check_recipe(recipe)
     cluster = recipe.cluster or ClusterConfig()
+    check_secrets(cluster)
     count = cluster.servers if servers is None else servers
     os.makedirs(RunPaths(output).work, exist_ok=True)
     ledger = load_ledger(output) or Ledger()
@@ -130,7 +138,14 @@ def launch(recipe: Recipe, executor: str = "slurm", servers: int | None = None, 
     if needs_slurm:
         _check_idle(ledger)
     partition = (cluster.partition or slurm.default_partition()) if needs_slurm else None
-    reused = live_servers(ledger) if needs_slurm else []
+    if count > 0:  # one key for the run's servers and its tasks (the generator's own key, if it names one)
+        if recipe.generator.api_key_env and os.environ.get(recipe.generator.api_key_env):
+            os.environ.setdefault(API_KEY_ENV, os.environ[recipe.generator.api_key_env])
+        ledger_key = key_id(run_api_key())
+        reused = live_servers(ledger, ledger_key) if needs_slurm else []
+        ledger.api_key_id = ledger_key
+    else:
+        reused = []
     current = Launch(time=time.time(), executor=executor)
     ledger.launches.append(current)
     try:

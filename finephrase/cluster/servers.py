@@ -9,6 +9,7 @@ import sys
 
 from finephrase.cluster import slurm
 from finephrase.cluster.jobs import Ledger
+from finephrase.cluster.secrets import write_redacted
 from finephrase.cluster.templates import ServerJob, render_server_job, server_kind
 from finephrase.pipeline import RunPaths
 from finephrase.recipe import ClusterConfig, Recipe
@@ -52,15 +53,14 @@ def submit_servers(recipe: Recipe, output: str, count: int, partition: str | Non
     script = render_server_job(recipe, ServerJob(
         endpoints_file=file, log_dir=log_dir, job_name=f"{job_prefix(recipe)}-server-{server_kind(recipe)}",
         partition=partition, env_command=activate_command(cluster)))
-    with open(os.path.join(log_dir, "server.sbatch"), "w") as f:
-        f.write(script)  # what was submitted, for the user to read
+    write_redacted(os.path.join(log_dir, "server.sbatch"), script, cluster)  # what was submitted, for the user
     args = ["--chdir", os.getcwd()]
     return [slurm.sbatch(script, *args) for _ in range(count)]
 
 
-def live_servers(ledger: Ledger | None) -> list[str]:
-    """The run's server jobs still queued or running."""
-    if ledger is None or not ledger.server_ids():
+def live_servers(ledger: Ledger | None, api_key_id: str | None = None) -> list[str]:
+    """The run's server jobs still queued or running (none when they hold another API key than ``api_key_id``)."""
+    if ledger is None or not ledger.server_ids() or ledger.api_key_id != api_key_id:
         return []
     alive = {j.job for j in slurm.squeue(ledger.server_ids()) if j.state in ("PENDING", "RUNNING", "CONFIGURING")}
     return [i for i in ledger.server_ids() if i in alive]

@@ -48,7 +48,7 @@ CARD_TEMPLATE = card_template()  # the wheel's package data, or cards/ of a sour
 LICENSES_FILE = CARD_TEMPLATE.parent / "licenses.md"
 
 __all__ = ["CARD_TEMPLATE", "SPECIAL_CONFIGS", "build_card", "config_paths", "license_metadata", "render_card",
-           "scrub", "write_card"]
+           "redact_secrets", "scrub", "write_card"]
 
 # --- scrubbing -------------------------------------------------------------------------------------------------
 
@@ -64,13 +64,18 @@ def _basename(path: str) -> str:
     return re.split(r"[\\/]", path.rstrip("/\\"))[-1]
 
 
-def scrub(text: str, secrets: tuple[str, ...] | list[str] = ()) -> str:
-    """Remove anything that looks like an HF/OpenAI token, the values of the token environment variables and
-    of ``secrets``, and local absolute paths (``/home/me/data/x.jsonl`` -> ``<local>/x.jsonl``)."""
+def redact_secrets(text: str, secrets: tuple[str, ...] | list[str] = ()) -> str:
+    """Remove anything that looks like an HF/OpenAI token and the values of the token environment variables and
+    of ``secrets``."""
     values = [s for s in (*secrets, *(os.environ.get(v) for v in SECRET_ENV_VARS)) if s and len(s) >= 6]
     for value in sorted(set(values), key=len, reverse=True):
         text = text.replace(value, "<redacted>")
-    text = TOKEN_RE.sub("<redacted>", text)
+    return TOKEN_RE.sub("<redacted>", text)
+
+
+def scrub(text: str, secrets: tuple[str, ...] | list[str] = ()) -> str:
+    """:func:`redact_secrets`, and local absolute paths (``/home/me/data/x.jsonl`` -> ``<local>/x.jsonl``)."""
+    text = redact_secrets(text, secrets)
     text = FILE_URL_RE.sub(lambda m: "<local>/" + _basename(m.group(0)), text)
     text = WIN_PATH_RE.sub(lambda m: "<local>/" + _basename(m.group(0)), text)
     return ABS_PATH_RE.sub(lambda m: "<local>/" + _basename(m.group(0)), text)

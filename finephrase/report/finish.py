@@ -18,16 +18,22 @@ def finish_output(output: str, recipe, prompts, report: RunReport) -> str:
     """Save ``report`` (``.finephrase/report.json``), then ``recipe.yaml``, ``README.md`` (the card) and
     ``report.html``; returns the card's path. Raises :class:`EmptyOutputError` (cause and fix) when the run
     produced nothing, before anything else is written."""
-    from finephrase.report.card import write_card
+    from finephrase.report.card import redact_secrets, write_card
     from finephrase.report.html import write_html_report
 
     save_report(output, report)
     problem = empty_output_problem(report, output)
     if problem:
         raise EmptyOutputError(f"empty output: {problem}")
-    if recipe.raw_text:
+    if recipe.raw_text:  # without tokens (scrubbed as written, not only when pushed)
         with open(os.path.join(output, "recipe.yaml"), "w", encoding="utf-8") as f:
-            f.write(recipe.raw_text)
+            f.write(redact_secrets(recipe.raw_text, _secret_values(recipe)))
     path = write_card(output, recipe=recipe, prompts=prompts, summary=report)
     write_html_report(output, recipe=recipe, prompts=prompts, report=report)  # OUTPUT/report.html
     return path
+
+
+def _secret_values(recipe) -> list[str]:
+    """The values of the recipe's ``cluster.secrets`` in this environment."""
+    names = recipe.cluster.secrets if getattr(recipe, "cluster", None) else []
+    return [os.environ[n] for n in names if os.environ.get(n)]
