@@ -303,6 +303,8 @@ class ClusterConfig(_Strict):
     memory: str | None = Field("120G", description="memory per server job (sbatch --mem)")
     time: str = Field("24:00:00", description="time limit of pipeline tasks (and of server jobs unless server_time)")
     server_time: str | None = Field(None, description="time limit of each server job (default: time)")
+    server_replacements: int = Field(3, ge=0, description="server jobs submitted in place of dead ones (node "
+                                     "failure, time limit, OOM, a killed server) during the rephrase stage, at most")
     deregister_before: int = Field(300, ge=10, description="seconds before its time limit a server job leaves the "
                                    "endpoints file (sbatch --signal), so no new request goes to a server about to end")
     partition: str | None = Field(None, description="partition of server jobs (default: the cluster's default)")

@@ -40,8 +40,8 @@ def job_prefix(recipe: Recipe) -> str:
     return "fp-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", recipe.name)[:40]
 
 
-def submit_servers(recipe: Recipe, output: str, count: int, partition: str | None) -> list[str]:
-    """Submit ``count`` server jobs; their ids."""
+def submit_servers(recipe: Recipe, output: str, count: int, partition: str | None, hold: bool = False) -> list[str]:
+    """Submit ``count`` server jobs (``hold``: held until :func:`finephrase.cluster.slurm.hold_until`); their ids."""
     if count <= 0:
         return []
     paths = RunPaths(output)
@@ -54,13 +54,13 @@ def submit_servers(recipe: Recipe, output: str, count: int, partition: str | Non
         endpoints_file=file, log_dir=log_dir, job_name=f"{job_prefix(recipe)}-server-{server_kind(recipe)}",
         partition=partition, env_command=activate_command(cluster)))
     write_redacted(os.path.join(log_dir, "server.sbatch"), script, cluster)  # what was submitted, for the user
-    args = ["--chdir", os.getcwd()]
+    args = ["--chdir", os.getcwd()] + (["--hold"] if hold else [])
     return [slurm.sbatch(script, *args) for _ in range(count)]
 
 
-def live_servers(ledger: Ledger | None, api_key_id: str | None = None) -> list[str]:
-    """The run's server jobs still queued or running (none when they hold another API key than ``api_key_id``)."""
-    if ledger is None or not ledger.server_ids() or ledger.api_key_id != api_key_id:
+def live_servers(ledger: Ledger | None) -> list[str]:
+    """The run's server jobs still queued or running."""
+    if ledger is None or not ledger.server_ids():
         return []
     alive = {j.job for j in slurm.squeue(ledger.server_ids()) if j.state in ("PENDING", "RUNNING", "CONFIGURING")}
     return [i for i in ledger.server_ids() if i in alive]
