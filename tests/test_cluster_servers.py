@@ -97,7 +97,7 @@ def test_each_server_kind_starts_registers_and_serves(standins, tmp_path, kind):
         assert answer["usage"]["completion_tokens"] > 0
         assert chat(endpoint, None)[0] == 401 and chat(endpoint, "wrong-key")[0] == 401
         server_log = next((out / ".finephrase" / "logs" / "servers").glob("server-*.log")).read_text()
-        assert "stand-in: serving smol" in server_log
+        assert f"{kind} stand-in: serving" in server_log and "SIM_GPU_READY" in server_log
         if kind == "sglang":  # SGLang prints its arguments, the key among them: the log is redacted
             assert "api_key='<redacted>'" in server_log
         for path in (out / ".finephrase").rglob("*"):
