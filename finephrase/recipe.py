@@ -296,6 +296,10 @@ class ClusterConfig(_Strict):
         None, description="inference server of each server job (default: embedded for generator.server embedded, "
         "else tgi)")
     servers: int = Field(1, ge=0, description="server jobs (replicas); 0 = use generator.endpoints only")
+    placement: Literal["pool", "colocated"] = Field(
+        "pool", description="pool: CPU tasks share `servers` server jobs (GPUs used only by servers, sized apart "
+        "from the tasks); colocated: each rephrase task starts its own server on its node (cluster.gpus/cpus per "
+        "task) through the same template, no server jobs")
     model_path: str | None = Field(None, description="what the server loads (Hub id or path; default generator.model, "
                                    "or the GGUF for embedded)")
     gpus: int = Field(1, ge=0, description="GPUs per server job (tensor parallel / TGI --num-shard)")

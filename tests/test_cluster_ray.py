@@ -92,3 +92,18 @@ def test_ray_executor_gives_the_local_executors_rows(ray_and_server, tmp_path):
     assert (out / "README.md").exists() and (out / ".finephrase" / "report.json").exists()
     run_cli("launch", str(recipe), "--executor", "local", "--output", str(local))
     assert len(rows(out)) >= 1 and rows(out) == rows(local)
+
+
+def test_an_output_folder_a_worker_cannot_see_is_a_clear_error(ray_and_server, tmp_path):
+    import ray
+
+    from finephrase.cluster import ClusterError
+    from finephrase.cluster.executors import check_output_visible
+
+    ray.init(address=ray_and_server["env"]["RAY_ADDRESS"], log_to_driver=False)
+    try:
+        check_output_visible(str(tmp_path))  # this machine's folder: every (local) node sees it
+        with pytest.raises(ClusterError, match="is not visible on Ray node.*a file system every node mounts"):
+            check_output_visible(str(tmp_path / "elsewhere"))
+    finally:
+        ray.shutdown()

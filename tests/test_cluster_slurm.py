@@ -177,6 +177,25 @@ def test_status_reports_the_true_numbers(launched):
     assert as_json["complete"] and as_json["tokens"] == final.tokens
 
 
+def test_colocated_gives_the_same_rows_as_pool(launched, tmp_path):
+    """cluster.placement: colocated: no server job; the rephrase task starts its own server through the same
+    template (on its node, registered in a node-local endpoints file) and stops it when it ends."""
+    recipe = write_recipe(tmp_path / "recipe.yaml", {"cluster": {"placement": "colocated"}}, base=launched["recipe"])
+    out = tmp_path / "out"
+    marker, env = run_marker()
+    run_cli("launch", str(recipe), "--executor", "slurm", "--output", str(out), env={**env, **SECRETS})
+    try:
+        wait_complete(out)
+        first = load_ledger(str(out)).launches[0]
+        assert first.servers == [] and first.supervisor is None
+        assert rows(out) == rows(launched["out"])
+        server_out = next((out / ".finephrase" / "logs" / "servers").glob("colocated-*.out")).read_text()
+        assert "server ready at" in server_out and "stopped" in server_out
+        assert not [cmd for cmd in run_processes(marker).values() if "llama_server" in cmd], "the server ended"
+    finally:
+        stop_run(str(out), timeout=60)
+
+
 def test_relaunch_runs_only_unfinished_tasks(launched):
     out, recipe = launched["out"], launched["recipe"]
     again = run_cli("launch", str(recipe), "--executor", "slurm", "--output", str(out), env=SECRETS).stdout

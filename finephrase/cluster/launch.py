@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from finephrase.cluster import ClusterError, slurm
 from finephrase.cluster.jobs import Launch, Ledger, load_ledger, save_ledger
 from finephrase.cluster.secrets import API_KEY_ENV, check_secrets, key_id, redact_file, run_api_key
-from finephrase.cluster.servers import activate_command, endpoints_file, job_prefix, live_servers, submit_servers
+from finephrase.cluster.servers import (activate_command, colocated_server, endpoints_file, job_prefix, live_servers,
+                                       submit_servers)
 from finephrase.cluster.templates import model_for, server_kind
 from finephrase.inference.backends import GeneratorRuntime, backend_for
 from finephrase.pipeline import RunPaths, Stage, build_stages
@@ -41,9 +42,11 @@ def server_count(recipe: Recipe, executor: str, servers: int | None = None) -> i
     """Server jobs to run: ``--servers``, else ``cluster.servers`` as the recipe sets it; a Ray run whose generator
     names its endpoints (``generator.endpoints``/``endpoints_file``) and whose recipe does not ask for server jobs
     runs none (no Slurm needed)."""
+    cluster = recipe.cluster or ClusterConfig()
+    if cluster.placement == "colocated":
+        return 0  # each rephrase task starts its own
     if servers is not None:
         return servers
-    cluster = recipe.cluster or ClusterConfig()
     g = recipe.generator
     if executor == "ray" and (g.endpoints or g.endpoints_file) and "servers" not in cluster.model_fields_set:
         return 0
@@ -60,6 +63,7 @@ def cluster_runtime(recipe: Recipe, output: str, servers: int | None = None) -> 
     if kind != "tgi" and protocol.startswith("tgi"):
         protocol = "openai"  # vLLM, SGLang and llama.cpp speak the OpenAI API only
     launched = bool(recipe.cluster and recipe.cluster.servers) if servers is None else servers > 0
+    launched = launched or bool(recipe.cluster and recipe.cluster.placement == "colocated")
     model = model_for(recipe, kind)[0] if launched else settings.model
     return GeneratorRuntime(endpoints=list(g.endpoints), endpoints_file=endpoints_file(recipe, output),
                             protocol=protocol, model=model, tokenizer=settings.tokenizer,
@@ -139,8 +143,10 @@ def _submit_stages(recipe: Recipe, stages: list[Stage], output: str, partition: 
     from finephrase.cluster.executors import launch_slurm, slurm_executors
 
     cluster = recipe.cluster or ClusterConfig()
+    colocated = colocated_server(recipe, output) if cluster.placement == "colocated" else None
     executors, recorders = slurm_executors(stages, output, cluster, job_prefix(recipe), partition,
-                                           activate_command(cluster), after_started=first_server)
+                                           activate_command(cluster), after_started=first_server,
+                                           colocated=colocated)
     try:
         launch.stages = launch_slurm(stages, executors, recorders)
     finally:  # what was submitted is recorded even when a later sbatch fails
@@ -169,6 +175,9 @@ def launch(recipe: Recipe, executor: str = "slurm", servers: int | None = None, 
     prompts = check_recipe(recipe)
     cluster = recipe.cluster or ClusterConfig()
     check_secrets(cluster)
+    if cluster.placement == "colocated" and executor != "slurm":
+        raise ClusterError("cluster.placement: colocated starts a server inside each Slurm rephrase task\n"
+                           "launch it with --executor slurm, or use placement: pool")
     count = server_count(recipe, executor, servers)
     os.makedirs(RunPaths(output).work, exist_ok=True)
     ledger = load_ledger(output) or Ledger()
@@ -177,7 +186,7 @@ def launch(recipe: Recipe, executor: str = "slurm", servers: int | None = None, 
     if needs_slurm:
         _check_idle(ledger)
     partition = (cluster.partition or slurm.default_partition()) if needs_slurm else None
-    if count > 0:  # one key for the run's servers and its tasks (the generator's own key, if it names one)
+    if count > 0 or cluster.placement == "colocated":  # one key for the run's servers and its tasks
         if recipe.generator.api_key_env and os.environ.get(recipe.generator.api_key_env):
             os.environ.setdefault(API_KEY_ENV, os.environ[recipe.generator.api_key_env])
         reused = _reusable_servers(ledger, key_id(run_api_key())) if needs_slurm else []
@@ -208,7 +217,11 @@ def launch(recipe: Recipe, executor: str = "slurm", servers: int | None = None, 
 
             current.stages = [_stage_entry(s) for s in stages]
             save_ledger(output, ledger)
-            run_ray(stages, output, cluster, workers=workers)
+            try:
+                run_ray(stages, output, cluster, workers=workers)
+            except BaseException:
+                slurm.scancel(current.servers)  # a failed Ray run releases its server jobs too
+                raise
             from finephrase.cluster.finish import finish  # report, card, push; releases server jobs if any
 
             finish(output, os.path.abspath(recipe.path), push_to)

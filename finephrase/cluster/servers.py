@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shlex
@@ -18,9 +19,32 @@ ENDPOINTS_FILE = "endpoints.txt"
 
 
 def endpoints_file(recipe: Recipe, output: str) -> str:
-    """The run's endpoints file: ``generator.endpoints_file``, else ``OUTPUT/.finephrase/endpoints.txt``."""
+    """The run's endpoints file: ``generator.endpoints_file``, else ``OUTPUT/.finephrase/endpoints.txt``; with
+    ``cluster.placement: colocated`` a node-local file (each task's own server registers where only the tasks of
+    its node read)."""
     g = recipe.generator
-    return os.path.abspath(g.endpoints_file) if g.endpoints_file else RunPaths(output).w(ENDPOINTS_FILE)
+    if g.endpoints_file:
+        return os.path.abspath(g.endpoints_file)
+    if recipe.cluster and recipe.cluster.placement == "colocated":
+        return f"/tmp/finephrase-{hashlib.sha1(os.path.abspath(output).encode()).hexdigest()[:12]}/{ENDPOINTS_FILE}"
+    return RunPaths(output).w(ENDPOINTS_FILE)
+
+
+def colocated_server(recipe: Recipe, output: str) -> str:
+    """The lines a colocated rephrase task runs first: its own server (the server template, run by bash in the
+    background on the task's node), stopped when the task's script exits."""
+    log_dir = RunPaths(output).w("logs", "servers")
+    os.makedirs(log_dir, exist_ok=True)
+    cluster = recipe.cluster or ClusterConfig()
+    script = render_server_job(recipe, ServerJob(
+        endpoints_file=endpoints_file(recipe, output), log_dir=log_dir,
+        job_name=f"{job_prefix(recipe)}-server-{server_kind(recipe)}", partition=None,
+        env_command=activate_command(cluster)))
+    path = os.path.join(log_dir, "colocated.sh")
+    write_redacted(path, script, cluster)
+    out = shlex.quote(log_dir) + '/"colocated-${SLURM_JOB_ID:-local}.out"'
+    return "\n".join([f"bash {shlex.quote(path)} > {out} 2>&1 &", "FP_SERVER_PID=$!",
+                      "trap 'kill -TERM $FP_SERVER_PID 2>/dev/null; wait $FP_SERVER_PID || true' EXIT"])
 
 
 def venv_activate(cluster: ClusterConfig) -> str | None:
