@@ -6,7 +6,7 @@ and the classifier and language-ID models, and returns a :class:`Plan`. A run sa
 ``OUTPUT/.finephrase/plan.json`` when it starts (:func:`save_plan`); the stages, the end of the run, the card, the
 HTML report and the push read it back (:func:`load_plan`) and never the recipe's YAML again.
 
-Imports: ``finephrase.recipe`` (the configuration), ``finephrase.prompts`` (the one resolver),
+Imports: ``finephrase.recipe`` (the configuration), ``finephrase.prompts`` (the one resolver), ``finephrase.redact``,
 ``finephrase.quality.models`` (a classifier's local path) and ``finephrase.errors``. Nothing of the pipeline,
 the inference layer or the report.
 """
@@ -23,6 +23,7 @@ from pathlib import Path
 from finephrase.errors import FinephraseError
 from finephrase.prompts import Prompt, PromptError, resolve_prompts
 from finephrase.recipe import Recipe, RecipeError, parse_recipe
+from finephrase.redact import recipe_secret_values, redact_secrets
 
 PLAN_FILE = os.path.join(".finephrase", "plan.json")
 
@@ -181,8 +182,9 @@ def save_plan(plan: Plan, output: str) -> str:
     path = os.path.join(output, PLAN_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp"
+    text = json.dumps(plan.to_dict(), indent=1, ensure_ascii=False)
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(plan.to_dict(), f, indent=1, ensure_ascii=False)
+        f.write(redact_secrets(text, recipe_secret_values(plan.recipe)))  # secrets never reach a file
     os.replace(tmp, path)
     return path
 

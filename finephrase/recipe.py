@@ -341,6 +341,12 @@ class RunConfig(_Strict):
     limit: int = Field(-1, description="documents read per task; -1 = all")
 
 
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# names and values of environment variables that hold credentials (HF_TOKEN, WANDB_API_KEY, AWS_SECRET_ACCESS_KEY...)
+SECRET_NAME_RE = re.compile(r"TOKEN|SECRET|PASSW(OR)?D|CREDENTIAL|API_?KEY|ACCESS_KEY|PRIVATE_KEY", re.IGNORECASE)
+SECRET_VALUE_RE = re.compile(r"hf_[A-Za-z0-9]{8,}|\bsk-[A-Za-z0-9_-]{20,}")
+
+
 class ClusterConfig(_Strict):
     """Where and how ``finephrase launch`` runs the recipe on Slurm (finephrase.cluster). Server jobs get ``gpus``,
     ``cpus``, ``memory`` each; the pipeline's datatrove tasks get ``task_cpus`` and ``task_mem_per_cpu_gb`` each.
@@ -350,12 +356,21 @@ class ClusterConfig(_Strict):
         None, description="inference server of each server job (default: embedded for generator.server embedded, "
         "else tgi)")
     servers: int = Field(1, ge=0, description="server jobs (replicas); 0 = use generator.endpoints only")
+    placement: Literal["pool", "colocated"] = Field(
+        "pool", description="pool: CPU tasks share `servers` server jobs (GPUs used only by servers, sized apart "
+        "from the tasks); colocated: each rephrase task starts its own server on its node (cluster.gpus/cpus per "
+        "task) through the same template, no server jobs")
     model_path: str | None = Field(None, description="what the server loads (Hub id or path; default generator.model, "
                                    "or the GGUF for embedded)")
     gpus: int = Field(1, ge=0, description="GPUs per server job (tensor parallel / TGI --num-shard)")
     cpus: int = Field(12, ge=1, description="CPUs per server job")
     memory: str | None = Field("120G", description="memory per server job (sbatch --mem)")
-    time: str = Field("24:00:00", description="time limit of server jobs and pipeline tasks")
+    time: str = Field("24:00:00", description="time limit of pipeline tasks (and of server jobs unless server_time)")
+    server_time: str | None = Field(None, description="time limit of each server job (default: time)")
+    server_replacements: int = Field(3, ge=0, description="server jobs submitted in place of dead ones (node "
+                                     "failure, time limit, OOM, a killed server) during the rephrase stage, at most")
+    deregister_before: int = Field(300, ge=10, description="seconds before its time limit a server job leaves the "
+                                   "endpoints file (sbatch --signal), so no new request goes to a server about to end")
     partition: str | None = Field(None, description="partition of server jobs (default: the cluster's default)")
     task_partition: str | None = Field(None, description="partition of pipeline tasks (default: partition)")
     account: str | None = None
@@ -366,21 +381,48 @@ class ClusterConfig(_Strict):
     container: Literal["pyxis", "apptainer", "none"] = Field(
         "pyxis", description="how tgi/vllm/sglang start: srun --container-image (pyxis), apptainer exec, or a local binary")
     image: str | None = Field(None, description="container image (default per server, e.g. TGI's ghcr.io image)")
-    environment: dict[str, str] = Field(default_factory=dict, description="exported in every job")
+    environment: dict[str, str] = Field(default_factory=dict, description="exported in every job (no secrets: "
+                                        "they are refused here; name them in `secrets`)")
+    secrets: list[str] = Field(default_factory=list, description="names of environment variables (e.g. HF_TOKEN) "
+                               "passed from the shell that launches to every job; their values are written nowhere")
+    cache_dir: str | None = Field(None, description="Hugging Face cache the servers use and containers mount (HF_HOME; "
+                                  "default: the node's $HF_HOME, else ~/.cache/huggingface)")
+    mounts: list[str] = Field(default_factory=list, description="more host folders mounted in server containers "
+                              "(`/host` or `/host:/container`)")
     max_concurrent_requests: int = Field(512, ge=1)
-    max_input_tokens: int = Field(6144, ge=1)
-    max_total_tokens: int = Field(8192, ge=2)
+    max_input_tokens: int | None = Field(None, ge=1, description="default: the server's (from the model)")
+    max_total_tokens: int | None = Field(None, ge=2, description="context length (TGI --max-total-tokens, vLLM "
+                                         "--max-model-len, SGLang --context-length); default: the model's own")
     max_batch_prefill_tokens: int = Field(16384, ge=1)
     server_args: list[str] = Field(default_factory=list, description="extra arguments for the server command")
     ready_timeout: int = Field(1800, ge=10, description="seconds a server job waits for its first generation")
     venv: str | None = Field(None, description="bin/activate of finephrase's environment on the nodes "
                              "(default: this Python's)")
 
-    @field_validator("time", mode="before")
+    @field_validator("time", "server_time", mode="before")
     @classmethod
     def _time(cls, v):
         if isinstance(v, int):  # YAML 1.1 reads an unquoted 24:00:00 as sexagesimal seconds
             return f"{v // 3600}:{v % 3600 // 60:02d}:{v % 60:02d}"
+        return v
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names(cls, v):
+        for name in v:
+            if not ENV_NAME_RE.fullmatch(name):
+                raise ValueError(f"cluster.secrets: {name!r} is not a variable name: list names only "
+                                 "(e.g. [HF_TOKEN]); the values come from the shell that runs `finephrase launch`")
+        return v
+
+    @field_validator("environment")
+    @classmethod
+    def _no_secret_values(cls, v):
+        for name, value in v.items():
+            if SECRET_NAME_RE.search(name) or SECRET_VALUE_RE.search(str(value)):
+                raise ValueError(f"cluster.environment.{name} looks like a secret: a value in the recipe is copied "
+                                 f"into job scripts and OUTPUT/recipe.yaml. Remove it, run `export {name}=...` in the "
+                                 f"shell you launch from, and name it instead: cluster.secrets: [{name}]")
         return v
 
 

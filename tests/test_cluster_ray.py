@@ -1,10 +1,11 @@
 """``finephrase launch --executor ray``: the filter, rephrase and rows stages through datatrove's RayPipelineExecutor on
 a real local Ray head (127.0.0.1), the replica from an endpoints file (``finephrase serve``), the same rows as the
-local executor."""
+local executor; with the endpoints given, no Slurm is needed (no ``sbatch`` on the PATH)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,13 +80,30 @@ def test_ray_executor_gives_the_local_executors_rows(ray_and_server, tmp_path):
                       "tokenizer": default_gguf_path(), "replicas": None, "threads": None, "n_ctx": None,
                       "context_length": FAST_GENERATOR["context_length"],
                       "params": {**FAST_GENERATOR["params"], "top_p": None}},
-        "cluster": {"servers": 0, "task_mem_per_cpu_gb": 1},
+        "cluster": {"task_mem_per_cpu_gb": 1},  # cluster.servers left at its default: the endpoints are given
     })
     out, local = tmp_path / "ray", tmp_path / "local"
-    shown = run_cli("launch", str(recipe), "--executor", "ray", "--output", str(out), env=ray_and_server["env"]).stdout
+    no_slurm = {**ray_and_server["env"], "PATH": os.path.dirname(sys.executable)}  # no sbatch on the PATH
+    assert shutil.which("sbatch", path=no_slurm["PATH"]) is None
+    shown = run_cli("launch", str(recipe), "--executor", "ray", "--output", str(out), env=no_slurm).stdout
     assert "filter" in shown and "rephrase" in shown
     for stage in ("filter", "rephrase", "rows"):
         assert (out / ".finephrase" / "logs" / stage / "completions" / "00000").exists()
     assert (out / "README.md").exists() and (out / ".finephrase" / "report.json").exists()
     run_cli("launch", str(recipe), "--executor", "local", "--output", str(local))
     assert len(rows(out)) >= 1 and rows(out) == rows(local)
+
+
+def test_an_output_folder_a_worker_cannot_see_is_a_clear_error(ray_and_server, tmp_path):
+    import ray
+
+    from finephrase.cluster import ClusterError
+    from finephrase.cluster.executors import check_output_visible
+
+    ray.init(address=ray_and_server["env"]["RAY_ADDRESS"], log_to_driver=False)
+    try:
+        check_output_visible(str(tmp_path))  # this machine's folder: every (local) node sees it
+        with pytest.raises(ClusterError, match="is not visible on Ray node.*a file system every node mounts"):
+            check_output_visible(str(tmp_path / "elsewhere"))
+    finally:
+        ray.shutdown()

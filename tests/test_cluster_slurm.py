@@ -8,18 +8,22 @@ import json
 import os
 import subprocess
 import time
+import urllib.error
+import urllib.request
+import uuid
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import FAST_GENERATOR, run_cli, write_recipe
+from conftest import FAST_GENERATOR, run_cli, run_marker, run_processes, write_recipe
 from finephrase.cluster.jobs import load_ledger
 from finephrase.cluster.status import RunStatus, run_status
 from finephrase.cluster.stop import stop_run
 
 LIMIT = 4
 RUN_TIMEOUT = 420  # seconds for a launched run to complete (~100 s on 2 cores)
+SECRETS = {"HF_TOKEN": "hf_" + uuid.uuid4().hex + "Zz", "FINEPHRASE_API_KEY": ""}  # a new key per launch
 COLUMNS = ["id", "source_id", "prompt", "text", "completion_tokens", "finish_reason"]
 
 
@@ -30,7 +34,7 @@ def cluster_recipe(path: Path, servers: int = 1) -> Path:
         "generator": {**FAST_GENERATOR, "params": {**FAST_GENERATOR["params"], "top_p": None}},
         "run": {"limit": LIMIT, "tasks": 1},
         "cluster": {"server": "embedded", "servers": servers, "gpus": 0, "cpus": 1, "memory": "2G",
-                    "time": "00:30:00", "task_mem_per_cpu_gb": 1, "ready_timeout": 300},
+                    "time": "00:30:00", "task_mem_per_cpu_gb": 1, "ready_timeout": 300, "secrets": ["HF_TOKEN"]},
     })
 
 
@@ -55,7 +59,7 @@ def wait_complete(out: Path, timeout: float = RUN_TIMEOUT, samples: list | None 
             samples.append(st)
         if any(s.failed or s.blocked for s in st.stages):
             pytest.fail(f"a stage failed: {st.stages}\n{logs_tail(out)}")
-        if st.complete and st.finish in (None, "ENDED"):
+        if st.complete and st.finish in (None, "ENDED") and st.supervisor in (None, "ENDED"):
             return st
         if time.monotonic() > deadline:
             pytest.fail(f"the launched run did not complete in {timeout:.0f}s: {st.stages}, finish {st.finish}\n"
@@ -74,23 +78,66 @@ def launched(slurm_cluster, demo_data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("cluster")
     recipe, out = cluster_recipe(folder / "recipe.yaml"), folder / "out"
     start = time.monotonic()
-    proc = run_cli("launch", str(recipe), "--executor", "slurm", "--output", str(out))
-    samples: list[RunStatus] = []
+    marker, env = run_marker()
+    proc = run_cli("launch", str(recipe), "--executor", "slurm", "--output", str(out), env={**env, **SECRETS})
+    samples: list[RunStatus] = [run_status(str(out), probe=False)]  # right after the launch
     try:
+        server_env = server_environment(out, marker)
         final = wait_complete(out, samples=samples)
         yield {"recipe": recipe, "out": out, "launch": proc.stdout, "final": final, "samples": samples,
-               "wall": time.monotonic() - start}
+               "wall": time.monotonic() - start, "server_env": server_env}
     finally:
         stop_run(str(out), timeout=60)
+
+
+def server_environment(out: Path, marker: str, timeout: float = 180) -> dict:
+    """Once the run's server job has registered: the environment of its server process (found by the run's marker,
+    which every process of the run inherits through sbatch), and whether it refused a request without the key."""
+    endpoints = out / ".finephrase" / "endpoints.txt"
+    deadline = time.monotonic() + timeout
+    while not (endpoints.exists() and endpoints.read_text().strip()):
+        assert time.monotonic() < deadline, logs_tail(out)
+        time.sleep(1)
+    pids = [pid for pid, cmd in run_processes(marker).items() if "llama_server" in cmd]
+    assert len(pids) == 1, run_processes(marker)
+    with open(f"/proc/{pids[0]}/environ", "rb") as f:
+        env = dict(item.decode().split("=", 1) for item in f.read().split(b"\0") if b"=" in item)
+    endpoint = endpoints.read_text().split()[0]
+    try:
+        urllib.request.urlopen(f"http://{endpoint}/v1/models", timeout=10)
+        env["_status_without_key"] = 200
+    except urllib.error.HTTPError as e:
+        env["_status_without_key"] = e.code
+    return env
+
+
+def test_a_secret_reaches_the_server_and_no_file(launched, slurm_cluster):
+    """cluster.secrets: the token reaches the server process from the launching shell's environment, with the
+    run's API key, which the server requires; neither is in any file under OUTPUT (logs, recipe.yaml, job scripts,
+    datatrove's executor files) nor in any job script Slurm keeps."""
+    env = launched["server_env"]
+    assert env["HF_TOKEN"] == SECRETS["HF_TOKEN"]
+    key = env["FINEPHRASE_API_KEY"]
+    assert len(key) >= 32 and env["API_KEY"] == key, "the embedded server reads its key from API_KEY"
+    assert env["_status_without_key"] == 401, "a request without the run's key is refused"
+    scripts = [p for p in Path(slurm_cluster.folder).rglob("script")]  # slurmctld's copies of the job scripts
+    files = [p for p in launched["out"].rglob("*") if p.is_file()] + scripts
+    assert len(files) > 20 and (launched["out"] / ".finephrase" / "logs" / "servers" / "server.sbatch") in files
+    assert any(p.name == "launch_script.slurm" for p in files) and any(p.name == "executor.pik" for p in files)
+    for path in files:
+        data = path.read_bytes()
+        for secret in (SECRETS["HF_TOKEN"], key):
+            assert secret.encode() not in data, f"{path} holds a secret"
+    assert "HF_TOKEN" in (launched["out"] / "recipe.yaml").read_text(), "the recipe names the secret"
 
 
 def test_launch_submits_servers_stages_and_finish(launched):
     ledger = load_ledger(str(launched["out"]))
     first = ledger.launches[0]
-    assert len(first.servers) == 1 and first.finish
+    assert len(first.servers) == 1 and first.finish and first.supervisor
     assert [s.name for s in first.stages] == ["filter", "rephrase", "rows"]
     assert all(len(s.jobs) == 2 for s in first.stages), "each stage: its array and datatrove's merge-stats job"
-    for job in [*first.servers, first.finish, *[j for s in first.stages for j in s.jobs]]:
+    for job in [*first.servers, first.finish, first.supervisor, *[j for s in first.stages for j in s.jobs]]:
         assert job in launched["launch"], "launch prints every job id"
     assert (launched["out"] / "README.md").exists() and (launched["out"] / "recipe.yaml").exists()
     # the finish job released the server, and the server removed its line from the endpoints file on the way out
@@ -98,6 +145,9 @@ def test_launch_submits_servers_stages_and_finish(launched):
     assert (launched["out"] / ".finephrase" / "endpoints.txt").read_text().strip() == ""
     server_log = next((launched["out"] / ".finephrase" / "logs" / "servers").glob("*.out")).read_text()
     assert "server ready at" in server_log and "stopped" in server_log
+    # servers follow the work: the server job started after the filter stage, and was released when rephrase ended
+    supervisor_log = next((launched["out"] / ".finephrase" / "logs").glob("supervisor-*.out")).read_text()
+    assert "the rephrase stage ended: server jobs released" in supervisor_log
 
 
 def test_same_rows_as_the_local_executor(launched, tmp_path):
@@ -127,9 +177,28 @@ def test_status_reports_the_true_numbers(launched):
     assert as_json["complete"] and as_json["tokens"] == final.tokens
 
 
+def test_colocated_gives_the_same_rows_as_pool(launched, tmp_path):
+    """cluster.placement: colocated: no server job; the rephrase task starts its own server through the same
+    template (on its node, registered in a node-local endpoints file) and stops it when it ends."""
+    recipe = write_recipe(tmp_path / "recipe.yaml", {"cluster": {"placement": "colocated"}}, base=launched["recipe"])
+    out = tmp_path / "out"
+    marker, env = run_marker()
+    run_cli("launch", str(recipe), "--executor", "slurm", "--output", str(out), env={**env, **SECRETS})
+    try:
+        wait_complete(out)
+        first = load_ledger(str(out)).launches[0]
+        assert first.servers == [] and first.supervisor is None
+        assert rows(out) == rows(launched["out"])
+        server_out = next((out / ".finephrase" / "logs" / "servers").glob("colocated-*.out")).read_text()
+        assert "server ready at" in server_out and "stopped" in server_out
+        assert not [cmd for cmd in run_processes(marker).values() if "llama_server" in cmd], "the server ended"
+    finally:
+        stop_run(str(out), timeout=60)
+
+
 def test_relaunch_runs_only_unfinished_tasks(launched):
     out, recipe = launched["out"], launched["recipe"]
-    again = run_cli("launch", str(recipe), "--executor", "slurm", "--output", str(out)).stdout
+    again = run_cli("launch", str(recipe), "--executor", "slurm", "--output", str(out), env=SECRETS).stdout
     last = load_ledger(str(out)).launches[-1]
     assert last.servers == [] and all(s.jobs == [] for s in last.stages), again  # complete: nothing to run
     wait_complete(out, timeout=120)
@@ -138,7 +207,7 @@ def test_relaunch_runs_only_unfinished_tasks(launched):
     os.remove(out / ".finephrase" / "logs" / "rows" / "completions" / "00000")
     for p in (out / "data" / "faq").glob("*.parquet"):
         p.unlink()
-    run_cli("launch", str(recipe), "--executor", "slurm", "--output", str(out))
+    run_cli("launch", str(recipe), "--executor", "slurm", "--output", str(out), env=SECRETS)
     last = load_ledger(str(out)).launches[-1]
     assert {s.name: bool(s.jobs) for s in last.stages} == {"filter": False, "rephrase": False, "rows": True}
     assert last.servers == [], "no server for a run whose rephrase stage is complete"
@@ -148,7 +217,7 @@ def test_relaunch_runs_only_unfinished_tasks(launched):
 
 def test_stop_cancels_every_job_of_the_run(slurm_cluster, demo_data, tmp_path):
     recipe, out = cluster_recipe(tmp_path / "recipe.yaml"), tmp_path / "out"
-    run_cli("launch", str(recipe), "--executor", "slurm", "--output", str(out))
+    run_cli("launch", str(recipe), "--executor", "slurm", "--output", str(out), env=SECRETS)
     ledger = load_ledger(str(out))
     try:
         assert set(ledger.all_ids()) <= squeue_ids() | set()  # all queued right after the launch
@@ -177,28 +246,37 @@ def wait_for(what: str, out: Path, ready, timeout: float = RUN_TIMEOUT):
         time.sleep(0.5)
 
 
-def test_a_lost_server_and_a_lost_task_lose_nothing(slurm_cluster, demo_data, tmp_path):
-    """Two server jobs; one is cancelled while the rephrase task runs: the task goes on with the other replica. Then
-    the rephrase task itself is cancelled: ``launch --servers 1`` again reuses the live server, submits neither the
-    filter stage nor a new server, resumes the task from its checkpoint, and every document is rephrased exactly once."""
+def test_dead_servers_are_replaced_and_a_lost_task_loses_nothing(slurm_cluster, demo_data, tmp_path):
+    """Two server jobs. While the rephrase task runs, one job is cancelled and then the other's server process is
+    killed (-9): the supervisor replaces both (``finephrase status`` counts them) and the task goes on. Then the
+    rephrase task itself is cancelled: no server job is left. ``launch --servers 1`` again submits neither the filter
+    stage nor the finished work, resumes the task from its checkpoint, and every document is rephrased exactly once."""
     recipe = write_recipe(tmp_path / "recipe.yaml", {"run": {"limit": 8}, "output": {"records_per_chunk": 1}},
                           base=cluster_recipe(tmp_path / "base.yaml", 2))
     out = tmp_path / "out"
-    run_cli("launch", str(recipe), "--executor", "slurm", "--output", str(out))
+    marker, env = run_marker()
+    run_cli("launch", str(recipe), "--executor", "slurm", "--output", str(out), env={**env, **SECRETS})
     first = load_ledger(str(out)).launches[0]
     try:
         st = wait_for("two replicas and a first document", out, lambda s: len(s.endpoints) == 2 and s.documents >= 1)
         subprocess.run(["scancel", first.servers[1]], check=True, timeout=30)
-        wait_for("the cancelled server's endpoint removed", out, lambda s: len(s.endpoints) == 1, timeout=30)
-        st = wait_for("a document from the remaining replica", out, lambda s: s.documents > st.documents)
+        wait_for("the cancelled server job replaced", out, lambda s: s.servers_replaced == 1 and len(s.endpoints) == 2)
+        victim = next(pid for pid, cmd in run_processes(marker).items() if "llama_server" in cmd)
+        os.kill(victim, 9)
+        st = wait_for("the killed server replaced, and documents from the replicas", out,
+                      lambda s: s.servers_replaced == 2 and len(s.endpoints) == 2 and s.documents > st.documents)
         assert st.documents_in and st.documents < st.documents_in, "documents were left for the rest of the test"
+        assert "replaced 2 of 3" in run_cli("status", str(out), "--no-probe").stdout
         rephrase = next(s for s in first.stages if s.name == "rephrase").arrays
         subprocess.run(["scancel", *rephrase], check=True, timeout=30)
-        wait_for("the rephrase task gone", out, lambda s: s.stages[1].running + s.stages[1].pending == 0, timeout=60)
+        wait_for("the rephrase task gone, the supervisor ended", out,
+                 lambda s: s.stages[1].running + s.stages[1].pending == 0 and s.supervisor == "ENDED", timeout=60)
+        servers = load_ledger(str(out)).launches[0].servers
+        assert len(servers) == 4 and not set(servers) & squeue_ids(), "no server job is left once rephrase ends"
         done_before = run_status(str(out), probe=False).documents
-        run_cli("launch", str(recipe), "--executor", "slurm", "--output", str(out), "--servers", "1")
+        run_cli("launch", str(recipe), "--executor", "slurm", "--output", str(out), "--servers", "1", env=SECRETS)
         second = load_ledger(str(out)).launches[-1]
-        assert second.servers == [first.servers[0]], "the live server job is reused, none submitted"
+        assert len(second.servers) == 1 and second.servers[0] not in servers
         assert {s.name: bool(s.jobs) for s in second.stages} == {"filter": False, "rephrase": True, "rows": True}
         final = wait_complete(out)
         ids = [json.loads(line)["id"] for p in (out / ".finephrase" / "rephrased").glob("*.jsonl")
@@ -207,5 +285,6 @@ def test_a_lost_server_and_a_lost_task_lose_nothing(slurm_cluster, demo_data, tm
         assert len(rows(out)) == final.documents_in
         stats = json.loads((out / ".finephrase" / "logs" / "rephrase" / "stats.json").read_text())
         assert not any(k.startswith("failed/") for step in stats for k in (step.get("stats") or {})), stats
+        assert not set(load_ledger(str(out)).server_ids()) & squeue_ids()
     finally:
         stop_run(str(out), timeout=60)

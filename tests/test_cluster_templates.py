@@ -29,26 +29,54 @@ def bash_syntax_ok(script: str) -> None:
 
 def test_tgi_on_pyxis_with_the_launcher_flags(tmp_path, demo_data):
     recipe = recipe_with(tmp_path, TGI, {"account": "lab", "qos": "high", "constraint": "h100",
-                                         "environment": {"HF_HOME": "/scratch/hf"}, "max_concurrent_requests": 256})
+                                         "environment": {"HF_HUB_ENABLE_HF_TRANSFER": "1"},
+                                         "max_concurrent_requests": 256, "secrets": ["HF_TOKEN"]})
     script = render_server_job(recipe, JOB)
     bash_syntax_ok(script)
     for line in ["#SBATCH --gpus=1", "#SBATCH --cpus-per-task=12", "#SBATCH --mem=120G", "#SBATCH --time=24:00:00",
                  "#SBATCH --partition=hopper-prod", "#SBATCH --account=lab", "#SBATCH --qos=high",
-                 "#SBATCH --constraint=h100", "export HF_HOME=/scratch/hf", "source /opt/venv/bin/activate"]:
+                 "#SBATCH --constraint=h100", "export HF_HUB_ENABLE_HF_TRANSFER=1", "source /opt/venv/bin/activate",
+                 "#SBATCH --export=ALL", "#SBATCH --signal=B:USR1@300", "trap deregister USR1"]:
         assert line in script
-    assert "srun --ntasks=1 --container-image='ghcr.io#huggingface/text-generation-inference:" in script
+    # pyxis: the cache mounted, the job's environment (HF_HOME, the secrets, the API key) over the image's
+    assert ("srun --ntasks=1 --container-image='ghcr.io#huggingface/text-generation-inference:3.3.6' "
+            '--container-mounts="$HF_HOME:$HF_HOME" --container-env=HF_HOME,HF_HUB_ENABLE_HF_TRANSFER,HF_TOKEN,'
+            "FINEPHRASE_API_KEY,API_KEY ") in script
     for flag in ["--model-id HuggingFaceTB/SmolLM2-1.7B-Instruct", "--num-shard 1", "--max-concurrent-requests 256",
-                 "--max-input-tokens 6144", "--max-total-tokens 8192", "--max-batch-prefill-tokens 16384"]:
+                 "--max-batch-prefill-tokens 16384", '--master-port "$MASTER_PORT"',
+                 '--shard-uds-path "${TMPDIR:-/tmp}/finephrase-tgi-${SLURM_JOB_ID:-$$}"']:
         assert flag in script
+    # no context flags unless set: TGI reads the model's
+    assert "--max-total-tokens" not in script and "--max-input-tokens" not in script
     assert "trap cleanup EXIT" in script and '"$ENDPOINT" "$ENDPOINTS_FILE"' in script
 
 
-@pytest.mark.parametrize("container,prefix", [("apptainer", "apptainer exec --nv docker://ghcr.io/huggingface/"),
-                                              ("none", "  text-generation-launcher")])
+@pytest.mark.parametrize("container,prefix", [("apptainer", "apptainer exec --nv --bind "),
+                                              ("none", "  exec text-generation-launcher")])
 def test_tgi_from_apptainer_or_a_local_binary(tmp_path, demo_data, container, prefix):
-    script = render_server_job(recipe_with(tmp_path, TGI, {"container": container}), JOB)
+    model = tmp_path / "models" / "smol"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text('{"max_position_embeddings": 2048}')
+    script = render_server_job(recipe_with(tmp_path, TGI, {"container": container, "model_path": str(model),
+                                                           "secrets": ["HF_TOKEN"], "max_total_tokens": 8192,
+                                                           "mounts": ["/scratch"]}), JOB)
     bash_syntax_ok(script)
     assert prefix in script and "--container-image" not in script
+    # never above the model's own context (its config.json)
+    assert "--max-total-tokens 2048" in script and "--max-input-tokens" not in script
+    if container == "apptainer":
+        assert f'--bind "$HF_HOME:$HF_HOME",{model}:{model},/scratch:/scratch --env "HF_HOME=$HF_HOME" ' in script
+        assert 'export APPTAINERENV_HF_TOKEN="${HF_TOKEN}"' in script and "docker://ghcr.io/huggingface/" in script
+        assert '--env "HF_TOKEN' not in script  # secrets stay off the command line
+
+
+def test_secrets_by_name_only(tmp_path, demo_data):
+    with pytest.raises(RecipeError, match=r"cluster.environment.HF_TOKEN looks like a secret.*cluster.secrets: \[HF_TOKEN\]"):
+        recipe_with(tmp_path, TGI, {"environment": {"HF_TOKEN": "hf_abcdefghijklmnopqrstuvwx"}})
+    with pytest.raises(RecipeError, match="looks like a secret"):
+        recipe_with(tmp_path, TGI, {"environment": {"MY_VAR": "hf_abcdefghijklmnopqrstuvwx"}})
+    with pytest.raises(RecipeError, match="list names only"):
+        recipe_with(tmp_path, TGI, {"secrets": ["HF_TOKEN=hf_abcdefghijklmnopqrstuvwx"]})
 
 
 @pytest.mark.parametrize("kind,command", [("vllm", "vllm serve HuggingFaceTB/SmolLM2-1.7B-Instruct"),
@@ -60,6 +88,11 @@ def test_other_servers(tmp_path, demo_data, kind, command):
                                            {"server": kind, "gpus": 2}), JOB)
     bash_syntax_ok(script)
     assert command in script
+    assert "--max-model-len" not in script and "--context-length" not in script  # the model's own, unknown here
+    if kind == "vllm":
+        assert 'export VLLM_API_KEY="${FINEPHRASE_API_KEY:?' in script and "--api-key" not in script
+    if kind == "sglang":
+        assert '--api-key "$FINEPHRASE_API_KEY"' in script
     if kind == "embedded":
         assert "--gpus" not in script and "--container-image" not in script  # llama.cpp on CPUs
     else:

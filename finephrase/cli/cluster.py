@@ -38,6 +38,9 @@ def cmd_launch(args) -> int:
     for name, jobs in result.stages.items():
         console.print(f"  {escape(name)}: {', '.join(jobs) if jobs else ('ran' if args.executor == 'ray' else 'nothing left to run')}",
                       soft_wrap=True)
+    if result.supervisor:
+        console.print(f"server supervisor (starts the servers' work, replaces dead ones, releases them when rephrase "
+                      f"ends): {result.supervisor}", soft_wrap=True)
     if result.finish:
         console.print(f"finish (report, card, releases the servers): {result.finish}")
     console.print(f"jobs: {result.ledger}\nfollow: finephrase status {result.output}   cancel: finephrase stop "
@@ -53,7 +56,10 @@ def cmd_status(args) -> int:
         print(json.dumps(st.to_dict(), indent=1))
         return 0
     servers = ", ".join(f"{s.job} {s.state.lower()}" for s in st.servers) or "-"
-    console.print(f"servers: {servers}; replicas registered {len(st.endpoints)}, healthy {len(st.healthy)}",
+    limit = f" of {st.replacement_limit}" if st.replacement_limit is not None else ""
+    console.print(f"servers: {servers}; replicas registered {len(st.endpoints)}, healthy {len(st.healthy)}; "
+                  f"replaced {st.servers_replaced}{limit}" + (f"; supervisor {st.supervisor.lower()}"
+                                                              if st.supervisor else ""),
                   soft_wrap=True, highlight=False)
     table = Table(show_header=True)
     for col in ("stage", "tasks", "done", "running", "pending", "failed"):

@@ -7,6 +7,10 @@
 - :mod:`~finephrase.cluster.servers`: submit server jobs; which of a run's server jobs are still alive.
 - :mod:`~finephrase.cluster.executors`: ``build_stages``' stages on ``SlurmPipelineExecutor`` (chained with
   ``depends``) or ``RayPipelineExecutor``.
+- :mod:`~finephrase.cluster.secrets`: ``cluster.secrets`` and the run's API key, passed by environment, redacted
+  from every file written for a run.
+- :mod:`~finephrase.cluster.supervise`: the job that replaces dead server jobs during the rephrase stage and
+  releases them all when it ends (servers follow the work).
 - :mod:`~finephrase.cluster.launch`: ``finephrase launch``; :mod:`~finephrase.cluster.finish`: the job that writes
   the report and the card after the last stage and releases the servers; :mod:`~finephrase.cluster.status` and
   :mod:`~finephrase.cluster.stop`: ``finephrase status`` / ``finephrase stop``.

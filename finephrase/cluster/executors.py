@@ -3,6 +3,7 @@ chained with ``depends``) and ``RayPipelineExecutor``."""
 
 from __future__ import annotations
 
+import os
 import shlex
 
 from datatrove.executor.slurm import SlurmPipelineExecutor
@@ -36,19 +37,23 @@ def task_env_command(cluster: ClusterConfig, activate: str) -> str:
 
 
 def slurm_executors(stages: list[Stage], output: str, cluster: ClusterConfig, job_prefix: str, partition: str,
-                    activate: str, after_started: str | None = None) -> tuple[dict, dict[str, JobRecorder]]:
+                    activate: str, after_started: str | None = None,
+                    colocated: str | None = None) -> tuple[dict, dict[str, JobRecorder]]:
     """One executor per stage, chained with ``depends`` ({name: executor}, {name: its job recorder}). The
-    inference stage waits for ``after_started``. Nothing is submitted yet: ``launch_slurm`` does."""
+    inference stage waits for ``after_started``; with ``colocated`` (the lines that start a task's own server) its
+    tasks get the server's GPUs and CPUs and start it first. Nothing is submitted yet: ``launch_slurm`` does."""
     paths = RunPaths(output)
     executors: dict[str, SlurmPipelineExecutor] = {}
     recorders: dict[str, JobRecorder] = {}
     for stage in stages:
         recorders[stage.name] = JobRecorder()
+        own_server = bool(colocated) and stage.kind == "inference"
+        env_command = task_env_command(cluster, activate) + (f"\n{colocated}" if own_server else "")
         executors[stage.name] = FinephraseSlurmExecutor(
             pipeline=stage.pipeline, tasks=stage.tasks, time=cluster.time, partition=partition,
-            cpus_per_task=cluster.task_cpus, mem_per_cpu_gb=cluster.task_mem_per_cpu_gb, workers=-1,
-            job_name=f"{job_prefix}-{stage.name}", qos=cluster.qos or "",
-            env_command=task_env_command(cluster, activate),
+            cpus_per_task=cluster.cpus if own_server else cluster.task_cpus,
+            gpus_per_task=cluster.gpus if own_server else 0, mem_per_cpu_gb=cluster.task_mem_per_cpu_gb,
+            workers=-1, job_name=f"{job_prefix}-{stage.name}", qos=cluster.qos or "", env_command=env_command,
             sbatch_args={k: v for k, v in (("account", cluster.account),) if v},
             depends=executors.get(stage.depends) if stage.depends else None,
             logging_dir=paths.logs(stage.name), skip_completed=True, srun_args={"cpu-bind": "none"},
@@ -75,6 +80,7 @@ def run_ray(stages: list[Stage], output: str, cluster: ClusterConfig, workers: i
 
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
+    check_output_visible(output)
     paths = RunPaths(output)
     for stage in stages:
         executor = RayPipelineExecutor(
@@ -87,3 +93,26 @@ def run_ray(stages: list[Stage], output: str, cluster: ClusterConfig, workers: i
             raise ClusterError(f"stage {stage.name}: {len(left)} of {stage.tasks} task(s) did not finish "
                                f"(logs: {paths.logs(stage.name)})\nfix the cause, then launch again: finished tasks "
                                "are skipped")
+
+
+def check_output_visible(output: str) -> None:
+    """Every alive node of the Ray cluster sees ``output`` (tasks write there): else a clear error, before any stage
+    runs."""
+    import socket
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from finephrase.cluster import ClusterError
+
+    @ray.remote(num_cpus=0)
+    def sees(path: str) -> tuple[bool, str]:
+        return os.path.isdir(path), socket.gethostname()
+
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+    answers = ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(output)
+                       for n in nodes])
+    blind = sorted({host for ok, host in answers if not ok})
+    if blind:
+        raise ClusterError(f"{output} is not visible on Ray node(s) {', '.join(blind)}: the tasks write there\n"
+                           "put OUTPUT on a file system every node mounts (the same path everywhere)")

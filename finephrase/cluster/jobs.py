@@ -1,7 +1,7 @@
 """The run's job ledger: ``OUTPUT/.finephrase/jobs.json``, every job a launch submitted, by id.
 
 ``{"launches": [{"time", "executor", "servers": [ids], "stages": [{"name", "tasks", "arrays": [ids], "jobs": [ids]}],
-"finish": id}], "endpoints_file": path, "recipe": path}``. ``finephrase stop`` cancels exactly these ids;
+"finish": id, "supervisor": id, "wanted_servers", "replaced"}], "endpoints_file": path, "recipe": path, "api_key_id": fingerprint}``. ``finephrase stop`` cancels exactly these ids;
 ``finephrase status`` reads them back; a new launch reuses the server jobs still alive.
 """
 
@@ -52,16 +52,20 @@ class Launch:
     servers: list[str] = field(default_factory=list)
     stages: list[StageJobs] = field(default_factory=list)
     finish: str | None = None
+    supervisor: str | None = None  # the job that replaces dead server jobs and releases them all after rephrase
+    wanted_servers: int = 0
+    replaced: int = 0  # server jobs the supervisor submitted in place of dead ones
 
     def all_ids(self) -> list[str]:
         ids = list(self.servers) + [j for s in self.stages for j in s.jobs]
-        return ids + ([self.finish] if self.finish else [])
+        return ids + [j for j in (self.finish, self.supervisor) if j]
 
 
 @dataclass
 class Ledger:
     recipe: str | None = None
     endpoints_file: str | None = None
+    api_key_id: str | None = None  # a fingerprint of the API key the server jobs hold (never the key)
     launches: list[Launch] = field(default_factory=list)
 
     def all_ids(self) -> list[str]:
@@ -82,9 +86,12 @@ def load_ledger(output: str) -> Ledger | None:
     except FileNotFoundError:
         return None
     launches = [Launch(time=x["time"], executor=x["executor"], servers=x.get("servers", []),
-                       stages=[StageJobs(**s) for s in x.get("stages", [])], finish=x.get("finish"))
+                       stages=[StageJobs(**s) for s in x.get("stages", [])], finish=x.get("finish"),
+                       supervisor=x.get("supervisor"), wanted_servers=x.get("wanted_servers", 0),
+                       replaced=x.get("replaced", 0))
                 for x in data.get("launches", [])]
-    return Ledger(recipe=data.get("recipe"), endpoints_file=data.get("endpoints_file"), launches=launches)
+    return Ledger(recipe=data.get("recipe"), endpoints_file=data.get("endpoints_file"),
+                  api_key_id=data.get("api_key_id"), launches=launches)
 
 
 def save_ledger(output: str, ledger: Ledger) -> str:

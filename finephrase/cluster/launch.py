@@ -16,7 +16,9 @@ from dataclasses import dataclass, field, replace
 
 from finephrase.cluster import ClusterError, slurm
 from finephrase.cluster.jobs import Launch, Ledger, load_ledger, save_ledger
-from finephrase.cluster.servers import activate_command, endpoints_file, job_prefix, live_servers, submit_servers
+from finephrase.cluster.secrets import API_KEY_ENV, check_secrets, key_id, redact_file, run_api_key
+from finephrase.cluster.servers import (activate_command, colocated_server, endpoints_file, job_prefix, live_servers,
+                                       submit_servers)
 from finephrase.cluster.templates import model_for, server_kind
 from finephrase.inference.client.backends import GeneratorRuntime, backend_for
 from finephrase.pipeline.build import RunPaths, Stage, build_stages
@@ -35,20 +37,40 @@ class LaunchResult:
     new_servers: list[str] = field(default_factory=list)
     stages: dict[str, list[str]] = field(default_factory=dict)  # stage -> job ids (empty: nothing left to run)
     finish: str | None = None
+    supervisor: str | None = None
 
 
-def cluster_runtime(recipe: Recipe, output: str) -> GeneratorRuntime:
-    """How the rephrase stage reaches the launched servers: the run's endpoints file (plus generator.endpoints)."""
+def server_count(recipe: Recipe, executor: str, servers: int | None = None) -> int:
+    """Server jobs to run: ``--servers``, else ``cluster.servers`` as the recipe sets it; a Ray run whose generator
+    names its endpoints (``generator.endpoints``/``endpoints_file``) and whose recipe does not ask for server jobs
+    runs none (no Slurm needed)."""
+    cluster = recipe.cluster or ClusterConfig()
+    if cluster.placement == "colocated":
+        return 0  # each rephrase task starts its own
+    if servers is not None:
+        return servers
+    g = recipe.generator
+    if executor == "ray" and (g.endpoints or g.endpoints_file) and "servers" not in cluster.model_fields_set:
+        return 0
+    return cluster.servers
+
+
+def cluster_runtime(recipe: Recipe, output: str, servers: int | None = None) -> GeneratorRuntime:
+    """How the rephrase stage reaches the launched servers: the run's endpoints file (plus generator.endpoints).
+    ``servers``: the server jobs of the run (default ``cluster.servers``)."""
     g = recipe.generator
     kind = server_kind(recipe)
     settings = backend_for(g.server).request_settings(g)
     protocol = settings.protocol
     if kind != "tgi" and protocol.startswith("tgi"):
         protocol = "openai"  # vLLM, SGLang and llama.cpp speak the OpenAI API only
-    model = model_for(recipe, kind)[0] if (recipe.cluster and recipe.cluster.servers) else settings.model
+    launched = bool(recipe.cluster and recipe.cluster.servers) if servers is None else servers > 0
+    launched = launched or bool(recipe.cluster and recipe.cluster.placement == "colocated")
+    model = model_for(recipe, kind)[0] if launched else settings.model
     return GeneratorRuntime(endpoints=list(g.endpoints), endpoints_file=endpoints_file(recipe, output),
                             protocol=protocol, model=model, tokenizer=settings.tokenizer,
-                            context_length=settings.context_length, api_key_env=g.api_key_env)
+                            context_length=settings.context_length,
+                            api_key_env=API_KEY_ENV if launched else g.api_key_env)
 
 
 def _cluster_recipe(recipe: Recipe) -> Recipe:
@@ -76,21 +98,46 @@ def _check_idle(ledger: Ledger) -> None:
                            "cancel them with `finephrase stop RUN_DIR`, then launch again")
 
 
-def submit_finish(recipe: Recipe, output: str, after: list[str], partition: str, push_to: str | None) -> str:
-    """The job after the last stage (``afterok``): report, card, optional push, then the server jobs are released."""
+def _submit_python(recipe: Recipe, output: str, name: str, module_args: list[str], partition: str,
+                   dependency: str | None) -> str:
+    """A one-CPU job of the run that runs ``python -m MODULE ARGS`` in finephrase's environment."""
     cluster = recipe.cluster or ClusterConfig()
-    log = RunPaths(output).w("logs", "finish-%j.out")
-    cmd = [sys.executable, "-m", "finephrase.cluster.finish", output, os.path.abspath(recipe.path)]
-    cmd += ["--push-to", push_to] if push_to else []
-    lines = ["#!/bin/bash", f"#SBATCH --job-name={job_prefix(recipe)}-finish", f"#SBATCH --output={log}",
-             "#SBATCH --cpus-per-task=1", f"#SBATCH --mem-per-cpu={cluster.task_mem_per_cpu_gb}G",
-             f"#SBATCH --time={cluster.time}", f"#SBATCH --partition={partition}"]
+    log = RunPaths(output).w("logs", f"{name}-%j.out")
+    cmd = [sys.executable, "-m", *module_args]
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={job_prefix(recipe)}-{name}", f"#SBATCH --output={log}",
+             "#SBATCH --export=ALL", "#SBATCH --cpus-per-task=1",
+             f"#SBATCH --mem-per-cpu={cluster.task_mem_per_cpu_gb}G", f"#SBATCH --time={cluster.time}",
+             f"#SBATCH --partition={partition}"]
     lines += [f"#SBATCH --{k}={v}" for k, v in (("account", cluster.account), ("qos", cluster.qos)) if v]
     lines += [activate_command(cluster)]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in cluster.environment.items()]
     lines += [" ".join(shlex.quote(c) for c in cmd)]
-    args = ["--chdir", os.getcwd()] + ([f"--dependency=afterok:{':'.join(after)}"] if after else [])
+    args = ["--chdir", os.getcwd()] + ([f"--dependency={dependency}"] if dependency else [])
     return slurm.sbatch("\n".join(lines) + "\n", *args)
+
+
+def submit_finish(recipe: Recipe, output: str, after: list[str], partition: str, push_to: str | None) -> str:
+    """The job after the last stage (``afterok``): report, card, optional push, then the server jobs are released."""
+    args = ["finephrase.cluster.finish", output, os.path.abspath(recipe.path)] + (["--push-to", push_to] if push_to
+                                                                                   else [])
+    return _submit_python(recipe, output, "finish", args, partition, f"afterok:{':'.join(after)}" if after else None)
+
+
+def _servers_follow_the_work(recipe: Recipe, output: str, launch: Launch, held: list[str], partition: str,
+                             server_partition: str | None) -> None:
+    """Release the held server jobs once the stage before rephrase has succeeded, and submit the supervisor
+    (``afterany`` on that stage): it replaces dead server jobs and releases them all when rephrase ends."""
+    inference = next((i for i, s in enumerate(launch.stages) if s.kind == "inference"), None)
+    if inference is None or not launch.stages[inference].jobs:
+        slurm.scancel(held)  # nothing to rephrase: no server
+        return
+    before = launch.stages[inference - 1].arrays if inference > 0 else []
+    for job in held:
+        slurm.hold_until(job, f"afterok:{':'.join(before)}" if before else None)
+    launch.supervisor = _submit_python(
+        recipe, output, "supervisor", ["finephrase.cluster.supervise", output, os.path.abspath(recipe.path),
+                               server_partition or partition], partition,
+        f"afterany:{':'.join(before)}" if before else None)
 
 
 def _submit_stages(recipe: Recipe, stages: list[Stage], output: str, partition: str, first_server: str | None,
@@ -98,15 +145,41 @@ def _submit_stages(recipe: Recipe, stages: list[Stage], output: str, partition: 
     from finephrase.cluster.executors import launch_slurm, slurm_executors
 
     cluster = recipe.cluster or ClusterConfig()
+    colocated = colocated_server(recipe, output) if cluster.placement == "colocated" else None
     executors, recorders = slurm_executors(stages, output, cluster, job_prefix(recipe), partition,
-                                           activate_command(cluster), after_started=first_server)
+                                           activate_command(cluster), after_started=first_server,
+                                           colocated=colocated)
     try:
         launch.stages = launch_slurm(stages, executors, recorders)
     finally:  # what was submitted is recorded even when a later sbatch fails
+        for stage in stages:  # datatrove's copies of the job script and the executor, without secrets
+            for name in ("launch_script.slurm", "executor.json"):
+                redact_file(os.path.join(RunPaths(output).logs(stage.name), name), cluster)
         if not launch.stages:
             from finephrase.cluster.jobs import StageJobs
 
             launch.stages = [StageJobs(s.name, s.tasks, s.kind, list(recorders[s.name].ids)) for s in stages]
+
+
+def _checked_cluster(recipe: Recipe, executor: str) -> ClusterConfig:
+    """The recipe's ``cluster`` block, its secrets set in this shell and its placement fit for ``executor``."""
+    cluster = recipe.cluster or ClusterConfig()
+    check_secrets(cluster)
+    if cluster.placement == "colocated" and executor != "slurm":
+        raise ClusterError("cluster.placement: colocated starts a server inside each Slurm rephrase task\n"
+                           "launch it with --executor slurm, or use placement: pool")
+    return cluster
+
+
+def _servers_to_reuse(recipe: Recipe, ledger: Ledger, count: int, needs_slurm: bool) -> list[str]:
+    """The run's API key (one for its servers and its tasks), and the live server jobs of an earlier launch that
+    hold the same key (a relaunch reuses them)."""
+    cluster = recipe.cluster or ClusterConfig()
+    if not (count > 0 or cluster.placement == "colocated"):
+        return []
+    if recipe.generator.api_key_env and os.environ.get(recipe.generator.api_key_env):
+        os.environ.setdefault(API_KEY_ENV, os.environ[recipe.generator.api_key_env])
+    return _reusable_servers(ledger, key_id(run_api_key())) if needs_slurm else []
 
 
 def launch(recipe: Recipe, executor: str = "slurm", servers: int | None = None, output: str | None = None,
@@ -117,14 +190,14 @@ def launch(recipe: Recipe, executor: str = "slurm", servers: int | None = None, 
     if executor not in EXECUTORS:
         raise ClusterError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
     output = os.path.abspath(output or recipe.output.folder)
+    plan = resolve(recipe)
     if executor == "local":
         from finephrase.run import run_recipe
 
-        run_recipe(resolve(recipe), output=output, limit=limit, tasks=tasks, workers=workers)
+        run_recipe(plan, output=output, limit=limit, tasks=tasks, workers=workers)
         return LaunchResult(output, executor)
-    plan = resolve(recipe)
-    cluster = recipe.cluster or ClusterConfig()
-    count = cluster.servers if servers is None else servers
+    cluster = _checked_cluster(recipe, executor)
+    count = server_count(recipe, executor, servers)
     os.makedirs(RunPaths(output).work, exist_ok=True)
     save_plan(plan, output)  # what the stages' tasks and the finish job read
     ledger = load_ledger(output) or Ledger()
@@ -133,21 +206,25 @@ def launch(recipe: Recipe, executor: str = "slurm", servers: int | None = None, 
     if needs_slurm:
         _check_idle(ledger)
     partition = (cluster.partition or slurm.default_partition()) if needs_slurm else None
-    reused = live_servers(ledger) if needs_slurm else []
+    reused = _servers_to_reuse(recipe, ledger, count, needs_slurm)
     current = Launch(time=time.time(), executor=executor)
     ledger.launches.append(current)
     try:
         stages = build_stages(replace(plan, recipe=_cluster_recipe(recipe)), output,
-                              cluster_runtime(recipe, output),
-                              tasks=tasks, limit=limit)
+                              cluster_runtime(recipe, output, count), tasks=tasks, limit=limit)
+        held = executor == "slurm"  # servers follow the work: held until the stage before rephrase is done
+        new: list[str] = []
         if not _inference_done(stages, output):  # no server for a run whose rephrase stage is complete
-            current.servers = reused + submit_servers(recipe, output, max(0, count - len(reused)), partition)
+            new = submit_servers(recipe, output, max(0, count - len(reused)), partition, hold=held)
+            current.servers, current.wanted_servers = reused + new, count
         if executor == "slurm":
             task_partition = cluster.task_partition or partition
             if not task_partition:
                 raise ClusterError("no partition: set cluster.partition in the recipe (the cluster has no default)")
             _submit_stages(recipe, stages, output, task_partition, current.servers[0] if current.servers else None,
                            current)
+            if current.servers:
+                _servers_follow_the_work(recipe, output, current, new, task_partition, partition)
             after = [j for s in current.stages for j in s.jobs]
             current.finish = submit_finish(recipe, output, after, task_partition, push_to)
         else:
@@ -155,14 +232,18 @@ def launch(recipe: Recipe, executor: str = "slurm", servers: int | None = None, 
 
             current.stages = [_stage_entry(s) for s in stages]
             save_ledger(output, ledger)
-            run_ray(stages, output, cluster, workers=workers)
+            try:
+                run_ray(stages, output, cluster, workers=workers)
+            except BaseException:
+                slurm.scancel(current.servers)  # a failed Ray run releases its server jobs too
+                raise
             from finephrase.cluster.finish import finish  # report, card, push; releases server jobs if any
 
             finish(output, os.path.abspath(recipe.path), push_to)
     finally:
         path = save_ledger(output, ledger)
     return LaunchResult(output, executor, path, current.servers, current.servers[len(reused):],
-                        {s.name: s.jobs for s in current.stages}, current.finish)
+                        {s.name: s.jobs for s in current.stages}, current.finish, current.supervisor)
 
 
 def _inference_done(stages: list[Stage], output: str) -> bool:
@@ -177,3 +258,17 @@ def _stage_entry(stage: Stage):
     from finephrase.cluster.jobs import StageJobs
 
     return StageJobs(stage.name, stage.tasks, stage.kind)
+
+
+def _reusable_servers(ledger: Ledger, api_key_id: str) -> list[str]:
+    """The run's live server jobs, when they hold this launch's API key; otherwise they are cancelled (they would
+    refuse this launch's tasks) and the ledger takes the new key."""
+    alive = live_servers(ledger)
+    if ledger.api_key_id == api_key_id:
+        return alive
+    if alive:
+        print(f"finephrase: server jobs {', '.join(alive)} hold an earlier launch's API key: cancelled (export "
+              f"{API_KEY_ENV} as it was to keep servers across launches)", file=sys.stderr)
+        slurm.scancel(alive)
+    ledger.api_key_id = api_key_id
+    return []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shlex
@@ -9,6 +10,7 @@ import sys
 
 from finephrase.cluster import slurm
 from finephrase.cluster.jobs import Ledger
+from finephrase.cluster.secrets import write_redacted
 from finephrase.cluster.templates import ServerJob, render_server_job, server_kind
 from finephrase.pipeline.build import RunPaths
 from finephrase.recipe import ClusterConfig, Recipe
@@ -17,9 +19,32 @@ ENDPOINTS_FILE = "endpoints.txt"
 
 
 def endpoints_file(recipe: Recipe, output: str) -> str:
-    """The run's endpoints file: ``generator.endpoints_file``, else ``OUTPUT/.finephrase/endpoints.txt``."""
+    """The run's endpoints file: ``generator.endpoints_file``, else ``OUTPUT/.finephrase/endpoints.txt``; with
+    ``cluster.placement: colocated`` a node-local file (each task's own server registers where only the tasks of
+    its node read)."""
     g = recipe.generator
-    return os.path.abspath(g.endpoints_file) if g.endpoints_file else RunPaths(output).w(ENDPOINTS_FILE)
+    if g.endpoints_file:
+        return os.path.abspath(g.endpoints_file)
+    if recipe.cluster and recipe.cluster.placement == "colocated":
+        return f"/tmp/finephrase-{hashlib.sha1(os.path.abspath(output).encode()).hexdigest()[:12]}/{ENDPOINTS_FILE}"
+    return RunPaths(output).w(ENDPOINTS_FILE)
+
+
+def colocated_server(recipe: Recipe, output: str) -> str:
+    """The lines a colocated rephrase task runs first: its own server (the server template, run by bash in the
+    background on the task's node), stopped when the task's script exits."""
+    log_dir = RunPaths(output).w("logs", "servers")
+    os.makedirs(log_dir, exist_ok=True)
+    cluster = recipe.cluster or ClusterConfig()
+    script = render_server_job(recipe, ServerJob(
+        endpoints_file=endpoints_file(recipe, output), log_dir=log_dir,
+        job_name=f"{job_prefix(recipe)}-server-{server_kind(recipe)}", partition=None,
+        env_command=activate_command(cluster)))
+    path = os.path.join(log_dir, "colocated.sh")
+    write_redacted(path, script, cluster)
+    out = shlex.quote(log_dir) + '/"colocated-${SLURM_JOB_ID:-local}.out"'
+    return "\n".join([f"bash {shlex.quote(path)} > {out} 2>&1 &", "FP_SERVER_PID=$!",
+                      "trap 'kill -TERM $FP_SERVER_PID 2>/dev/null; wait $FP_SERVER_PID || true' EXIT"])
 
 
 def venv_activate(cluster: ClusterConfig) -> str | None:
@@ -39,8 +64,8 @@ def job_prefix(recipe: Recipe) -> str:
     return "fp-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", recipe.name)[:40]
 
 
-def submit_servers(recipe: Recipe, output: str, count: int, partition: str | None) -> list[str]:
-    """Submit ``count`` server jobs; their ids."""
+def submit_servers(recipe: Recipe, output: str, count: int, partition: str | None, hold: bool = False) -> list[str]:
+    """Submit ``count`` server jobs (``hold``: held until :func:`finephrase.cluster.slurm.hold_until`); their ids."""
     if count <= 0:
         return []
     paths = RunPaths(output)
@@ -52,9 +77,8 @@ def submit_servers(recipe: Recipe, output: str, count: int, partition: str | Non
     script = render_server_job(recipe, ServerJob(
         endpoints_file=file, log_dir=log_dir, job_name=f"{job_prefix(recipe)}-server-{server_kind(recipe)}",
         partition=partition, env_command=activate_command(cluster)))
-    with open(os.path.join(log_dir, "server.sbatch"), "w") as f:
-        f.write(script)  # what was submitted, for the user to read
-    args = ["--chdir", os.getcwd()]
+    write_redacted(os.path.join(log_dir, "server.sbatch"), script, cluster)  # what was submitted, for the user
+    args = ["--chdir", os.getcwd()] + (["--hold"] if hold else [])
     return [slurm.sbatch(script, *args) for _ in range(count)]
 
 

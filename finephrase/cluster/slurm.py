@@ -1,4 +1,4 @@
-"""The Slurm commands finephrase runs: ``sbatch``, ``squeue``, ``scancel``, ``sinfo``. Nothing else talks to Slurm
+"""The Slurm commands finephrase runs: ``sbatch``, ``squeue``, ``scancel``, ``sinfo``, ``scontrol``. Nothing else talks to Slurm
 (datatrove's ``SlurmPipelineExecutor`` runs its own ``sbatch``)."""
 
 from __future__ import annotations
@@ -71,6 +71,17 @@ def wait_gone(ids: list[str], timeout: float = 120.0) -> list[str]:
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(1.0)
+
+
+def hold_until(job: str, dependency: str | None) -> None:
+    """Give a held job (``sbatch --hold``) its dependency, then release it."""
+    if dependency:
+        proc = _run(["scontrol", "update", f"JobId={job}", f"Dependency={dependency}"])
+        if proc.returncode != 0:
+            raise ClusterError(f"scontrol could not set the dependency of job {job}: {proc.stderr.strip()}")
+    proc = _run(["scontrol", "release", job])
+    if proc.returncode != 0:
+        raise ClusterError(f"scontrol could not release job {job}: {proc.stderr.strip()}")
 
 
 def default_partition() -> str | None:

@@ -52,6 +52,9 @@ class RunStatus:
     healthy: list[str] = field(default_factory=list)
     stages: list[StageStatus] = field(default_factory=list)
     finish: str | None = None  # the finish job's state: a squeue state, "ENDED" or None
+    supervisor: str | None = None  # the server supervisor's state: a squeue state, "ENDED" or None
+    servers_replaced: int = 0  # server jobs submitted in place of dead ones
+    replacement_limit: int | None = None
     documents: int = 0
     tokens: int = 0
     elapsed_s: float = 0.0
@@ -158,8 +161,23 @@ def run_status(output: str, probe: bool = True) -> RunStatus:
     st.healthy = [e for e in st.endpoints if _healthy(e)] if probe else []
     st.stages = [_stage_status(output, s, queued) for s in last.stages]
     st.finish = states.get(last.finish, "ENDED") if last.finish else None
+    st.supervisor = states.get(last.supervisor, "ENDED") if last.supervisor else None
+    st.servers_replaced = last.replaced
+    st.replacement_limit = _replacement_limit(output)
     st.documents, st.tokens = _progress(output)
     st.documents_in = _documents_in(output, st.stages)
     _rates(output, st, ledger.launches[0].time)
     st.fleet = fleet_line(summarise(RunPaths(output).w("fleet")))
     return st
+
+
+def _replacement_limit(output: str) -> int | None:
+    """``cluster.server_replacements`` of the launched recipe (None when its plan cannot be read)."""
+    from finephrase.errors import FinephraseError
+    from finephrase.plan import load_plan
+
+    try:
+        recipe = load_plan(output).recipe
+    except (FinephraseError, OSError, ValueError):
+        return None
+    return recipe.cluster.server_replacements if recipe and recipe.cluster else None

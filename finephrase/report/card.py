@@ -41,6 +41,7 @@ from finephrase.report.run_report import ConfigFiles
 from finephrase.resources import card_template
 from finephrase.pipeline.formatters.rows import ROW_COLUMNS
 from finephrase.pipeline.mix import MIX_SCHEMA_COLUMNS
+from finephrase.redact import redact_secrets
 
 COLUMN_NOTES = {"text": " (generated)", "generation_params": " (JSON)", "mix.kind": " (`real` or `synthetic`)",
                 "mix.mixed_with": " (the prompt whose share a real document counts toward)"}
@@ -57,8 +58,6 @@ __all__ = ["CARD_TEMPLATE", "SPECIAL_CONFIGS", "config_paths", "license_metadata
 ABS_PATH_RE = re.compile(r"(?<![\w:/.~-])/(?:[\w.@+-]+/)+[\w.@+-]*")
 WIN_PATH_RE = re.compile(r"(?<![\w])[A-Za-z]:\\(?:[^\\\s`'\"|<>]+\\)*[^\\\s`'\"|<>]*")
 FILE_URL_RE = re.compile(r"file://[^\s`'\")<>|]+")
-TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{8,}|\bsk-[A-Za-z0-9_-]{20,}")
-SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
 
 def _basename(path: str) -> str:
@@ -66,12 +65,8 @@ def _basename(path: str) -> str:
 
 
 def scrub(text: str, secrets: tuple[str, ...] | list[str] = ()) -> str:
-    """Remove anything that looks like an HF/OpenAI token, the values of the token environment variables and
-    of ``secrets``, and local absolute paths (``/home/me/data/x.jsonl`` -> ``<local>/x.jsonl``)."""
-    values = [s for s in (*secrets, *(os.environ.get(v) for v in SECRET_ENV_VARS)) if s and len(s) >= 6]
-    for value in sorted(set(values), key=len, reverse=True):
-        text = text.replace(value, "<redacted>")
-    text = TOKEN_RE.sub("<redacted>", text)
+    """:func:`redact_secrets`, and local absolute paths (``/home/me/data/x.jsonl`` -> ``<local>/x.jsonl``)."""
+    text = redact_secrets(text, secrets)
     text = FILE_URL_RE.sub(lambda m: "<local>/" + _basename(m.group(0)), text)
     text = WIN_PATH_RE.sub(lambda m: "<local>/" + _basename(m.group(0)), text)
     return ABS_PATH_RE.sub(lambda m: "<local>/" + _basename(m.group(0)), text)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from finephrase.errors import EmptyOutputError
+from finephrase.redact import recipe_secret_values, redact_secrets
 from finephrase.report.build import save_report
 from finephrase.report.problems import empty_output_problem
 from finephrase.report.run_report import RunReport
@@ -26,9 +27,9 @@ def finish_output(output: str, plan, report: RunReport) -> str:
     if problem:
         raise EmptyOutputError(f"empty output: {problem}")
     recipe, prompts = plan.recipe, plan.prompts
-    if recipe.raw_text:
+    if recipe.raw_text:  # without tokens (scrubbed as written, not only when pushed)
         with open(os.path.join(output, "recipe.yaml"), "w", encoding="utf-8") as f:
-            f.write(recipe.raw_text)
+            f.write(redact_secrets(recipe.raw_text, recipe_secret_values(recipe)))
     path = write_card(output, recipe=recipe, prompts=prompts, report=report)
     write_html_report(output, plan=plan, report=report)  # OUTPUT/report.html
     return path
