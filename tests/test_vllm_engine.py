@@ -205,6 +205,8 @@ def test_a_server_group_goes_with_its_run_however_it_dies():
     assert _group(proc.pid, timeout=0) == []
     # 3. the server exits by itself: its exit code is the leader's
     assert subprocess.run([*LEADER, "sh", "-c", "exit 3"], cwd=ROOT, timeout=60).returncode == 3
+    # 4. the server is killed (SIGKILL, which no handler can take): the leader ends killed the same way
+    assert subprocess.run([*LEADER, "sh", "-c", "kill -9 $$"], cwd=ROOT, timeout=60).returncode == -signal.SIGKILL
 
 
 # ---------------------------------------------------------------- one vLLM server (the session's)
