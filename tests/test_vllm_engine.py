@@ -27,7 +27,7 @@ from conftest import ROOT, TITLE_PROMPT, first_demo_docs, is_alive, process_tree
 from finephrase.inference.calibration import (Calibration, EngineCost, cache_file, cached, cpu_identity, machine_key,
                                               model_thread_choices, payloads, save)
 from finephrase.inference.cpu_dtype import PROBES, DtypeChoice, choose_dtype, machine_dtype, probe
-from finephrase.inference.engine_choice import break_even_tokens, choose_engine, expected_tokens
+from finephrase.inference.engine_choice import break_even_tokens, choose_embedded, choose_engine, expected_tokens
 from finephrase.inference.gguf_convert import MARKER, cached_conversion, converted_folder
 from finephrase.inference.vllm_engine import VllmServers
 from finephrase.recipe import load_recipe
@@ -71,6 +71,25 @@ def test_auto_decides_on_this_machines_calibration():
     assert expected_tokens(60, 320) == 60 * 320 * 0.5 and expected_tokens(None, 320) is None
     with pytest.raises(ValueError, match="use auto, llama.cpp or vllm"):
         choose_engine("tgi", True, 1)
+
+
+def test_auto_on_this_machine_reads_its_cached_calibration(tmp_path, monkeypatch):
+    monkeypatch.setenv("FINEPHRASE_CALIBRATION_DIR", str(tmp_path))
+    python = vllm_python()
+    assert python is not None, f"vLLM's CPU build is not set up: run `{SETUP_COMMAND}` (`make test` does)"
+
+    def must_not_measure(*args, **kwargs):
+        raise AssertionError("a cached calibration is measured again")
+
+    here = machine_key(vllm_version(python), machine_dtype().dtype)
+    save(_calibration((4, 36.2), {1: (125, 83.9), 2: (131, 61.0)}, here))
+    choice = choose_embedded("auto", 8_300, must_not_measure)
+    assert choice.engine == "vllm" and "83.9 tokens/s on 1 core(s)" in choice.reason
+    assert choose_embedded("auto", 1_000, must_not_measure).engine == "llama.cpp"
+    # vLLM's own interpreter gone wrong: auto stays on llama.cpp and says why, in one line
+    monkeypatch.setenv("FINEPHRASE_VLLM_PYTHON", str(tmp_path / "no-python"))
+    broken = choose_embedded("auto", 8_300, must_not_measure)
+    assert broken.engine == "llama.cpp" and "could not be calibrated here" in broken.reason
 
 
 def test_a_calibration_is_cached_per_cpu_flags_cores_and_engine_versions(tmp_path, monkeypatch):
