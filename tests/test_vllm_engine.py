@@ -4,9 +4,9 @@ Without a server: the decision from given calibration figures, the calibration's
 that does not execute bf16 gets float32 and says why), the run size, the conversion cache's keys, the process group.
 Then one vLLM server for the tests that only need a server (the session fixture ``vllm_servers``: its dtype and
 cores, the calibration's driver, a SIGKILLed API server taking its engine core with it and restarted), and one real
-recipe run that starts vLLM itself (``finephrase setup-embedded --engine vllm``, which `make test` runs): every
-document rephrased exactly once, the rows, the provenance and the card naming the engine, its version, its dtype and
-why. vLLM takes ~2.5 minutes to start on 2 cores: two starts in all.
+recipe run that starts vLLM itself (``finephrase setup-embedded --engine vllm``, which `make test` runs), chosen by
+``engine: auto`` on given calibration figures: every document rephrased exactly once, the rows, the provenance and
+the card naming the engine, its version, the decision and its figures, its dtype and cores and why. vLLM takes ~2.5 minutes to start on 2 cores: two starts in all.
 """
 
 from __future__ import annotations
@@ -281,9 +281,14 @@ def _rows(out: Path, config: str) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_a_recipe_runs_on_vllm_it_starts_itself(tmp_path, demo_data, make_recipe):
+def test_a_recipe_runs_on_vllm_it_starts_itself(tmp_path, demo_data, make_recipe, monkeypatch):
+    """``engine: auto`` on given calibration figures for this machine (measuring them takes ~6 minutes) under
+    which this small run pays vLLM's start-up: the decision and its figures reach the report and the card."""
     python = vllm_python()
     assert python is not None, f"vLLM's CPU build is not set up: run `{SETUP_COMMAND}` (`make test` does)"
+    monkeypatch.setenv("FINEPHRASE_CALIBRATION_DIR", str(tmp_path / "calibration"))  # the run inherits it
+    key = machine_key(vllm_version(python), machine_dtype().dtype)
+    save(_calibration((4, 10.0), {1: (30, 1000.0), 2: (30, 500.0)}, key))  # break-even ~263 tokens
     docs = [d for d in first_demo_docs(demo_data, 40) if len(d["text"]) > 400][:8]
     (tmp_path / "src").mkdir()
     with open(tmp_path / "src" / "docs.jsonl", "w") as f:
@@ -293,7 +298,7 @@ def test_a_recipe_runs_on_vllm_it_starts_itself(tmp_path, demo_data, make_recipe
         "source": {"path": str(tmp_path / "src")}, "dedup": None, "mix": None, "output_checks": "flag",
         "filters": {"quality": None, "language": None, "min_chars": 1},
         "prompts": ["finephrase/faq", str(tmp_path / "title.yaml")],
-        "generator": {"engine": "vllm", "n_ctx": 2048, "context_length": 1024,
+        "generator": {"engine": "auto", "n_ctx": 2048, "context_length": 1024,
                       "params": {"max_new_tokens": 48, "temperature": 0.0, "seed": 0}},
         "output": {"records_per_chunk": 2}, "run": {"limit": -1, "tasks": 1},
     })
@@ -310,10 +315,15 @@ def test_a_recipe_runs_on_vllm_it_starts_itself(tmp_path, demo_data, make_recipe
         assert {r["model"] for r in rows} == {"SmolLM2-135M-Instruct"}
     gen = json.loads((out / ".finephrase" / "report.json").read_text())["generator"]
     assert gen["engine"] == "vLLM" and gen["engine_version"] == version and gen["replicas"] == 1, gen
-    assert gen["concurrency"] == 16 and gen["engine_choice"] == "set in the recipe"
+    assert gen["concurrency"] == 16
+    # 8 documents x 2 prompts x half of 48 new tokens, against the break-even of the given figures
+    assert gen["engine_choice"].startswith("auto: ~384 completion tokens expected (measured here"), gen
+    assert "1000.0 tokens/s on 1 core(s)" in gen["engine_choice"] and "pays off above ~263" in gen["engine_choice"]
     dtype = machine_dtype()
-    assert gen["dtype"] == dtype.reason and gen["threads_choice"], gen  # what it ran in, and why
+    assert gen["dtype"] == dtype.reason and gen["threads"] == 1, gen  # what it ran in, and why
+    assert gen["threads_choice"].startswith(f"1 of {os.cpu_count()} cores: the fastest in this machine's "
+                                            "calibration"), gen
     log = (out / ".finephrase" / "logs" / "server" / "vllm_server_0.log").read_text()
     assert f"dtype=torch.{dtype.dtype}" in log
     card = (out / "README.md").read_text()
-    assert "vLLM" in card and version in card and dtype.reason in card
+    assert "vLLM" in card and version in card and dtype.reason in card and "pays off above ~263" in card

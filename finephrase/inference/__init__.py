@@ -16,7 +16,9 @@ What lives here:
   (chunked checkpoints and resume), :mod:`~finephrase.inference.request_cache` (the sqlite request cache) and
   :mod:`~finephrase.inference.writer` (the output writer); their files are datatrove's;
 * :mod:`~finephrase.inference.embedded` and :mod:`~finephrase.inference.llama_server` — supervised llama.cpp
-  replicas on this machine.
+  replicas on this machine; :mod:`~finephrase.inference.vllm_engine` the same on vLLM's CPU build, in the dtype
+  :mod:`~finephrase.inference.cpu_dtype` finds this CPU executes; :mod:`~finephrase.inference.engine_choice` which
+  engine (``auto``: on :mod:`~finephrase.inference.calibration`, both engines measured on this machine, cached).
 
 What it may import: datatrove, aiohttp, orjson, the standard library, and from finephrase only
 ``finephrase.errors``, ``finephrase.lifetime``, ``finephrase.resources``, ``finephrase.embedded_setup``,
