@@ -2,7 +2,7 @@
 the settings ``generator.engine: auto`` chose here, and what ``auto`` decides for the demo.
 
 1. this machine's calibration (:mod:`finephrase.inference.servers.calibration`: cached, else measured now; ``--recalibrate``
-   measures again): vLLM's dtype (:mod:`finephrase.inference.cpu_dtype`) and the model's cores come from it;
+   measures again): vLLM's dtype (:mod:`finephrase.inference.servers.cpu_dtype`) and the model's cores come from it;
 2. ``llama.cpp``: finephrase's default embedded servers (one process per core, one thread each);
 3. ``vLLM``: vLLM's CPU build, one server, in the dtype and on the cores auto chose (``--float32`` adds a float32
    row on the same cores), on the same SmolLM2-135M-Instruct GGUF converted once;
@@ -107,7 +107,7 @@ def main() -> None:
     args = ap.parse_args()
     from finephrase.inference.client.backends import EmbeddedBackend
     from finephrase.inference.servers.calibration import calibrate, machine_calibration, payloads
-    from finephrase.inference.cpu_dtype import DtypeChoice, machine_dtype
+    from finephrase.inference.servers.cpu_dtype import DtypeChoice, machine_dtype
     from finephrase.inference.servers.vllm_setup import require_vllm_python
 
     load = f"load average {os.getloadavg()[0]:.1f} at the start"

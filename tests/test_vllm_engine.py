@@ -4,9 +4,9 @@ Without a server: the decision from given calibration figures, the calibration's
 that does not execute bf16 gets float32 and says why), the run size, the conversion cache's keys, the process group.
 Then one vLLM server for the tests that only need a server (the session fixture ``vllm_servers``: its dtype and
 cores, the calibration's driver, a SIGKILLed API server taking its engine core with it and restarted), and one real
-recipe run that starts vLLM itself (``finephrase setup-embedded --engine vllm``, which `make test` runs): every
-document rephrased exactly once, the rows, the provenance and the card naming the engine, its version, its dtype and
-why. vLLM takes ~2.5 minutes to start on 2 cores: two starts in all.
+recipe run that starts vLLM itself (``finephrase setup-embedded --engine vllm``, which `make test` runs), chosen by
+``engine: auto`` on given calibration figures: every document rephrased exactly once, the rows, the provenance and
+the card naming the engine, its version, the decision and its figures, its dtype and cores and why. vLLM takes ~2.5 minutes to start on 2 cores: two starts in all.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from conftest import ROOT, TITLE_PROMPT, first_demo_docs, is_alive, process_tree
 
 from finephrase.inference.servers.calibration import (Calibration, EngineCost, cache_file, cached, cpu_identity, machine_key,
                                               model_thread_choices, payloads, save)
-from finephrase.inference.cpu_dtype import PROBES, DtypeChoice, choose_dtype, machine_dtype, probe
+from finephrase.inference.servers.cpu_dtype import PROBES, DtypeChoice, choose_dtype, machine_dtype, probe
 from finephrase.inference.servers.engine_choice import break_even_tokens, choose_engine, expected_tokens
 from finephrase.inference.servers.gguf_convert import MARKER, cached_conversion, converted_folder
 from finephrase.inference.servers.vllm_engine import VllmServers
+from finephrase.inference.servers.engine_choice import break_even_tokens, choose_embedded, choose_engine, expected_tokens
 from finephrase.recipe import load_recipe
 from finephrase.run_size import expected_requests
 from finephrase.inference.servers.vllm_setup import SETUP_COMMAND, vllm_python, vllm_version
@@ -71,6 +72,25 @@ def test_auto_decides_on_this_machines_calibration():
     assert expected_tokens(60, 320) == 60 * 320 * 0.5 and expected_tokens(None, 320) is None
     with pytest.raises(ValueError, match="use auto, llama.cpp or vllm"):
         choose_engine("tgi", True, 1)
+
+
+def test_auto_on_this_machine_reads_its_cached_calibration(tmp_path, monkeypatch):
+    monkeypatch.setenv("FINEPHRASE_CALIBRATION_DIR", str(tmp_path))
+    python = vllm_python()
+    assert python is not None, f"vLLM's CPU build is not set up: run `{SETUP_COMMAND}` (`make test` does)"
+
+    def must_not_measure(*args, **kwargs):
+        raise AssertionError("a cached calibration is measured again")
+
+    here = machine_key(vllm_version(python), machine_dtype().dtype)
+    save(_calibration((4, 36.2), {1: (125, 83.9), 2: (131, 61.0)}, here))
+    choice = choose_embedded("auto", 8_300, must_not_measure)
+    assert choice.engine == "vllm" and "83.9 tokens/s on 1 core(s)" in choice.reason
+    assert choose_embedded("auto", 1_000, must_not_measure).engine == "llama.cpp"
+    # vLLM's own interpreter gone wrong: auto stays on llama.cpp and says why, in one line
+    monkeypatch.setenv("FINEPHRASE_VLLM_PYTHON", str(tmp_path / "no-python"))
+    broken = choose_embedded("auto", 8_300, must_not_measure)
+    assert broken.engine == "llama.cpp" and "could not be calibrated here" in broken.reason
 
 
 def test_a_calibration_is_cached_per_cpu_flags_cores_and_engine_versions(tmp_path, monkeypatch):
@@ -205,6 +225,8 @@ def test_a_server_group_goes_with_its_run_however_it_dies():
     assert _group(proc.pid, timeout=0) == []
     # 3. the server exits by itself: its exit code is the leader's
     assert subprocess.run([*LEADER, "sh", "-c", "exit 3"], cwd=ROOT, timeout=60).returncode == 3
+    # 4. the server is killed (SIGKILL, which no handler can take): the leader ends killed the same way
+    assert subprocess.run([*LEADER, "sh", "-c", "kill -9 $$"], cwd=ROOT, timeout=60).returncode == -signal.SIGKILL
 
 
 # ---------------------------------------------------------------- one vLLM server (the session's)
@@ -260,9 +282,14 @@ def _rows(out: Path, config: str) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_a_recipe_runs_on_vllm_it_starts_itself(tmp_path, demo_data, make_recipe):
+def test_a_recipe_runs_on_vllm_it_starts_itself(tmp_path, demo_data, make_recipe, monkeypatch):
+    """``engine: auto`` on given calibration figures for this machine (measuring them takes ~6 minutes) under
+    which this small run pays vLLM's start-up: the decision and its figures reach the report and the card."""
     python = vllm_python()
     assert python is not None, f"vLLM's CPU build is not set up: run `{SETUP_COMMAND}` (`make test` does)"
+    monkeypatch.setenv("FINEPHRASE_CALIBRATION_DIR", str(tmp_path / "calibration"))  # the run inherits it
+    key = machine_key(vllm_version(python), machine_dtype().dtype)
+    save(_calibration((4, 10.0), {1: (30, 1000.0), 2: (30, 500.0)}, key))  # break-even ~263 tokens
     docs = [d for d in first_demo_docs(demo_data, 40) if len(d["text"]) > 400][:8]
     (tmp_path / "src").mkdir()
     with open(tmp_path / "src" / "docs.jsonl", "w") as f:
@@ -272,7 +299,7 @@ def test_a_recipe_runs_on_vllm_it_starts_itself(tmp_path, demo_data, make_recipe
         "source": {"path": str(tmp_path / "src")}, "dedup": None, "mix": None, "output_checks": "flag",
         "filters": {"quality": None, "language": None, "min_chars": 1},
         "prompts": ["finephrase/faq", str(tmp_path / "title.yaml")],
-        "generator": {"engine": "vllm", "n_ctx": 2048, "context_length": 1024,
+        "generator": {"engine": "auto", "n_ctx": 2048, "context_length": 1024,
                       "params": {"max_new_tokens": 48, "temperature": 0.0, "seed": 0}},
         "output": {"records_per_chunk": 2}, "run": {"limit": -1, "tasks": 1},
     })
@@ -289,10 +316,15 @@ def test_a_recipe_runs_on_vllm_it_starts_itself(tmp_path, demo_data, make_recipe
         assert {r["model"] for r in rows} == {"SmolLM2-135M-Instruct"}
     gen = json.loads((out / ".finephrase" / "report.json").read_text())["generator"]
     assert gen["engine"] == "vLLM" and gen["engine_version"] == version and gen["replicas"] == 1, gen
-    assert gen["concurrency"] == 16 and gen["engine_choice"] == "set in the recipe"
+    assert gen["concurrency"] == 16
+    # 8 documents x 2 prompts x half of 48 new tokens, against the break-even of the given figures
+    assert gen["engine_choice"].startswith("auto: ~384 completion tokens expected (measured here"), gen
+    assert "1000.0 tokens/s on 1 core(s)" in gen["engine_choice"] and "pays off above ~263" in gen["engine_choice"]
     dtype = machine_dtype()
-    assert gen["dtype"] == dtype.reason and gen["threads_choice"], gen  # what it ran in, and why
+    assert gen["dtype"] == dtype.reason and gen["threads"] == 1, gen  # what it ran in, and why
+    assert gen["threads_choice"].startswith(f"1 of {os.cpu_count()} cores: the fastest in this machine's "
+                                            "calibration"), gen
     log = (out / ".finephrase" / "logs" / "server" / "vllm_server_0.log").read_text()
     assert f"dtype=torch.{dtype.dtype}" in log
     card = (out / "README.md").read_text()
-    assert "vLLM" in card and version in card and dtype.reason in card
+    assert "vLLM" in card and version in card and dtype.reason in card and "pays off above ~263" in card

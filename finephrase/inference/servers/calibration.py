@@ -6,11 +6,11 @@ passages of Python's own documentation, :data:`MAX_TOKENS` new tokens, temperatu
 and counts the servers' own completion tokens per second:
 
 - llama.cpp: its default pool (one process per core, one thread each);
-- vLLM's CPU build in the dtype this CPU executes (:mod:`finephrase.inference.cpu_dtype`), its model on all cores
+- vLLM's CPU build in the dtype this CPU executes (:mod:`finephrase.inference.servers.cpu_dtype`), its model on all cores
   and on all cores but one (the API server and the engine core's scheduler are Python processes of their own):
   the faster is the model's cores from then on.
 
-~2 vLLM start-ups (~2 minutes each on 2 cores) and well under a minute of generation. The figures are cached in
+Two vLLM start-ups (2-3 minutes each on 2 cores) and a minute or two of generation: ~6 minutes on 2 cores. The figures are cached in
 ``~/.cache/finephrase/calibration/<key>.json`` (``FINEPHRASE_CALIBRATION_DIR`` moves it), keyed by what they
 depend on: the CPU model, its flags, the number of cores, both engines' versions and the dtype. Another machine,
 or an upgraded engine, measures again.
@@ -192,13 +192,12 @@ def model_thread_choices(cores: int | None = None) -> list[int]:
 def calibrate(vllm_python: str, make_servers: Callable, log: Callable[[str], None] = print) -> Calibration:
     """Measure both engines here (see the module docstring) and cache the figures. ``make_servers``: the one place
     the embedded replicas are made (``EmbeddedBackend.make_servers``, passed in: the backends import this module)."""
-    from finephrase.inference.cpu_dtype import machine_dtype
+    from finephrase.inference.servers.cpu_dtype import machine_dtype
     from finephrase.inference.servers.vllm_setup import vllm_version
 
     dtype = machine_dtype()
     key = machine_key(vllm_version(vllm_python), dtype.dtype)
-    log(f"calibrating the embedded engines on this machine, once (~{2 * 2.5 + 1:.0f} min on 2 cores; cached in "
-        f"{cache_file(key)})")
+    log(f"calibrating the embedded engines on this machine, once (~6 min on 2 cores; cached in {cache_file(key)})")
     batch = payloads()
     row = measure_servers(make_servers("llama.cpp", n_ctx=2048), batch)
     log(f"calibration: llama.cpp {row['tokens_per_s']:.1f} tokens/s, started in {row['startup_s']:.0f} s")
@@ -219,7 +218,7 @@ def machine_calibration(vllm_python: str, make_servers: Callable | None = None,
     ``None``."""
     from loguru import logger
 
-    from finephrase.inference.cpu_dtype import machine_dtype
+    from finephrase.inference.servers.cpu_dtype import machine_dtype
     from finephrase.inference.servers.vllm_setup import vllm_version
 
     found = cached(machine_key(vllm_version(vllm_python), machine_dtype().dtype))

@@ -49,7 +49,8 @@ def _kill_group_and_exit(code: int) -> None:
         except ProcessLookupError:
             pass
     if code < 0:
-        signal.signal(-code, signal.SIG_DFL)
+        if -code not in (signal.SIGKILL, signal.SIGSTOP):  # those two cannot be handled (signal() refuses them)
+            signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
     os._exit(code)
 

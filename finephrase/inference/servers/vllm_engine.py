@@ -9,7 +9,7 @@ each replica runs under :mod:`finephrase.inference.servers.group_leader` in a pr
 it exits, stops, or the run dies (SIGKILL included).
 
 Dtype: ``bfloat16`` where this CPU executes bf16 dot products, else ``float32``
-(:mod:`finephrase.inference.cpu_dtype`: found by executing them), the reason in the run report and the card.
+(:mod:`finephrase.inference.servers.cpu_dtype`: found by executing them), the reason in the run report and the card.
 
 Threads: by default one replica whose model runs on the cores this machine's calibration found fastest (all, or all
 but one: :mod:`finephrase.inference.servers.calibration`), all but one where it has not been calibrated; replica ``i`` is
@@ -25,7 +25,7 @@ import sys
 
 from loguru import logger
 
-from finephrase.inference.cpu_dtype import DtypeChoice
+from finephrase.inference.servers.cpu_dtype import DtypeChoice
 from finephrase.inference.servers.embedded import DEFAULT_ALIAS, EmbeddedServers, Replica
 from finephrase.inference.servers.embedded import likely_cause as llama_likely_cause
 
@@ -77,7 +77,7 @@ class VllmServers(EmbeddedServers):
         return 16 * self.replicas
 
     def prepare(self) -> None:
-        from finephrase.inference.cpu_dtype import machine_dtype
+        from finephrase.inference.servers.cpu_dtype import machine_dtype
         from finephrase.inference.servers.gguf_convert import convert_gguf
         from finephrase.inference.servers.vllm_setup import require_vllm_python
 
