@@ -91,9 +91,9 @@ def test_invalid_yaml_and_missing_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nprompts: [a\n")
     with pytest.raises(RecipeError, match=r"bad.yaml: invalid YAML at line"):
-        resolve(load_recipe(bad))
+        load_recipe(bad)
     with pytest.raises(RecipeError, match="recipe file not found"):
-        resolve(load_recipe(tmp_path / "missing.yaml"))
+        load_recipe(tmp_path / "missing.yaml")
 
 
 def test_unreadable_source(make_recipe, tmp_path, demo_data):

@@ -27,7 +27,6 @@ from conftest import ROOT, TITLE_PROMPT, first_demo_docs, is_alive, process_tree
 from finephrase.inference.servers.calibration import (Calibration, EngineCost, cache_file, cached, cpu_identity, machine_key,
                                               model_thread_choices, payloads, save)
 from finephrase.inference.servers.cpu_dtype import PROBES, DtypeChoice, choose_dtype, machine_dtype, probe
-from finephrase.inference.servers.engine_choice import break_even_tokens, choose_engine, expected_tokens
 from finephrase.inference.servers.gguf_convert import MARKER, cached_conversion, converted_folder
 from finephrase.inference.servers.vllm_engine import VllmServers
 from finephrase.inference.servers.engine_choice import break_even_tokens, choose_embedded, choose_engine, expected_tokens
