@@ -537,7 +537,8 @@ def _check_mix(recipe: Recipe, prompts: list[Prompt], path: str) -> None:
         raise _error(path, "mix.per_prompt", f"{', '.join(unknown)}: not a prompt of this recipe "
                      f"(prompts: {', '.join(p.name for p in prompts)})")
     src = recipe.mix.source
-    if src is not None and src.kind in ("jsonl", "parquet") and not os.path.exists(src.path):
+    remote = src is not None and src.path and src.path.startswith("hf://")  # read by datatrove from the Hub
+    if src is not None and src.kind in ("jsonl", "parquet") and not remote and not os.path.exists(src.path):
         raise _error(path, "mix.source.path", f"{src.path!r} does not exist")
 
 

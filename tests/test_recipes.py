@@ -150,7 +150,7 @@ def test_finephrase_mixes_each_format_at_its_share(tmp_path, demo_data):
     with open(tmp_path / "fineweb-edu" / "part.jsonl", "w") as f:
         f.writelines(json.dumps({"id": f"edu-{i}", "text": s}) + "\n" for i, s in enumerate(sentences[:3000]))
     mixin = {"kind": "jsonl", "path": str(tmp_path / "fineweb-edu"), "name": "FineWeb-Edu (local sample)",
-             "dataset": None, "config": None}
+             "glob": None}
     out, summary = format_echo_run(tmp_path, "finephrase", demo_docs(8), {"mix": {"source": mixin}})
     targets = load_recipe(ROOT / "pipelines" / "finephrase.yaml").mix.per_prompt
     assert targets == {"table": 0.7, "math": 0.8, "faq": 0.6, "tutorial": 0.6}
