@@ -14,8 +14,7 @@ from __future__ import annotations
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.filters.fasttext_filter import FastTextClassifierFilter
 
-from finephrase.quality.score import label_score
-from finephrase.quality.scorers import TransformersScorer, int_score, is_transformers_model
+from finephrase.quality.scorers import TransformersScorer, int_score, is_transformers_model, label_score
 from finephrase.steps.local_model import load_fasttext
 
 
