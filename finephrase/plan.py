@@ -139,10 +139,10 @@ def _check_files(recipe: Recipe) -> None:
             raise _error(recipe, "generator.endpoints_file", f"folder of {g.endpoints_file!r} does not exist")
     if g.gguf and not os.path.isfile(g.gguf):
         raise _error(recipe, "generator.gguf", f"GGUF file {g.gguf!r} not found")
-    mix = recipe.mix
-    if mix is not None and mix.source is not None and mix.source.kind in ("jsonl", "parquet") \
-            and not os.path.exists(mix.source.path):
-        raise _error(recipe, "mix.source.path", f"{mix.source.path!r} does not exist")
+    src = recipe.mix.source if recipe.mix is not None else None
+    remote = src is not None and src.path and src.path.startswith("hf://")  # read by datatrove from the Hub
+    if src is not None and src.kind in ("jsonl", "parquet") and not remote and not os.path.exists(src.path):
+        raise _error(recipe, "mix.source.path", f"{src.path!r} does not exist")
 
 
 def _check_prompt_names(recipe: Recipe, prompts: list[Prompt]) -> None:

@@ -193,7 +193,7 @@ class DecontaminationConfig(_Strict):
     an eval set are dropped or flagged; with ``check_sources``, such source documents are dropped first."""
 
     eval_sets: list[EvalSetConfig] = Field(..., min_length=1)
-    n_grams: int = Field(default_factory=lambda: _datatrove_ngrams(), ge=1,
+    n_grams: int = Field(default_factory=_datatrove_ngrams, ge=1,
                          description="n-gram size in words (default: datatrove's NGramsDecontConfig, 12)")
     action: Literal["drop", "flag"] = Field("drop", description="contaminated rows dropped, or kept and flagged "
                                             "(`contaminated:<eval set>` in `checks`)")

@@ -274,3 +274,18 @@ def test_an_ensemble_routes_levels_and_keeps_the_middle(tmp_path, demo_data, mak
         {lv: sum(1 for x in level.values() if x == lv) for lv in ("low", "medium", "high")}
     card = (out / "README.md").read_text()
     assert "scored by an ensemble, as in Nemotron-CC" in card and "kept as it is (real text of the mix)" in card
+
+
+def test_quality_score_shows_a_transformers_model_on_its_scale(edu_classifier, sample):
+    from conftest import run_cli
+
+    folder, docs = sample
+    proc = run_cli("quality", "score", str(edu_classifier), str(folder), "--threshold", "2.5")
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"{len(docs)} documents scored for {edu_classifier} (regression, 0-5)"
+    bars = [line for line in lines if " | " in line]
+    assert len(bars) == 10 and bars[0].startswith("  0.0-0.5") and bars[-1].startswith("  4.5-5.0")
+    assert sum(int(b.rsplit(" ", 1)[1]) for b in bars) == len(docs)
+    scores = pipeline_scores(edu_classifier, [d["text"] for d in docs])
+    kept = sum(1 for s in scores if s >= 2.5)
+    assert f"threshold 2.5: keeps {kept} of {len(docs)}" in proc.stdout

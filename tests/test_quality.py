@@ -95,7 +95,7 @@ def test_a_classifier_trained_on_real_pages_separates_unseen_pages(classifier, c
         assert metrics["labels"][label]["recall"] >= 0.85, metrics
     import fasttext
 
-    from finephrase.quality.score import label_score
+    from finephrase.quality.scorers import label_score
 
     m = fasttext.load_model(str(model))
     for name, want_high in (("unseen-hq", True), ("unseen-lq", False)):
@@ -140,7 +140,7 @@ def test_a_model_replaced_at_the_same_path_is_the_one_used(classifier, demo_data
     import fasttext
     from datatrove.data import Document
 
-    from finephrase.quality.score import label_score
+    from finephrase.quality.scorers import label_score
     from finephrase.pipeline.filters.language import LanguageFilter, default_lid_model
     from finephrase.pipeline.filters.quality import QualityFilter
 

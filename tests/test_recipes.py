@@ -139,6 +139,11 @@ def test_nemotron_cc_routes_by_ensemble_level_and_keeps_the_middle(tmp_path, dem
     synth = sum(r["tokens"] for r in mix if r["kind"] == "synthetic")
     real_tokens = sum(r["tokens"] for r in real)
     assert abs(synth / (synth + real_tokens) - 0.3) < 0.02 or summary["mix"]["real_tokens_short"]
+    # only rows that passed their checks are mixed in; the flagged ones are counted
+    flagged = {r["id"] for c in ("wikipedia", "diverse_qa", "distill", "extract_knowledge", "knowledge_list")
+               for r in rows(out, c) if "failed:" in (r["checks"] or "")}
+    assert not flagged & {r["id"] for r in mix if r["kind"] == "synthetic"}
+    assert summary["mix"]["synthetic_failed_checks"] == len(flagged)
     counts = {lv: summary["routing"][lv]["documents"] for lv in summary["routing"]}
     assert counts == {lv: len(of(lv)) for lv in set(level_of.values())}
     card = (out / "README.md").read_text()
@@ -173,7 +178,7 @@ def test_finephrase_mixes_each_format_at_its_share(tmp_path, demo_data):
 
 
 def test_rewire_rewrites_everything_and_keeps_the_top_tenth(tmp_path, demo_data):
-    out, summary = format_echo_run(tmp_path, "rewire", demo_docs(30), {"run": {"limit": -1, "tasks": 3}})
+    out, summary = format_echo_run(tmp_path, "rewire", demo_docs(40), {"run": {"limit": -1, "tasks": 4}})
     every = []
     for f in sorted((out / ".finephrase" / "rows").glob("*.jsonl.gz")):
         with gzip.open(f, "rt") as fh:

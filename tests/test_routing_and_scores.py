@@ -68,7 +68,7 @@ def test_the_recipe_checks_the_buckets(make_recipe, prompt_files, demo_data, rou
 
 
 def _fasttext_score(model, text: str) -> float:
-    from finephrase.quality.score import label_score
+    from finephrase.quality.scorers import label_score
 
     return label_score(model, text, "hq")
 

@@ -38,7 +38,7 @@ def cmd_score(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("quality", help="train a fastText quality classifier, or see how one scores a corpus")
+    p = sub.add_parser("quality", help="train a fastText quality classifier, or see how one (fastText or transformers) scores a corpus")
     qsub = p.add_subparsers(dest="quality_command", required=True)
 
     t = qsub.add_parser("train", help="train a classifier the DCLM way (__label__hq vs __label__lq)")

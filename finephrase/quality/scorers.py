@@ -36,6 +36,12 @@ def int_score(score: float) -> int:
     return int(round(max(0, min(score, EDU_MAX_SCORE))))
 
 
+def label_score(model, text: str, label: str) -> float:
+    """A fastText model's probability of ``__label__<label>`` for ``text`` (0 when the label is not predicted)."""
+    labels, probs = model.predict(fasttext_text(text), k=-1)
+    return float(dict(zip(labels, probs)).get(f"__label__{label}", 0.0))
+
+
 def is_transformers_model(path: str) -> bool:
     """A folder saved by ``save_pretrained`` (it holds ``config.json``)."""
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json"))
@@ -54,11 +60,7 @@ class FastTextScorer:
             raise ScorerError(f"{label!r} is not a label of {path} (its labels: {labels})")
 
     def score_batch(self, texts: list[str]) -> list[float]:
-        out = []
-        for text in texts:
-            labels, probs = self.model.predict(fasttext_text(text), k=-1)
-            out.append(float(dict(zip(labels, probs)).get(f"__label__{self.label}", 0.0)))
-        return out
+        return [label_score(self.model, text, self.label) for text in texts]
 
 
 class TransformersScorer:

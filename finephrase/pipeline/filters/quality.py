@@ -14,8 +14,7 @@ from __future__ import annotations
 from datatrove.pipeline.filters.base_filter import BaseFilter
 
 from finephrase.quality.fasttext_model import load_fasttext
-from finephrase.quality.score import label_score
-from finephrase.quality.scorers import TransformersScorer, int_score, is_transformers_model
+from finephrase.quality.scorers import TransformersScorer, int_score, is_transformers_model, label_score
 
 
 class QualityFilter(BaseFilter):

@@ -18,6 +18,7 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.utils.batching import batched
 
+from finephrase.errors import FinephraseError
 from finephrase.quality.ensemble import DEFAULT_BUCKETS, EnsembleThresholds, percentile_thresholds
 from finephrase.quality.scorers import load_scorer
 
@@ -59,8 +60,6 @@ class EnsembleThresholdsStep(PipelineStep):
             self.stat_update("ensemble_sample", value=len(batch))
         n = len(next(iter(scores.values()), []))
         if n < self.buckets:
-            from finephrase.errors import FinephraseError
-
             raise FinephraseError(f"the quality ensemble's sample has {n} documents, fewer than its {self.buckets} "
                                   "buckets; fix: raise filters.quality.sample or give more source documents")
         result = EnsembleThresholds({name: percentile_thresholds(s, self.buckets) for name, s in scores.items()},
