@@ -203,6 +203,9 @@ def cmd_push(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="finephrase", description="Build FinePhrase-style synthetic pretraining data with datatrove.")
+    p.add_argument("--debug", action="store_true",
+                   help=f"show the traceback of an expected failure too (also accepted after the command; "
+                   f"or set {DEBUG_ENV}=1)")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run a recipe end to end")
@@ -288,9 +291,6 @@ def main(argv: list[str] | None = None) -> int:
                      "generator cannot do the work; 4 a run produced nothing; 5 the Hub push failed (the output "
                      "is intact); 1 anything else (`prompts validate` found problems; an unexpected error, "
                      "printed with its traceback).")
-    parser.add_argument("--debug", action="store_true",
-                        help=f"show the traceback of an expected failure too (also accepted after the command; "
-                        f"or set {DEBUG_ENV}=1)")
     args, extra = parser.parse_known_args(argv)
     if "--debug" in extra:  # `finephrase push ... --debug` works too
         extra = [a for a in extra if a != "--debug"]
