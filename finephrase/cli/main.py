@@ -224,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="start the embedded generator (llama.cpp or vLLM, OpenAI-compatible) until Ctrl-C")
     s.add_argument("--engine", choices=("auto", "llama.cpp", "vllm"), default="llama.cpp",
                    help="llama.cpp (ready in seconds), vllm (vLLM's CPU build: continuous batching; `finephrase "
-                   "setup-embedded --engine vllm`) or auto (vllm when it is set up)")
+                   "setup-embedded --engine vllm`) or auto (the recipe's generator.engine auto, for open-ended work: vllm "
+                   "when it is set up and measured faster on this machine)")
     s.add_argument("--replicas", type=int, help="server processes (default: llama.cpp one per core, vLLM one)")
     s.add_argument("--threads", type=int, help="cores per process (default: llama.cpp 1, vLLM all but one)")
     s.add_argument("--n-ctx", type=int, default=2048)
