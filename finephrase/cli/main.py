@@ -17,6 +17,7 @@ err = Console(stderr=True)
 
 
 DEBUG_ENV = "FINEPHRASE_DEBUG"
+DEBUG_HELP = f"show the traceback of an expected failure too (also accepted after the command; or set {DEBUG_ENV}=1)"
 _FILE_ERRNOS = {errno.ENOENT: "no such file or directory", errno.ENOTDIR: "not a directory",
                 errno.EISDIR: "is a directory", errno.EACCES: "permission denied", errno.EPERM: "permission denied",
                 errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
@@ -203,9 +204,7 @@ def cmd_push(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="finephrase", description="Build FinePhrase-style synthetic pretraining data with datatrove.")
-    p.add_argument("--debug", action="store_true",
-                   help=f"show the traceback of an expected failure too (also accepted after the command; "
-                   f"or set {DEBUG_ENV}=1)")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run a recipe end to end")
