@@ -23,7 +23,8 @@ import yaml
 
 from finephrase import docs
 from finephrase.cli.main import build_parser
-from finephrase.prompts import prompt_from_dict
+from finephrase.prompts import PromptError, prompt_from_dict
+from finephrase.plan import _check_prompt_names, recipe_prompts
 from finephrase.recipe import RecipeError, parse_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,10 +63,11 @@ def check_yaml_block(kind: str, body: str, where: str) -> None:
     data = yaml.safe_load(body)
     if kind == "prompt":
         prompt_from_dict(data, where, body)
-    elif kind == "fragment":
-        parse_recipe(_merge(MINIMAL, data), where)
-    else:
-        parse_recipe(data, where)
+        return
+    recipe = parse_recipe(_merge(MINIMAL, data) if kind == "fragment" else data, where)
+    # the prompts it names exist, and the keys naming prompts name the recipe's (the part of plan.resolve that
+    # needs no source file, model or server)
+    _check_prompt_names(recipe, recipe_prompts(recipe))
 
 
 YAML_BLOCKS = [(kind, body, where) for path in DOCS for lang, kind, body, where in _blocks(path) if lang == "yaml"]
@@ -82,6 +84,11 @@ def test_a_drifted_yaml_block_fails():
                          "drift")
     with pytest.raises(RecipeError, match="generator.concurency: unknown key"):
         check_yaml_block("fragment", "generator: {concurency: 8}\n", "drift")
+    with pytest.raises(RecipeError, match=r"routing.buckets\[0\].prompts: faqs: not a prompt of this recipe"):
+        check_yaml_block("fragment", "filters: {quality: {model: q.bin, threshold: 0}}\n"
+                         "routing: {buckets: [{name: all, prompts: [faqs]}]}\n", "drift")
+    with pytest.raises(PromptError):
+        check_yaml_block("fragment", "prompts: [finephrase/faqs]\n", "drift")
 
 
 def test_recipe_reference_is_regenerated():
