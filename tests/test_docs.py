@@ -4,14 +4,19 @@
   into a minimal recipe first; after ``<!-- prompt -->`` it is a prompt file and validates as one);
 - docs/recipe.md equals a fresh rendering of the schema (``python -m finephrase.docs``);
 - every ``finephrase ...`` command and every ``--flag`` in a code span or a shell block exists in the CLI's parser;
+- every ``hf ...`` command (huggingface_hub's CLI) and its flags exist, as ``hf ... --help`` lists them;
 - every repository path and ``finephrase.*`` module named in a code span or a link exists.
 
-Reading files and argparse only: about a second.
+Reading files, argparse and a few ``hf --help``: about two seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import shutil
+import subprocess
+import sys
 import importlib
 import importlib.util
 import re
@@ -131,19 +136,19 @@ def check_command(words: list[str], parser: argparse.ArgumentParser) -> list[str
     return problems
 
 
-def _commands(path: Path):
-    """``finephrase ...`` command lines of shell blocks and code spans, and lone ``--flag`` spans."""
+def _commands(path: Path, program: str = "finephrase"):
+    """``program ...`` command lines of shell blocks and code spans, and (finephrase) lone ``--flag`` spans."""
     for lang, _, body, where in _blocks(path):
         if lang in SHELL:
-            for line in body.splitlines():
+            for line in body.replace("\\\n", " ").splitlines():
                 for part in re.split(r"&&|;|\|", line.split(" #")[0]):
                     words = part.split()
-                    if words[:1] == ["finephrase"]:
+                    if words[:1] == [program]:
                         yield words[1:], where
     for span in SPAN.findall(_prose(path)):
-        if span.startswith("finephrase "):
+        if span.startswith(program + " "):
             yield span.split()[1:], str(path.relative_to(ROOT))
-        elif re.fullmatch(r"--[a-z][a-z-]*(=\S+| \S+)?", span):
+        elif program == "finephrase" and re.fullmatch(r"--[a-z][a-z-]*(=\S+| \S+)?", span):
             yield ["--LONE", span.split("=")[0].split()[0]], str(path.relative_to(ROOT))
 
 
@@ -167,6 +172,38 @@ def test_a_drifted_command_fails():
     assert check_command(["prompts", "render", "finephrase/faq", "--doc", "d.txt"], parser) == []
     assert check_command(["run", "RECIPE", "--resume"], parser) == ["`finephrase run --resume`: no such flag"]
     assert check_command(["upload", "out"], parser) == ["`finephrase upload`: no such command"]
+
+
+HF = shutil.which("hf") or str(Path(sys.executable).with_name("hf"))
+
+
+@functools.cache
+def _hf_help(words: tuple[str, ...]) -> str | None:
+    """``hf WORDS --help`` (huggingface_hub's CLI), or None when that is no command."""
+    done = subprocess.run([HF, *words, "--help"], capture_output=True, text=True, timeout=60)
+    return done.stdout if done.returncode == 0 else None
+
+
+def check_hf_command(words: list[str]) -> list[str]:
+    """Problems of one ``hf ...`` command line: its command path and its flags, as ``hf ... --help`` lists them."""
+    path = []
+    for word in words:
+        if word.startswith("-") or not re.fullmatch(r"[a-z][a-z-]*", word) or _hf_help((*path, word)) is None:
+            break
+        path.append(word)
+    if not path:
+        return [f"`hf {' '.join(words[:1])}`: no such command"]
+    flags = set(re.findall(r"--[a-z][a-z-]*", _hf_help(tuple(path))))
+    return [f"`hf {' '.join(path)} {w}`: no such flag" for w in words if w.startswith("--") and w.split("=")[0] not in flags]
+
+
+@pytest.mark.skipif(not Path(HF).exists(), reason="huggingface_hub's hf CLI is not installed")
+def test_hf_commands_exist():
+    problems = [f"{where}: {p}" for path in DOCS for words, where in _commands(path, "hf") for p in check_hf_command(words)]
+    assert not problems, "\n".join(problems)
+    assert check_hf_command(["download", "org/x", "--repo-type", "dataset", "--local-dir", "x"]) == []
+    assert check_hf_command(["download", "org/x", "--local-folder", "x"]) == ["`hf download --local-folder`: no such flag"]
+    assert check_hf_command(["upload-everything", "x"]) == ["`hf upload-everything`: no such command"]
 
 
 def _named_paths(path: Path):
