@@ -5,6 +5,7 @@
 - docs/recipe.md equals a fresh rendering of the schema (``python -m finephrase.docs``);
 - every ``finephrase ...`` command and every ``--flag`` in a code span or a shell block exists in the CLI's parser;
 - every ``hf ...`` command (huggingface_hub's CLI) and its flags exist, as ``hf ... --help`` lists them;
+- every ``make`` target named is one of the Makefile's;
 - every repository path and ``finephrase.*`` module named in a code span or a link exists.
 
 Reading files, argparse and a few ``hf --help``: about two seconds.
@@ -255,3 +256,11 @@ def test_a_missing_path_fails():
     assert check_path("finephrase.inference.servers.engine_choice", None) is True
     assert check_path("finephrase.inference.nothing", None) is False
     assert check_path("prompts/<set>/<name>.yaml", ROOT / "prompts/<set>/<name>.yaml") is True
+
+
+def test_make_targets_exist():
+    targets = set(re.findall(r"^([A-Za-z][\w-]*):", (ROOT / "Makefile").read_text(encoding="utf-8"), re.M))
+    named = {(words[0], where) for path in DOCS for words, where in _commands(path, "make") if words}
+    assert named, "the docs name no make target (the two commands belong at the top of the README)"
+    missing = [f"{where}: `make {target}`" for target, where in sorted(named) if target not in targets]
+    assert not missing, "no such make target:\n" + "\n".join(missing)
