@@ -38,7 +38,8 @@ class _Strict(BaseModel):
 class SourceConfig(_Strict):
     """Where the documents come from: local jsonl or parquet files, or a Hub dataset."""
 
-    kind: Literal["jsonl", "parquet", "hub"] = Field("jsonl", description="jsonl / parquet files (datatrove's readers), or a Hub dataset")
+    kind: Literal["jsonl", "parquet", "hub"] = Field("jsonl", description="jsonl / parquet files (datatrove's "
+                                                     "readers), or a Hub dataset")
     path: str | None = Field(None, description="folder or file for jsonl/parquet; a local dataset folder for hub")
     glob: str | None = Field(None, description="glob pattern inside `path` (defaults by kind)")
     dataset: str | None = Field(None, description="Hub dataset id (kind: hub), e.g. HuggingFaceFW/fineweb-edu")
@@ -71,7 +72,8 @@ class LanguageFilterConfig(_Strict):
 
 
 class QualityFilterConfig(_Strict):
-    """A quality classifier: every document is scored (`quality_score` in its rows), those below the threshold dropped."""
+    """A quality classifier: every document is scored (`quality_score` in its rows), those below the threshold
+    dropped."""
 
     model: str = Field(..., description="fastText quality classifier: a local .bin/.ftz, or a Hub model repo "
                        "(org/name, org/name/file.bin, hf://...; e.g. mlfoundations/fasttext-oh-eli5)")
@@ -166,14 +168,19 @@ class GenerationParams(_Strict):
 
     max_new_tokens: int | None = Field(None, ge=1, description="completion tokens at most")
     temperature: float | None = Field(None, ge=0, description="sampling temperature (0: greedy)")
-    top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling (1.0 is not sent to TGI, which refuses it)")
+    top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling (1.0 is not sent to TGI, which "
+                                "refuses it)")
     seed: int | None = Field(None, description="sampling seed sent with each request")
 
 
 class GeneratorConfig(_Strict):
-    """The model that rewrites: which protocol the client speaks (`server`), where the replicas are, and how requests are sent. `server` names a client protocol; `cluster.server` names the program a server job runs (docs/inference.md)."""
+    """The model that rewrites: which protocol the client speaks (`server`), where the replicas are, and how requests
+    are sent. `server` names a client protocol; `cluster.server` names the program a server job runs
+    (docs/inference.md)."""
 
-    server: str = Field("embedded", description="the protocol the client speaks: embedded (finephrase starts llama.cpp or vLLM on this machine), openai (any OpenAI-compatible server: vLLM, SGLang, llama.cpp, TGI) or tgi (TGI, with /info and the native /generate)")
+    server: str = Field("embedded", description="the protocol the client speaks: embedded (finephrase starts "
+                        "llama.cpp or vLLM on this machine), openai (any OpenAI-compatible server: vLLM, SGLang, "
+                        "llama.cpp, TGI) or tgi (TGI, with /info and the native /generate)")
     model: str | None = Field(None, description="model name sent to the server / recorded in provenance")
     endpoints: list[str] = Field(default_factory=list, description="base URLs (openai, tgi)")
     endpoints_file: str | None = Field(None, description="file of host:port lines, re-read while running")
@@ -197,11 +204,14 @@ class GeneratorConfig(_Strict):
         "[llama-server, -m, '{gguf}', --port, '{port}', --host, '{host}', -c, '{n_ctx}', -t, '{threads}', --alias, "
         "'{alias}']; it must serve the OpenAI API")
     # request settings
-    params: GenerationParams = Field(default_factory=GenerationParams, description="sampling parameters sent with every request")
+    params: GenerationParams = Field(default_factory=GenerationParams, description="sampling parameters sent with "
+                                     "every request")
     concurrency: int | None = Field(None, ge=1, description="max requests in flight (default: 8; embedded: "
                                     "2 per llama.cpp process, 16 per vLLM server)")
-    request_timeout: float = Field(600, gt=0, description="seconds before an unanswered request is cancelled and retried")
-    max_retries: int = Field(4, ge=0, description="retries of a request (on another replica) before the document fails for that prompt")
+    request_timeout: float = Field(600, gt=0, description="seconds before an unanswered request is cancelled and "
+                                   "retried")
+    max_retries: int = Field(4, ge=0, description="retries of a request (on another replica) before the document "
+                             "fails for that prompt")
     unavailable_timeout: float = Field(600, gt=0, description="seconds with no replica reachable before the run "
                                        "stops (work done is kept; a rerun resumes)")
     context_length: int | None = Field(None, ge=256, description="override the server's context window")
@@ -284,8 +294,10 @@ class OutputConfig(_Strict):
     """Where the dataset is written and what its card says."""
 
     folder: str = Field("output", description="the output folder (`--output` overrides it)")
-    hub_repo: str | None = Field(None, description="the repo id the card's loading snippets name; pushing needs `--push-to` or `finephrase push`")
-    private: bool = Field(False, description="`finephrase run --push-to` creates the repo private (`finephrase push` takes `--private` instead)")
+    hub_repo: str | None = Field(None, description="the repo id the card's loading snippets name; pushing needs "
+                                 "`--push-to` or `finephrase push`")
+    private: bool = Field(False, description="`finephrase run --push-to` creates the repo private (`finephrase push` "
+                          "takes `--private` instead)")
     license: str | None = Field(None, description="the card's licence (default: source.license)")
     pretty_name: str | None = Field(None, description="the card's title (default: name)")
     records_per_chunk: int = Field(100, ge=1, description="rephrase checkpoint granularity (documents)")
@@ -294,7 +306,8 @@ class OutputConfig(_Strict):
 class RunConfig(_Strict):
     """How the stages are split (datatrove tasks) and run."""
 
-    tasks: int = Field(1, ge=1, description="datatrove tasks per stage; input files are split between them (more tasks than files do nothing)")
+    tasks: int = Field(1, ge=1, description="datatrove tasks per stage; input files are split between them (more "
+                       "tasks than files do nothing)")
     workers: int = Field(1, ge=1, description="tasks run at once on this machine")
     limit: int = Field(-1, description="documents read per task; -1 = all")
 
@@ -325,10 +338,14 @@ class ClusterConfig(_Strict):
         "pyxis", description="how tgi/vllm/sglang start: srun --container-image (pyxis), apptainer exec, or a local binary")
     image: str | None = Field(None, description="container image (default per server, e.g. TGI's ghcr.io image)")
     environment: dict[str, str] = Field(default_factory=dict, description="exported in every job")
-    max_concurrent_requests: int = Field(512, ge=1, description="requests a server batches (TGI --max-concurrent-requests, vLLM --max-num-seqs, SGLang --max-running-requests)")
+    max_concurrent_requests: int = Field(512, ge=1, description="requests a server batches (TGI "
+                                         "--max-concurrent-requests, vLLM --max-num-seqs, SGLang "
+                                         "--max-running-requests)")
     max_input_tokens: int = Field(6144, ge=1, description="TGI --max-input-tokens")
-    max_total_tokens: int = Field(8192, ge=2, description="context length (TGI --max-total-tokens, vLLM --max-model-len, SGLang --context-length)")
-    max_batch_prefill_tokens: int = Field(16384, ge=1, description="TGI --max-batch-prefill-tokens, vLLM --max-num-batched-tokens, SGLang --chunked-prefill-size")
+    max_total_tokens: int = Field(8192, ge=2, description="context length (TGI --max-total-tokens, vLLM "
+                                  "--max-model-len, SGLang --context-length)")
+    max_batch_prefill_tokens: int = Field(16384, ge=1, description="TGI --max-batch-prefill-tokens, vLLM "
+                                          "--max-num-batched-tokens, SGLang --chunked-prefill-size")
     server_args: list[str] = Field(default_factory=list, description="extra arguments for the server command")
     ready_timeout: int = Field(1800, ge=10, description="seconds a server job waits for its first generation")
     venv: str | None = Field(None, description="bin/activate of finephrase's environment on the nodes "
@@ -347,15 +364,18 @@ class Recipe(_Strict):
     description: str = Field("", description="prose for the dataset card")
     source: SourceConfig = Field(..., description="the documents to rephrase")
     filters: FiltersConfig = Field(default_factory=FiltersConfig, description="filters of the source documents")
-    dedup: DedupConfig = Field(default_factory=DedupConfig, description="exact / MinHash dedup of the source documents, before rephrasing")
+    dedup: DedupConfig = Field(default_factory=DedupConfig, description="exact / MinHash dedup of the source "
+                               "documents, before rephrasing")
     output_dedup: DedupConfig = Field(default_factory=DedupConfig, description="exact / MinHash dedup of the "
                                       "generated rows, per prompt config")
     decontamination: DecontaminationConfig | None = None
-    prompts: list[str] = Field(..., min_length=1, description="packaged set/name, a local prompt file, or hf://datasets/OWNER/REPO/NAME@REV; one output config each")
+    prompts: list[str] = Field(..., min_length=1, description="packaged set/name, a local prompt file, or "
+                               "hf://datasets/OWNER/REPO/NAME@REV; one output config each")
     context: Literal["truncate", "chunked"] | None = Field(
         None, description="long documents: override every prompt's `context` (truncate, or chunked as in Kimi K2)")
     routing: RoutingConfig | None = None
-    generator: GeneratorConfig = Field(default_factory=GeneratorConfig, description="the model that rewrites and how to reach it")
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig, description="the model that rewrites and how "
+                                       "to reach it")
     output_checks: Literal["drop", "flag"] = Field(
         "drop", description="generations breaking a prompt's output rules are dropped, or kept and flagged in `checks`")
     mix: MixConfig | None = Field(None, description="write the `mix` config: real and synthetic text (off when unset)")

@@ -195,15 +195,18 @@ def check_hf_command(words: list[str]) -> list[str]:
     if not path:
         return [f"`hf {' '.join(words[:1])}`: no such command"]
     flags = set(re.findall(r"--[a-z][a-z-]*", _hf_help(tuple(path))))
-    return [f"`hf {' '.join(path)} {w}`: no such flag" for w in words if w.startswith("--") and w.split("=")[0] not in flags]
+    return [f"`hf {' '.join(path)} {w}`: no such flag" for w in words
+            if w.startswith("--") and w.split("=")[0] not in flags]
 
 
 @pytest.mark.skipif(not Path(HF).exists(), reason="huggingface_hub's hf CLI is not installed")
 def test_hf_commands_exist():
-    problems = [f"{where}: {p}" for path in DOCS for words, where in _commands(path, "hf") for p in check_hf_command(words)]
+    problems = [f"{where}: {p}" for path in DOCS for words, where in _commands(path, "hf")
+                for p in check_hf_command(words)]
     assert not problems, "\n".join(problems)
     assert check_hf_command(["download", "org/x", "--repo-type", "dataset", "--local-dir", "x"]) == []
-    assert check_hf_command(["download", "org/x", "--local-folder", "x"]) == ["`hf download --local-folder`: no such flag"]
+    assert check_hf_command(["download", "org/x", "--local-folder", "x"]) == \
+        ["`hf download --local-folder`: no such flag"]
     assert check_hf_command(["upload-everything", "x"]) == ["`hf upload-everything`: no such command"]
 
 
