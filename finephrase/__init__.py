@@ -15,7 +15,8 @@ Layout (each package's ``__init__`` says what lives there and what it may import
   checkpoints, cache, writer), ``servers`` (llama.cpp and vLLM on this machine, their set-up);
 * ``finephrase.prompts``, ``finephrase.quality`` — prompt files; quality classifiers;
 * ``finephrase.report`` — the run report, the card, ``report.html``, the end of a run; ``finephrase.hub`` — push;
-* ``finephrase.run`` (one machine), ``finephrase.cluster`` (Slurm / Ray), ``finephrase.cli.main`` (the command line);
+* ``finephrase.run`` (one machine), ``finephrase.cluster`` (Slurm / Ray), ``finephrase.cli`` (the command line);
+* ``finephrase.docs`` — the recipe reference, rendered from the schema (``python -m finephrase.docs``);
 * leaves any part may import: ``errors``, ``lifetime``, ``resources``, ``progress``, ``hub_errors``, ``redact``.
 """
 

@@ -9,7 +9,7 @@ Quality model: a fastText classifier trained here, at set-up time. Positive (``h
 are prose paragraphs of the tutorial / howto / reference pages; negative (``lq``) examples
 are the index-like pages (module index, general index, changelogs, "what's new" lists). It is
 a toy separating explanatory prose from lists of names — a stand-in until a real quality
-classifier is trained — and the README says so.
+classifier is trained — and the README ("Quick start") says so.
 """
 
 from __future__ import annotations

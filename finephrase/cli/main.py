@@ -17,6 +17,7 @@ err = Console(stderr=True)
 
 
 DEBUG_ENV = "FINEPHRASE_DEBUG"
+DEBUG_HELP = f"show the traceback of an expected failure too (also accepted after the command; or set {DEBUG_ENV}=1)"
 _FILE_ERRNOS = {errno.ENOENT: "no such file or directory", errno.ENOTDIR: "not a directory",
                 errno.EISDIR: "is a directory", errno.EACCES: "permission denied", errno.EPERM: "permission denied",
                 errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
@@ -203,6 +204,7 @@ def cmd_push(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="finephrase", description="Build FinePhrase-style synthetic pretraining data with datatrove.")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run a recipe end to end")
@@ -221,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="start the embedded generator (llama.cpp or vLLM, OpenAI-compatible) until Ctrl-C")
     s.add_argument("--engine", choices=("auto", "llama.cpp", "vllm"), default="llama.cpp",
                    help="llama.cpp (ready in seconds), vllm (vLLM's CPU build: continuous batching; `finephrase "
-                   "setup-embedded --engine vllm`) or auto (vllm when it is set up)")
+                   "setup-embedded --engine vllm`) or auto (the recipe's generator.engine auto, for open-ended work: vllm "
+                   "when it is set up and measured faster on this machine)")
     s.add_argument("--replicas", type=int, help="server processes (default: llama.cpp one per core, vLLM one)")
     s.add_argument("--threads", type=int, help="cores per process (default: llama.cpp 1, vLLM all but one)")
     s.add_argument("--n-ctx", type=int, default=2048)
@@ -288,9 +291,6 @@ def main(argv: list[str] | None = None) -> int:
                      "generator cannot do the work; 4 a run produced nothing; 5 the Hub push failed (the output "
                      "is intact); 1 anything else (`prompts validate` found problems; an unexpected error, "
                      "printed with its traceback).")
-    parser.add_argument("--debug", action="store_true",
-                        help=f"show the traceback of an expected failure too (also accepted after the command; "
-                        f"or set {DEBUG_ENV}=1)")
     args, extra = parser.parse_known_args(argv)
     if "--debug" in extra:  # `finephrase push ... --debug` works too
         extra = [a for a in extra if a != "--debug"]
