@@ -189,7 +189,9 @@ def test_colocated_gives_the_same_rows_as_pool(launched, tmp_path):
         first = load_ledger(str(out)).launches[0]
         assert first.servers == [] and first.supervisor is None
         assert rows(out) == rows(launched["out"])
-        server_out = next((out / ".finephrase" / "logs" / "servers").glob("colocated-*.out")).read_text()
+        outs = list((out / ".finephrase" / "logs" / "servers").glob("colocated-*.out"))
+        assert len(outs) == 1, "one server, the task's (none for datatrove's merge-stats job)"
+        server_out = outs[0].read_text()
         assert "server ready at" in server_out and "stopped" in server_out
         assert not [cmd for cmd in run_processes(marker).values() if "llama_server" in cmd], "the server ended"
     finally:

@@ -27,13 +27,9 @@ def finish_output(output: str, recipe, prompts, report: RunReport) -> str:
         raise EmptyOutputError(f"empty output: {problem}")
     if recipe.raw_text:  # without tokens (scrubbed as written, not only when pushed)
         with open(os.path.join(output, "recipe.yaml"), "w", encoding="utf-8") as f:
-            f.write(redact_secrets(recipe.raw_text, _secret_values(recipe)))
+            cluster = getattr(recipe, "cluster", None)
+            f.write(redact_secrets(recipe.raw_text, cluster.secret_values() if cluster else []))
     path = write_card(output, recipe=recipe, prompts=prompts, summary=report)
     write_html_report(output, recipe=recipe, prompts=prompts, report=report)  # OUTPUT/report.html
     return path
 
-
-def _secret_values(recipe) -> list[str]:
-    """The values of the recipe's ``cluster.secrets`` in this environment."""
-    names = recipe.cluster.secrets if getattr(recipe, "cluster", None) else []
-    return [os.environ[n] for n in names if os.environ.get(n)]
