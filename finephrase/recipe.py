@@ -446,6 +446,10 @@ class ClusterConfig(_Strict):
             return f"{v // 3600}:{v % 3600 // 60:02d}:{v % 60:02d}"
         return v
 
+    def secret_values(self) -> list[str]:
+        """The values of ``secrets`` in this environment (what is redacted from the files a run writes)."""
+        return [os.environ[n] for n in self.secrets if os.environ.get(n)]
+
     @field_validator("secrets")
     @classmethod
     def _secret_names(cls, v):

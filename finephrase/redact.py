@@ -27,5 +27,5 @@ def redact_secrets(text: str, secrets: tuple[str, ...] | list[str] = ()) -> str:
 
 def recipe_secret_values(recipe) -> list[str]:
     """The values of the recipe's ``cluster.secrets`` in this environment."""
-    names = recipe.cluster.secrets if getattr(recipe, "cluster", None) else []
-    return [os.environ[n] for n in names if os.environ.get(n)]
+    cluster = getattr(recipe, "cluster", None)
+    return cluster.secret_values() if cluster else []

@@ -103,7 +103,7 @@ def test_an_output_folder_a_worker_cannot_see_is_a_clear_error(ray_and_server, t
     ray.init(address=ray_and_server["env"]["RAY_ADDRESS"], log_to_driver=False)
     try:
         check_output_visible(str(tmp_path))  # this machine's folder: every (local) node sees it
-        with pytest.raises(ClusterError, match="is not visible on Ray node.*a file system every node mounts"):
+        with pytest.raises(ClusterError, match="(?s)is not visible on Ray node.*a file system every node mounts"):
             check_output_visible(str(tmp_path / "elsewhere"))
     finally:
         ray.shutdown()

@@ -171,17 +171,6 @@ def _checked_cluster(recipe: Recipe, executor: str) -> ClusterConfig:
     return cluster
 
 
-def _servers_to_reuse(recipe: Recipe, ledger: Ledger, count: int, needs_slurm: bool) -> list[str]:
-    """The run's API key (one for its servers and its tasks), and the live server jobs of an earlier launch that
-    hold the same key (a relaunch reuses them)."""
-    cluster = recipe.cluster or ClusterConfig()
-    if not (count > 0 or cluster.placement == "colocated"):
-        return []
-    if recipe.generator.api_key_env and os.environ.get(recipe.generator.api_key_env):
-        os.environ.setdefault(API_KEY_ENV, os.environ[recipe.generator.api_key_env])
-    return _reusable_servers(ledger, key_id(run_api_key())) if needs_slurm else []
-
-
 def launch(recipe: Recipe, executor: str = "slurm", servers: int | None = None, output: str | None = None,
            tasks: int | None = None, limit: int | None = None, push_to: str | None = None,
            workers: int | None = None) -> LaunchResult:
@@ -206,7 +195,7 @@ def launch(recipe: Recipe, executor: str = "slurm", servers: int | None = None, 
     if needs_slurm:
         _check_idle(ledger)
     partition = (cluster.partition or slurm.default_partition()) if needs_slurm else None
-    reused = _servers_to_reuse(recipe, ledger, count, needs_slurm)
+    reused = _run_key_and_reused_servers(recipe, ledger, count) if needs_slurm else []
     current = Launch(time=time.time(), executor=executor)
     ledger.launches.append(current)
     try:
@@ -228,18 +217,7 @@ def launch(recipe: Recipe, executor: str = "slurm", servers: int | None = None, 
             after = [j for s in current.stages for j in s.jobs]
             current.finish = submit_finish(recipe, output, after, task_partition, push_to)
         else:
-            from finephrase.cluster.executors import run_ray
-
-            current.stages = [_stage_entry(s) for s in stages]
-            save_ledger(output, ledger)
-            try:
-                run_ray(stages, output, cluster, workers=workers)
-            except BaseException:
-                slurm.scancel(current.servers)  # a failed Ray run releases its server jobs too
-                raise
-            from finephrase.cluster.finish import finish  # report, card, push; releases server jobs if any
-
-            finish(output, os.path.abspath(recipe.path), push_to)
+            _launch_ray(recipe, stages, output, ledger, workers, push_to)
     finally:
         path = save_ledger(output, ledger)
     return LaunchResult(output, executor, path, current.servers, current.servers[len(reused):],
@@ -272,3 +250,33 @@ def _reusable_servers(ledger: Ledger, api_key_id: str) -> list[str]:
         slurm.scancel(alive)
     ledger.api_key_id = api_key_id
     return []
+
+
+def _run_key_and_reused_servers(recipe: Recipe, ledger: Ledger, count: int) -> list[str]:
+    """The run's API key (one for its servers and its tasks: the generator's own key if it names one) and the live
+    server jobs this launch reuses."""
+    cluster = recipe.cluster or ClusterConfig()
+    if count <= 0 and cluster.placement != "colocated":
+        return []
+    g = recipe.generator
+    if g.api_key_env and os.environ.get(g.api_key_env):
+        os.environ.setdefault(API_KEY_ENV, os.environ[g.api_key_env])
+    return _reusable_servers(ledger, key_id(run_api_key()))
+
+
+def _launch_ray(recipe: Recipe, stages: list[Stage], output: str, ledger: Ledger, workers: int | None,
+                push_to: str | None) -> None:
+    """The stages on Ray, blocking; then the finish step (report, card, push; releases server jobs if any). A
+    failed Ray run releases its server jobs too."""
+    from finephrase.cluster.executors import run_ray
+    from finephrase.cluster.finish import finish
+
+    current = ledger.launches[-1]
+    current.stages = [_stage_entry(s) for s in stages]
+    save_ledger(output, ledger)
+    try:
+        run_ray(stages, output, recipe.cluster or ClusterConfig(), workers=workers)
+    except BaseException:
+        slurm.scancel(current.servers)
+        raise
+    finish(output, os.path.abspath(recipe.path), push_to)

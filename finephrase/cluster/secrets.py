@@ -45,8 +45,9 @@ def key_id(key: str) -> str:
 
 
 def secret_values(cluster: ClusterConfig | None) -> list[str]:
-    names = [*(cluster.secrets if cluster else ()), API_KEY_ENV]
-    return [os.environ[n] for n in names if os.environ.get(n)]
+    """The values of ``cluster.secrets`` and of the run's API key in this environment."""
+    return [*(cluster.secret_values() if cluster else []), *([os.environ[API_KEY_ENV]] if os.environ.get(API_KEY_ENV)
+                                                            else [])]
 
 
 def redact(text: str, cluster: ClusterConfig | None) -> str:

@@ -43,8 +43,11 @@ def colocated_server(recipe: Recipe, output: str) -> str:
     path = os.path.join(log_dir, "colocated.sh")
     write_redacted(path, script, cluster)
     out = shlex.quote(log_dir) + '/"colocated-${SLURM_JOB_ID:-local}.out"'
-    return "\n".join([f"bash {shlex.quote(path)} > {out} 2>&1 &", "FP_SERVER_PID=$!",
-                      "trap 'kill -TERM $FP_SERVER_PID 2>/dev/null; wait $FP_SERVER_PID || true' EXIT"])
+    # only the stage's tasks: datatrove's merge-stats job (a one-task array too) runs the same script header
+    # (the bracket keeps this line from matching itself)
+    return "\n".join(['if grep -q "launch_pickled_pipelin[e]" "$0"; then', f"bash {shlex.quote(path)} > {out} 2>&1 &",
+                      "FP_SERVER_PID=$!",
+                      "trap 'kill -TERM $FP_SERVER_PID 2>/dev/null; wait $FP_SERVER_PID || true' EXIT", "fi"])
 
 
 def venv_activate(cluster: ClusterConfig) -> str | None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import jinja2
 
+from finephrase.cluster.secrets import API_KEY_ENV
 from finephrase.recipe import ClusterConfig, Recipe
 from finephrase.resources import launch_dir
 
@@ -75,8 +76,6 @@ def container_prefix(cluster: ClusterConfig, kind: str, model_path: str = "") ->
 
 def secret_names(cluster: ClusterConfig, kind: str) -> list[str]:
     """The variables whose values never appear in a script or log: ``cluster.secrets`` and the API key's."""
-    from finephrase.cluster.secrets import API_KEY_ENV
-
     names = [*cluster.secrets, API_KEY_ENV]
     return names + ([API_KEY_VARS[kind]] if API_KEY_VARS.get(kind) else [])
 
