@@ -9,7 +9,7 @@ Layout (each package's ``__init__`` says what lives there and what it may import
 
 * ``finephrase.recipe`` — the recipe schema (pydantic, no I/O); ``finephrase.plan`` — ``resolve(recipe) -> Plan``,
   the recipe resolved once (prompts as run, models, source files), saved as ``OUTPUT/.finephrase/plan.json``;
-* ``finephrase.pipeline.build`` — the datatrove steps (readers, filters, rephrase, formatters, dedup, decont, mix) and
+* ``finephrase.pipeline`` — the datatrove steps (readers, filters, rephrase, formatters, dedup, decont, mix) and
   ``build`` (plan -> stages); ``finephrase.stats`` — the stat names steps write and the report reads;
 * ``finephrase.inference`` — ``client`` (replica pool, protocols, backends), ``runner`` (the rephrase loop,
   checkpoints, cache, writer), ``servers`` (llama.cpp and vLLM on this machine, their set-up);

@@ -44,7 +44,7 @@ def main(monkeypatch):
     """finephrase's main() in this process (no interpreter start-up); what it changes globally is undone."""
     from loguru import logger
 
-    from finephrase.cli.main import main as cli
+    from finephrase.cli import main as cli
 
     core = logger._core  # main() installs a loguru patcher (quiet expected tracebacks) and may set FINEPHRASE_DEBUG
     patcher = getattr(core, "patcher", None)

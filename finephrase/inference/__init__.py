@@ -17,6 +17,6 @@
 What it may import: datatrove, aiohttp, orjson, the standard library, and from finephrase only
 ``finephrase.errors``, ``finephrase.lifetime``, ``finephrase.resources``, ``finephrase.progress`` (the runner
 publishes its counters for the live display) and ``finephrase.prompts`` (the prompt model, for payloads).
-Never ``finephrase.pipeline.build``, ``finephrase.report``, ``finephrase.run`` or ``finephrase.cli.main``: those use it.
+Never ``finephrase.pipeline``, ``finephrase.report``, ``finephrase.run`` or ``finephrase.cli``: those use it.
 The recipe's ``GeneratorConfig`` is a type only.
 """

@@ -14,5 +14,5 @@ What lives here (one step per module, each a plain datatrove ``PipelineStep``):
 What it may import: datatrove, and from finephrase ``finephrase.inference`` (the request path),
 ``finephrase.prompts``, ``finephrase.quality``, ``finephrase.errors``, ``finephrase.stats`` (stat names),
 ``finephrase.recipe`` and ``finephrase.lifetime`` (``build`` only). Never ``finephrase.report``,
-``finephrase.run``, ``finephrase.hub``, ``finephrase.cluster`` or ``finephrase.cli.main``: those use the pipeline.
+``finephrase.run``, ``finephrase.hub``, ``finephrase.cluster`` or ``finephrase.cli``: those use the pipeline.
 """

@@ -26,7 +26,7 @@ What it may import: the standard library, pydantic, pyarrow, and from finephrase
 ``finephrase.stats``). The report's own modules never import ``card``/``summary``/``html`` (which read the report,
 and may import ``finephrase.prompts``, ``finephrase.inference`` for defaults and backends, and the row
 columns of ``finephrase.pipeline.formatters.rows`` / ``finephrase.pipeline.mix``), nor
-``finephrase.hub``, ``finephrase.run`` or ``finephrase.cli.main``.
+``finephrase.hub``, ``finephrase.run`` or ``finephrase.cli``.
 """
 
 from finephrase.report.build import (
