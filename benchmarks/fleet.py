@@ -12,9 +12,11 @@ window), read from the servers' own counters.
 Printed per scenario (8 servers; 32 servers; unequal speeds: half of the servers three times slower; one server
 dying and coming back):
 
-- ``before, defaults``: finephrase before the adaptive windows (``git archive`` of ``--before``, default ``main``)
+- ``before, defaults``: finephrase before the adaptive windows (``git archive`` of ``--before``, default: where
+  this branch left ``main``)
   with a recipe that does not set ``generator.concurrency`` (8 in flight);
-- ``before, concurrency=X``: the same, hand-tuned over ``--sweep`` (best shown, every value in the log);
+- ``before, concurrency=X``: the same, hand-tuned over ``--sweep`` (per server: 32, 64, 128 x the servers; best
+  shown, every value in the log);
 - ``now, defaults``: this tree, ``generator.concurrency`` unset (each replica's window adapts);
 - ``now, concurrency=X``: this tree with the bound set to the best hand-tuned value.
 
@@ -22,7 +24,7 @@ The simulated step times (``--step-a-ms 10 --step-c-ms 0.05``, 64 sequences: 4,8
 of 128-640 tokens) keep the request rate the Python client has to sustain at about 13 requests/s per server, so
 that the client is not what limits the fleet. The table goes to ``benchmarks/results/fleet.md``. Usage::
 
-    python benchmarks/fleet.py [--duration 12] [--warmup 6] [--scenarios 8 32 unequal dying] [--sweep 256 512 1024]
+    python benchmarks/fleet.py [--duration 12] [--warmup 6] [--scenarios 8 32 unequal dying] [--sweep 32 64 128]
 """
 
 from __future__ import annotations
@@ -141,14 +143,18 @@ def run_scenario(specs: list[dict], code: str, concurrency: int | None, args, di
         assert fleet.stdout.readline().strip() == "FLEET_READY"
         with tempfile.TemporaryDirectory() as work:
             env = {**os.environ, "PYTHONPATH": code}
+            log = open(os.path.join(work, "client.log"), "w")
             client = subprocess.Popen([sys.executable, __file__, "--client", json.dumps(
-                [urls, concurrency, window[1], work])], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                [urls, concurrency, window[1], work])], stdout=subprocess.PIPE, stderr=log, env=env,
                                       text=True)
             time.sleep(max(0.0, window[0] - time.time()))
             before = asyncio.run(generated(urls))
             time.sleep(max(0.0, window[1] - time.time()))
             after = asyncio.run(generated(urls))
             out, _ = client.communicate(timeout=600)
+            log.close()
+            if client.returncode:
+                raise SystemExit(f"the client failed ({client.returncode}):\n" + Path(log.name).read_text()[-3000:])
     finally:
         fleet.kill()
         fleet.wait()
@@ -185,11 +191,13 @@ def main():
     p.add_argument("--duration", type=float, default=12.0)
     p.add_argument("--warmup", type=float, default=6.0)
     p.add_argument("--scenarios", nargs="+", default=["8", "32", "unequal", "dying"])
-    p.add_argument("--sweep", nargs="+", type=int, default=[256, 512, 1024])
+    p.add_argument("--sweep", nargs="+", type=int, default=[32, 64, 128],
+                   help="hand-tuned concurrency values, per server (x the scenario's servers)")
     p.add_argument("--max-num-seqs", type=int, default=64)
     p.add_argument("--step-a-ms", type=float, default=10.0)
     p.add_argument("--step-c-ms", type=float, default=0.05)
-    p.add_argument("--before", default="main", help="the git revision measured as 'before'")
+    p.add_argument("--before", default=None, help="the git revision measured as 'before' (default: where this "
+                   "branch left main, `git merge-base HEAD main`)")
     p.add_argument("--output", default=str(HERE / "results" / "fleet.md"))
     args = p.parse_args()
     if args.serve:
@@ -198,8 +206,11 @@ def main():
         print(json.dumps(run_client(*json.loads(args.client))), flush=True)
         return
 
+    if args.before is None:
+        args.before = subprocess.run(["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], capture_output=True,
+                                     text=True, check=True).stdout.strip()[:12]
     before = tempfile.mkdtemp(prefix="finephrase-before-")
-    subprocess.run(f"git -C {ROOT} archive {args.before} finephrase prompts | tar -x -C {before}", shell=True, check=True)
+    subprocess.run(f"git -C {ROOT} archive {args.before} finephrase prompts pyproject.toml | tar -x -C {before}", shell=True, check=True)
     lines = ["# Fleet utilisation: finephrase's client against simulated batching GPU servers\n",
              f"Command: `python benchmarks/fleet.py {' '.join(sys.argv[1:])}`".rstrip() + "  ",
              f"Machine: {platform.processor() or platform.machine()}, {cpu_model()}, {os.cpu_count()} CPUs "
@@ -224,7 +235,7 @@ def main():
                 "dying": "8 servers, one down for a third"}[scenario]
         row(name, "before, defaults", run_scenario(specs, before, None, args, die))
         best = None
-        for c in args.sweep:
+        for c in [v * len(specs) for v in args.sweep]:
             r = run_scenario(specs, before, c, args, die)
             print(f"   before, concurrency={c}: {r['utilisation']:.3f}", flush=True)
             if best is None or r["utilisation"] > best[1]["utilisation"]:
