@@ -88,10 +88,12 @@ def test_window_fills_the_batch_and_stops_at_capacity(sim_servers):
     window, stats = asyncio.run(main())
     assert stats["max_running_seen"] == 16  # the batch was filled
     assert window.capacity == 16 and window.capacity_source == "learnt from /metrics"
-    low, high = queue_band(16)
-    # it stopped there: never more in flight than the batch plus the short queue (and a poll's growth)
-    assert max(peak) <= 16 + high + 16 // 8 + 1, (max(peak), window.decisions)
-    assert max(peak) >= 16
+    high = queue_band(16)[1]
+    # it stopped there: the window ends at the batch plus a short queue (the cut comes once the queue is past
+    # `high`: a poll may catch it just before); while the capacity was still being
+    # learnt it overshot by at most one growth step (x1.5)
+    assert 16 <= window.allowed <= 16 + 2 * high, window.decisions
+    assert 16 <= max(peak) <= 1.5 * (16 + high), (max(peak), window.decisions)
 
 
 def test_tgi_info_bounds_the_window_and_no_429(sim_servers):

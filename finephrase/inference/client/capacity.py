@@ -3,7 +3,8 @@
 * :func:`static_capacity` — the batch size a server states: SGLang ``GET /get_server_info``
   (``max_running_requests``), TGI ``GET /info`` (``max_batch_size`` where the version states it; its
   ``max_concurrent_requests`` is the most it accepts at once, queue included: beyond it TGI answers 429 "Model is
-  overloaded"), or the launch settings when finephrase started the server itself (``launch_capacity``);
+  overloaded"); servers finephrase started itself start their windows at their launch settings' concurrency
+  (``GeneratorRuntime.window`` in :mod:`finephrase.inference.backends`);
 * :func:`read_gauges` — the server's own Prometheus gauges, polled while the run goes: sequences running and
   waiting (vLLM ``vllm:num_requests_running`` / ``vllm:num_requests_waiting``, SGLang ``sglang:num_running_reqs`` /
   ``sglang:num_queue_reqs``, TGI ``tgi_batch_current_size`` / ``tgi_queue_size``) and the generated-token counter.
@@ -110,14 +111,3 @@ async def static_capacity(session: aiohttp.ClientSession, url: str) -> StaticCap
                               "tgi /info")
     return StaticCapacity()
 
-
-def launch_capacity(engine: str, settings: dict) -> int | None:
-    """The batch of a server finephrase launched itself, from its launch settings: llama.cpp's parallel slots
-    (``n_parallel``/``parallel``, 1 when unset), vLLM's ``max_num_seqs``, SGLang's ``max_running_requests``,
-    TGI's ``max_batch_size``."""
-    keys = {"llama.cpp": ("n_parallel", "parallel"), "vllm": ("max_num_seqs",), "sglang": ("max_running_requests",),
-            "tgi": ("max_batch_size",)}.get(engine, ())
-    for key in keys:
-        if _positive(settings.get(key)):
-            return int(settings[key])
-    return 1 if engine == "llama.cpp" else None

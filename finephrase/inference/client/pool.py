@@ -458,12 +458,11 @@ class ReplicaPool:
                     n -= 1
 
     async def _wait_for_room(self) -> None:
+        """Until a slot frees on some replica (``wake_waiters``: after every answer, and after every poll of the
+        fleet monitor, so a replica that went down or a window that grew is seen within a poll)."""
         fut = asyncio.get_running_loop().create_future()
         self._room.append(fut)
-        try:
-            await asyncio.wait_for(fut, timeout=self.probe_interval)
-        except asyncio.TimeoutError:
-            pass
+        await fut
 
     def _mark_down(self, replica: Replica, why: str) -> None:
         if replica.healthy:

@@ -73,7 +73,6 @@ class AdaptiveWindow:
     decisions: list = field(default_factory=list)
     probe: ProbeState = field(default_factory=ProbeState)
     last_cut: float = 0.0
-    cut_at_flight: int = 0  # requests in flight when the last cut was made
     learnt: int = 0  # the most sequences seen running while others waited
     queued_polls: int = 0  # consecutive polls that found requests waiting at the server
     share: float = 1.0  # this task's fair share of the replica (1 / the tasks of the run that share it)
@@ -108,7 +107,6 @@ class AdaptiveWindow:
         if sent_at < self.last_cut:
             return
         self.last_cut = time.monotonic()
-        self.cut_at_flight = in_flight
         self._set(min(self.limit, in_flight) * OVERLOAD_CUT, "server overloaded (429/503)")
 
     def on_gauges(self, running: int, waiting: int, in_flight: int) -> None:
