@@ -4,7 +4,7 @@
   (``max_running_requests``), TGI ``GET /info`` (``max_batch_size`` where the version states it; its
   ``max_concurrent_requests`` is the most it accepts at once, queue included: beyond it TGI answers 429 "Model is
   overloaded"); servers finephrase started itself start their windows at their launch settings' concurrency
-  (``GeneratorRuntime.window`` in :mod:`finephrase.inference.backends`);
+  (``GeneratorRuntime.window`` in :mod:`finephrase.inference.client.backends`);
 * :func:`read_gauges` — the server's own Prometheus gauges, polled while the run goes: sequences running and
   waiting (vLLM ``vllm:num_requests_running`` / ``vllm:num_requests_waiting``, SGLang ``sglang:num_running_reqs`` /
   ``sglang:num_queue_reqs``, TGI ``tgi_batch_current_size`` / ``tgi_queue_size``) and the generated-token counter.
