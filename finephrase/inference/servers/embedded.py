@@ -396,13 +396,19 @@ class EmbeddedServers:
         os.replace(tmp, self.state_file)
 
 
-def serve_forever(servers: EmbeddedServers, endpoints_file: str | None = None, on_ready=None) -> None:
-    """Run the supervised pool until interrupted (``finephrase serve``); ends when no replica can be kept alive."""
+def serve_forever(servers: EmbeddedServers, endpoints_file: str | None = None, on_ready=None,
+                  advertise: str | None = None) -> None:
+    """Run the supervised pool until interrupted (``finephrase serve``); ends when no replica can be kept alive.
+    ``advertise``: the host other machines reach these servers at (they listen on every interface), registered
+    in ``endpoints_file`` instead of the address they listen on."""
     with servers:
+        addresses = servers.endpoints
+        if advertise:
+            addresses = [e.replace(f"://{servers.host}:", f"://{advertise}:") for e in addresses]
         if endpoints_file:
-            register(endpoints_file, servers.endpoints)
+            register(endpoints_file, addresses)
         if on_ready is not None:
-            on_ready(servers.endpoints)
+            on_ready(addresses)
         try:
             while not all(r.gave_up for r in servers.pool):
                 time.sleep(1)
@@ -411,4 +417,4 @@ def serve_forever(servers: EmbeddedServers, endpoints_file: str | None = None, o
             pass
         finally:
             if endpoints_file:  # no client sends to a server that is going
-                deregister(endpoints_file, servers.endpoints)
+                deregister(endpoints_file, addresses)
