@@ -36,8 +36,12 @@ def answer(user: str) -> str:
     return "\n\n".join(parts)
 
 
-class FormatEchoOpenAI:
-    def __init__(self):
+class StubOpenAI:
+    """A loopback OpenAI-compatible server (``/v1/models``, ``/v1/chat/completions``) whose answer is
+    ``respond(user_message) -> (text, finish_reason)``; usage is reported as characters / 4 (of the whole prompt and
+    of the answer), as a server reports its own tokenizer's counts."""
+
+    def __init__(self, respond, model: str):
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
@@ -51,16 +55,15 @@ class FormatEchoOpenAI:
                 self.wfile.write(data)
 
             def do_GET(self):
-                self._send({"object": "list", "data": [{"id": "format-echo", "object": "model", "owned_by": "test"}]})
+                self._send({"object": "list", "data": [{"id": model, "object": "model", "owned_by": "test"}]})
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                user = body["messages"][-1]["content"]
-                text = answer(user)
+                text, finish = respond(body["messages"][-1]["content"])
                 prompt_chars = sum(len(m["content"] or "") for m in body["messages"])
-                self._send({"id": "x", "object": "chat.completion", "created": 0, "model": "format-echo",
+                self._send({"id": "x", "object": "chat.completion", "created": 0, "model": model,
                             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                         "finish_reason": "stop"}],
+                                         "finish_reason": finish}],
                             "usage": {"prompt_tokens": prompt_chars // 4, "completion_tokens": len(text) // 4,
                                       "total_tokens": (prompt_chars + len(text)) // 4}})
 
@@ -70,3 +73,10 @@ class FormatEchoOpenAI:
 
     def close(self):
         self.httpd.shutdown()
+
+
+class FormatEchoOpenAI(StubOpenAI):
+    """Answers in the shape the request's prompt asks for (see the module's docstring)."""
+
+    def __init__(self):
+        super().__init__(lambda user: (answer(user), "stop"), "format-echo")

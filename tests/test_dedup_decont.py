@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from conftest import first_demo_docs, run_summary
+from format_echo_server import StubOpenAI
 from hub_server import hub_repo_id, hub_server  # noqa: F401  (pytest fixtures)
 
 from finephrase.inference.client.backends import GeneratorRuntime
@@ -352,42 +353,18 @@ def test_a_run_with_a_wrong_text_key_stops_with_one_line(tmp_path, make_recipe, 
 
 
 # ------------------------------------------------------------------ end to end: `finephrase run`, an echo server
-class EchoOpenAI:
+class EchoOpenAI(StubOpenAI):
     """An OpenAI-compatible server whose answer is the request's document, verbatim: planted sources become planted
     generations."""
 
     def __init__(self):
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        super().__init__(_echo_document, "echo")
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
 
-            def _send(self, body: dict):
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                self._send({"object": "list", "data": [{"id": "echo", "object": "model", "owned_by": "test"}]})
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                user = body["messages"][-1]["content"]
-                text = user.split("Document:\n", 1)[1] if "Document:\n" in user else "OK"
-                self._send({"id": "x", "object": "chat.completion", "created": 0, "model": "echo",
-                            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                         "finish_reason": "stop" if "Document:\n" in user else "length"}],
-                            "usage": {"prompt_tokens": len(user) // 4, "completion_tokens": len(text) // 4,
-                                      "total_tokens": (len(user) + len(text)) // 4}})
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+def _echo_document(user: str) -> tuple[str, str]:
+    if "Document:\n" in user:
+        return user.split("Document:\n", 1)[1], "stop"
+    return "OK", "length"
 
 
 def test_finephrase_run_dedups_and_decontaminates_its_outputs(tmp_path, demo_data, make_recipe):
