@@ -17,7 +17,7 @@ Layout (each package's ``__init__`` says what lives there and what it may import
 * ``finephrase.report`` — the run report, the card, ``report.html``, the end of a run; ``finephrase.hub`` — push;
 * ``finephrase.run`` (one machine), ``finephrase.cluster`` (Slurm / Ray), ``finephrase.cli`` (the command line);
 * ``finephrase.docs`` — the recipe reference, rendered from the schema (``python -m finephrase.docs``);
-* leaves any part may import: ``errors``, ``lifetime``, ``resources``, ``progress``, ``hub_errors``, ``redact``.
+* leaves any part may import: ``errors``, ``lifetime``, ``resources``, ``progress``, ``redact``.
 """
 
 __version__ = "0.1.0"

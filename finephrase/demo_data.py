@@ -26,16 +26,12 @@ import tempfile
 
 from loguru import logger
 
-from finephrase.errors import FinephraseError
+from finephrase.errors import DemoDataError
 
 DEB_PACKAGE = "python3.11-doc"
 HTML_ROOT = "usr/share/doc/python3.11/html"
 LOW_QUALITY_PARTS = ("genindex", "py-modindex", "whatsnew/changelog", "whatsnew/", "glossary", "bugs", "copyright",
                      "license", "about", "contents", "search")
-
-
-class DemoDataError(FinephraseError, RuntimeError):
-    pass
 
 
 def fetch_package(deb_dir: str, package: str = DEB_PACKAGE) -> str:

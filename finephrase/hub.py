@@ -49,8 +49,13 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from finephrase.errors import FinephraseError
-from finephrase.hub_errors import _first_line, describe_hub_error
+from finephrase.errors import (
+    FinephraseError,
+    HubError,
+    PushError,
+    describe_hub_error,
+    first_line,
+)
 from finephrase.plan import PLAN_FILE, load_plan
 
 MAX_FILES_PER_COMMIT = 100
@@ -62,18 +67,6 @@ CONFLICT_RETRIES = 30
 BRANCH_WAIT_TRIES = 5
 RETRY_STATUS = {408, 412, 429, 500, 502, 503, 504}
 REPO_TYPE = "dataset"
-
-
-class PushError(FinephraseError, FileNotFoundError):
-    """The output folder has nothing to push."""
-
-
-class HubError(FinephraseError):
-    """The Hub refused or failed the push (or cannot be reached). The message has the cause and the fix; the
-    huggingface_hub / network error is ``__cause__``. Exit code 5: the local output is intact, only the push
-    failed (pushing again resumes)."""
-
-    exit_code = 5
 
 
 _HASHES: dict[tuple, tuple[str, str]] = {}
@@ -269,7 +262,7 @@ def with_retries(fn, what: str, max_retries: int | None = None):
                 delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (failures - 1)) * random.uniform(0.5, 1.5)
                 if retry_after is not None:
                     delay = max(delay, min(retry_after, RETRY_MAX_S))
-                cause = f"HTTP {_status(e)}" if _status(e).isdigit() else f"{type(e).__name__}: {_first_line(e)}"
+                cause = f"HTTP {_status(e)}" if _status(e).isdigit() else f"{type(e).__name__}: {first_line(e)}"
                 logger.warning(f"{what}: {cause}, retrying in {delay:.1f}s ({failures}/{max_retries})")
             time.sleep(delay)
 
@@ -512,6 +505,15 @@ def _ensure_branch(api, repo_id: str, branch: str) -> None:
             if attempt == BRANCH_WAIT_TRIES - 1:
                 raise
             time.sleep(RETRY_BASE_S * 2 ** attempt * random.uniform(0.5, 1.0))
+
+
+def push_repo(given: str | None, hub_repo: str | None) -> str:
+    """The dataset repository a push goes to: the one named on the command line, else the recipe's
+    ``output.hub_repo``."""
+    if given or hub_repo:
+        return given or hub_repo
+    raise PushError("no repository to push to\nname one (`--push-to REPO_ID`, `finephrase push OUTPUT REPO_ID`) "
+                    "or set output.hub_repo in the recipe")
 
 
 def push_output(output: str, repo_id: str, private: bool = False, revision: str | None = None, *,

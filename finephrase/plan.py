@@ -20,9 +20,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from finephrase.errors import FinephraseError
-from finephrase.prompts import Prompt, PromptError, resolve_prompts
-from finephrase.recipe import Recipe, RecipeError, parse_recipe
+from finephrase.errors import NoPlanError, PromptError, RecipeError
+from finephrase.prompts import Prompt, resolve_prompts
+from finephrase.recipe import Recipe, parse_recipe
 from finephrase.redact import recipe_secret_values, redact_secrets
 
 PLAN_FILE = os.path.join(".finephrase", "plan.json")
@@ -109,7 +109,8 @@ def _classifiers(recipe: Recipe) -> dict[str, str]:
     q = recipe.filters.quality
     if not q:
         return {}
-    from finephrase.quality.models import ClassifierNotFound, resolve_classifier
+    from finephrase.errors import ClassifierNotFound
+    from finephrase.quality.models import resolve_classifier
     from finephrase.quality.scorers import is_transformers_model
 
     out = {}
@@ -187,10 +188,6 @@ def save_plan(plan: Plan, output: str) -> str:
         f.write(redact_secrets(text, recipe_secret_values(plan.recipe)))  # secrets never reach a file
     os.replace(tmp, path)
     return path
-
-
-class NoPlanError(FinephraseError):
-    """An output folder without ``.finephrase/plan.json``: not written by this version's ``finephrase run``."""
 
 
 def load_plan(output: str) -> Plan:

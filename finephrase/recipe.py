@@ -23,12 +23,8 @@ from pydantic import (
     model_validator,
 )
 
-from finephrase.errors import FinephraseError
+from finephrase.errors import RecipeError
 from finephrase.prompts import Prompt
-
-
-class RecipeError(FinephraseError, ValueError):
-    """A recipe is invalid. The message names the recipe file and the offending key."""
 
 
 class _Strict(BaseModel):
@@ -308,7 +304,6 @@ class RoutingConfig(_Strict):
     """Nemotron-CC-style routing by score buckets (finephrase.pipeline.rephrase.routing): ``buckets`` -> prompts, or
     ``threshold``: ``high-quality`` / ``low-quality``, each to the prompts whose ``suits`` matches (or ``any``)."""
 
-    by: Literal["quality_score"] = Field("quality_score", description="the score routed on")
     threshold: float | None = Field(None, ge=0, description="two buckets: score >= threshold is high-quality "
                                     "(default 0.5 without `buckets`)")
     buckets: list[BucketConfig] | None = Field(None, min_length=1, description="score buckets and their prompts")
@@ -360,8 +355,9 @@ class OutputConfig(_Strict):
     """Where the dataset is written and what its card says."""
 
     folder: str = Field("output", description="the output folder (`--output` overrides it)")
-    hub_repo: str | None = Field(None, description="the repo id the card's loading snippets name; pushing needs "
-                                 "`--push-to` or `finephrase push`")
+    hub_repo: str | None = Field(None, description="the Hub dataset repo the run is published to: the card's "
+                                 "loading snippets name it, and `--push-to` alone or `finephrase push OUTPUT` push "
+                                 "there (a run never pushes unless asked)")
     private: bool = Field(False, description="`finephrase run --push-to` creates the repo private (`finephrase push` "
                           "takes `--private` instead)")
     license: str | None = Field(None, description="the card's licence (default: source.license)")
@@ -520,7 +516,7 @@ class Recipe(_Strict):
         if self.routing is not None:
             q = self.filters.quality
             if q is None:
-                raise ValueError("routing by quality_score needs filters.quality")
+                raise ValueError("routing needs filters.quality (it routes on the quality score)")
             low = 0.0 if self.routing.buckets is None else self.routing.lowest
             if q.threshold > low:
                 raise ValueError(f"routing sends documents scoring {low} and above to prompts, but "

@@ -12,6 +12,7 @@ This module imports nothing, so any step can import it.
 from __future__ import annotations
 
 # --- the document's generations: where the rephrase step puts them, where the rows step and the report read them
+QUALITY_SCORE = "quality_score"  # metadata[QUALITY_SCORE]: the quality filter's score (a row column, what routing reads)
 ROLLOUTS = "rollout_results"  # metadata[ROLLOUTS][0]: the generation and its provenance (datatrove's key)
 
 # --- stages (finephrase.pipeline.build.build_stages) -------------------------------------------------------------------

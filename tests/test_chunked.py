@@ -24,10 +24,10 @@ from conftest import DEMO_DATA, run_cli, run_summary
 from datatrove.data import Document
 from datatrove.pipeline.inference.types import InferenceError, InferenceResult
 
-from finephrase.inference.client.pool import InputTooLong
+from finephrase.errors import InputTooLong
 from finephrase.inference.client.tokens import TokenCounter
-from finephrase.prompts import load_chunk_context, load_prompt
 from finephrase.pipeline.rephrase.splitting import split_chunks
+from finephrase.prompts import load_chunk_context, load_prompt
 
 MARK_RE = re.compile(r"\[P(\d{3})\]")
 POISON = "[P-FAIL]"

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import write_recipe, run_summary
+from conftest import run_summary, write_recipe
 from hub_server import hub_repo_id, hub_server  # noqa: F401  (pytest fixtures)
 from tiny_classifier import demo_pages, train_tiny_classifier
 
@@ -129,7 +129,8 @@ def test_a_transformers_classifier_from_a_hub_repo(edu_classifier, sample, hub_s
 
 
 def test_a_fasttext_threshold_above_one_is_a_recipe_error(tmp_path, demo_data):
-    from finephrase.recipe import RecipeError, load_recipe
+    from finephrase.errors import RecipeError
+    from finephrase.recipe import load_recipe
 
     with pytest.raises(RecipeError, match=r"filters.quality.threshold: 2.5 > 1: a fastText score is a probability"):
         resolve(load_recipe(write_recipe(tmp_path / "r.yaml", {"filters": {"quality": {"threshold": 2.5}}})))
@@ -205,8 +206,8 @@ def test_the_top_percent_of_sources_over_the_run(tmp_path, demo_data, make_recip
     from conftest import first_demo_docs, run_cli
     from test_dedup_decont import rows_of
 
-    from finephrase.quality.scorers import FastTextScorer
     from finephrase.pipeline.filters.select_top import kept_count
+    from finephrase.quality.scorers import FastTextScorer
 
     docs = [d for d in first_demo_docs(demo_data, 200) if len(d["text"]) > 300][:24]
     recipe, server = echo_recipe(tmp_path, make_recipe, docs, [prompt_file(tmp_path, "alpha")],
@@ -244,7 +245,7 @@ def test_an_ensemble_routes_levels_and_keeps_the_middle(tmp_path, demo_data, mak
         filters={"language": None, "min_chars": 1, "quality": {"model": None, "threshold": 0, "sample": 40, "batch_size": 8,
                  "ensemble": [{"model": str(demo_data / "quality.ftz"), "name": "dclm"},
                               {"model": str(edu_classifier), "name": "edu"}]}},
-        routing={"by": "quality_score", "buckets": levels}, mix={"synthetic": 0.5}, run={"limit": -1, "tasks": 2})
+        routing={"buckets": levels}, mix={"synthetic": 0.5}, run={"limit": -1, "tasks": 2})
     try:
         run_cli("run", str(recipe), "--output", str(tmp_path / "out"))
     finally:

@@ -248,20 +248,21 @@ def test_push_to_an_unreachable_hub(tmp_path, monkeypatch, capsys, main):
 
 def test_run_fresh_and_push_to(tmp_path, make_recipe, demo_data, hub_server, hub_repo_id):  # noqa: F811
     """One tiny real run with both flags: --fresh deletes what an earlier run left in the output folder (a stale
-    config would otherwise be published), --push-to publishes the result (private, as the recipe says)."""
+    config would otherwise be published), --push-to alone publishes the result to the recipe's output.hub_repo
+    (private, as the recipe says)."""
     from huggingface_hub import HfApi
 
-    recipe = make_recipe({"generator": FAST_GENERATOR, "output": {"private": True}})
+    recipe = make_recipe({"generator": FAST_GENERATOR, "output": {"private": True, "hub_repo": hub_repo_id}})
     out = tmp_path / "out"
     (out / "data" / "stale").mkdir(parents=True)
     (out / "data" / "stale" / "000_00000.parquet").write_bytes(b"left by an earlier run")
     (out / "left-over.txt").write_text("left by an earlier run")
     env = hub_server.client_env(hf_home=tmp_path / "hf")
-    proc = run_cli("run", str(recipe), "--output", str(out), "--limit", "2", "--fresh", "--push-to", hub_repo_id,
-                   env=env)
+    proc = run_cli("run", str(recipe), "--output", str(out), "--limit", "2", "--fresh", "--push-to", env=env)
     assert f"pushed to {hub_server.url}/datasets/{hub_repo_id}" in proc.stdout.replace("\n", "")
     assert not (out / "left-over.txt").exists() and not (out / "data" / "stale").exists()
     assert (out / ".finephrase" / "report.json").exists()
+    assert f'load_dataset("{hub_repo_id}"' in (out / "README.md").read_text()  # the card names where it went
     local = sorted(p.relative_to(out).as_posix() for p in (out / "data").rglob("*.parquet"))
     files = HfApi().list_repo_files(hub_repo_id, repo_type="dataset")
     assert local and set(local) <= set(files) and {"README.md", "recipe.yaml"} <= set(files)

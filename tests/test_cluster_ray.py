@@ -12,10 +12,15 @@ import sys
 import time
 
 import pytest
-
-from conftest import FAST_GENERATOR, assert_no_survivors, run_cli, run_marker, run_processes, write_recipe
+from conftest import (
+    FAST_GENERATOR,
+    assert_no_survivors,
+    run_cli,
+    run_marker,
+    run_processes,
+    write_recipe,
+)
 from test_cluster_slurm import rows
-
 
 RAY_PORT = 6390
 START_TIMEOUT = 240
@@ -97,8 +102,8 @@ def test_ray_executor_gives_the_local_executors_rows(ray_and_server, tmp_path):
 def test_an_output_folder_a_worker_cannot_see_is_a_clear_error(ray_and_server, tmp_path):
     import ray
 
-    from finephrase.cluster import ClusterError
     from finephrase.cluster.executors import check_output_visible
+    from finephrase.errors import ClusterError
 
     ray.init(address=ray_and_server["env"]["RAY_ADDRESS"], log_to_driver=False)
     try:

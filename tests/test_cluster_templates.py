@@ -6,12 +6,13 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-
 from conftest import write_recipe
+
 from finephrase.cluster.launch import cluster_runtime
 from finephrase.cluster.templates import ServerJob, render_server_job
+from finephrase.errors import RecipeError
 from finephrase.plan import resolve
-from finephrase.recipe import RecipeError, load_recipe
+from finephrase.recipe import load_recipe
 
 JOB = ServerJob(endpoints_file="/shared/run/.finephrase/endpoints.txt", log_dir="/shared/run/.finephrase/logs/servers",
                 job_name="fp-test-server", partition="hopper-prod", env_command="source /opt/venv/bin/activate")
@@ -107,6 +108,12 @@ def test_launched_recipe_needs_no_endpoints_and_reads_the_endpoints_file(tmp_pat
     rt = cluster_runtime(recipe, str(tmp_path / "out"))
     assert rt.endpoints_file == str(tmp_path / "out" / ".finephrase" / "endpoints.txt")
     assert rt.protocol == "tgi-chat" and rt.model == "HuggingFaceTB/SmolLM2-1.7B-Instruct"
+    assert rt.api_key_env == "FINEPHRASE_API_KEY"  # the run's own key, which its server jobs require
+    for program in ("vllm", "sglang"):  # a TGI recipe on server jobs that speak the OpenAI API only
+        rt = cluster_runtime(recipe_with(tmp_path, TGI, {"server": program}), str(tmp_path / "out"))
+        assert rt.protocol == "openai" and rt.api_key_env == "FINEPHRASE_API_KEY"
+    rt = cluster_runtime(recipe_with(tmp_path, TGI, {"server": "tgi"}), str(tmp_path / "out"), servers=0)
+    assert rt.api_key_env is None  # no server jobs of the run: the recipe's own key variable, if any
 
 
 def test_status_and_stop_outside_a_launched_run_say_so(tmp_path):

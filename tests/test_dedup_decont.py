@@ -18,17 +18,18 @@ from conftest import first_demo_docs, run_summary
 from format_echo_server import StubOpenAI
 from hub_server import hub_repo_id, hub_server  # noqa: F401  (pytest fixtures)
 
+from finephrase import stats as names
+from finephrase.errors import RecipeError
 from finephrase.inference.client.backends import GeneratorRuntime
 from finephrase.pipeline.build import RunPaths, build_stages, run_local
-from finephrase.recipe import RecipeError, load_recipe
-from finephrase import stats as names
+from finephrase.pipeline.decont.decontaminate import Decontaminate
+from finephrase.pipeline.decont.index import EvalSetIndex, eval_rows
+from finephrase.plan import recipe_prompts, resolve
+from finephrase.recipe import load_recipe
 from finephrase.report import build_report, load_stage_stats, summary_rows
 from finephrase.report.card import render_card
 from finephrase.report.plots import funnel_steps
 from finephrase.report.stats import total
-from finephrase.pipeline.decont.index import EvalSetIndex, eval_rows
-from finephrase.pipeline.decont.decontaminate import Decontaminate
-from finephrase.plan import resolve, recipe_prompts
 
 PROMPT = """\
 name: {name}
@@ -326,7 +327,7 @@ def test_eval_set_names_and_output_dedup_default(make_recipe):
 def test_an_index_that_checks_nothing_is_an_error(tmp_path, eval_set, n, message):
     from datatrove.pipeline.decont import NGramsDecontConfig
 
-    from finephrase.pipeline.decont.index import DecontaminationError
+    from finephrase.errors import DecontaminationError
 
     with open(tmp_path / "bench.jsonl", "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in BENCH)
@@ -410,7 +411,12 @@ def test_finephrase_run_dedups_and_decontaminates_its_outputs(tmp_path, demo_dat
 
 
 def test_rows_all_removed_after_the_output_rules_is_an_empty_output():
-    from finephrase.report import PromptCount, RunCounts, RunReport, empty_output_problem
+    from finephrase.report import (
+        PromptCount,
+        RunCounts,
+        RunReport,
+        empty_output_problem,
+    )
 
     report = RunReport(counts=RunCounts(documents_read=3, rephrase_documents=3, prompts={
         "faq": PromptCount(rephrased=3, rows=3, duplicates={"exact": 2}, contaminated={"bench": 1})}))

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import shutil
-import subprocess
-import sys
 import importlib
 import importlib.util
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,9 +29,10 @@ import yaml
 
 from finephrase import docs
 from finephrase.cli.main import build_parser
-from finephrase.prompts import PromptError, prompt_from_dict
+from finephrase.errors import PromptError, RecipeError
 from finephrase.plan import _check_prompt_names, recipe_prompts
-from finephrase.recipe import RecipeError, parse_recipe
+from finephrase.prompts import prompt_from_dict
+from finephrase.recipe import parse_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 from hub_server import hub_repo_id, hub_server  # noqa: F401  (pytest fixtures)
 from test_card import local_rows, make_output
 
-from conftest import run_cli
 from finephrase.plan import recipe_prompts
 
 SECRET = "hf_FinephraseSecretTok3nXYZ0123456789"
@@ -128,11 +128,27 @@ def test_cli_push_to_a_branch(tmp_path, hub_server, hub_repo_id):  # noqa: F811
     assert load_config(dest, "faq") == local_rows(out, "faq")
 
 
+def test_push_goes_to_the_runs_hub_repo_when_none_is_named(tmp_path, hub_server, hub_repo_id):  # noqa: F811
+    """``output.hub_repo`` is where a run is published: ``finephrase push OUTPUT`` pushes there; without it and
+    without a repo id the push is a one-line error naming both ways to give one."""
+    env = hub_server.client_env(token=SECRET, hf_home=tmp_path / "hf-home")
+    unnamed = make_output(tmp_path / "unnamed", prompts=("finephrase/faq",), mix=False)
+    proc = run_cli("push", str(unnamed), env=env, timeout=300, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "no repository to push to" in proc.stderr and "output.hub_repo" in proc.stderr
+    out = make_output(tmp_path / "out", prompts=("finephrase/faq",), mix=False,
+                      recipe_overrides={"output": {"folder": str(tmp_path / "out"), "hub_repo": hub_repo_id}})
+    proc = run_cli("push", str(out), env=env, timeout=300)
+    assert hub_repo_id in proc.stdout
+    assert remote_files(hub_repo_id) == expected_files(out)
+
+
 def test_interrupted_push_resumes_without_duplicates(tmp_path, hub_server, hub_repo_id, monkeypatch, fast_retries):  # noqa: F811
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    from finephrase.hub import HubError, push_output
+    from finephrase.errors import HubError
+    from finephrase.hub import push_output
 
     out = make_output(tmp_path / "out", files_per_config=2)  # 7 parquet files -> 4 data commits of <= 2 files
     original = HfApi.create_commit
@@ -234,7 +250,8 @@ def test_push_creates_a_missing_branch_of_an_existing_repo(tmp_path, hub_server,
 def test_private_push_never_lands_in_a_public_repo(tmp_path, hub_server, hub_repo_id):  # noqa: F811
     from huggingface_hub import HfApi
 
-    from finephrase.hub import HubError, push_output
+    from finephrase.errors import HubError
+    from finephrase.hub import push_output
 
     HfApi().create_repo(hub_repo_id, repo_type=REPO_TYPE)  # public
     out = make_output(tmp_path / "out", prompts=("finephrase/faq",), mix=False)
@@ -247,7 +264,8 @@ def test_private_push_never_lands_in_a_public_repo(tmp_path, hub_server, hub_rep
 
 
 def test_nothing_to_push(tmp_path):
-    from finephrase.hub import PushError, push_output
+    from finephrase.errors import PushError
+    from finephrase.hub import push_output
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(PushError):
@@ -286,9 +304,9 @@ def test_output_without_recipe_pushes_its_readme(tmp_path, hub_server, hub_repo_
     """No recipe.yaml / run.json (e.g. pruned): the local README.md is published, kept configs merged in."""
     from huggingface_hub import DatasetCard
 
-    from finephrase.report.card import write_card
     from finephrase.hub import push_output
     from finephrase.recipe import load_recipe
+    from finephrase.report.card import write_card
 
     first = make_output(tmp_path / "first", prompts=("finephrase/table",), mix=False, tag="run1")
     push_output(str(first), hub_repo_id)

@@ -260,3 +260,40 @@ def test_lean_writer_lines_are_written_before_a_file_closes(tmp_path):
         assert writer.stats.stats["total"].total == 3
 
     asyncio.run(main())
+
+
+def test_a_stored_refusal_is_raised_again_of_the_same_kind_on_resume(tmp_path):
+    """The request cache keeps a refusal with its kind: on resume an input the server found too long is an
+    ``InputTooLong`` again (the truncate and chunked strategies retry it shorter), not a generic failure, and the
+    request is not sent again."""
+    from finephrase.errors import InputTooLong, RequestFailed
+
+    class Refusing:  # the runner's server contract: request(payload) answers or raises
+        calls = 0
+
+        async def request(self, payload):
+            self.calls += 1
+            raise InputTooLong("BadRequestError 400 from http://replica: too long", status=400, body="too long")
+
+    async def ask(step, server):
+        payload = {"messages": [{"role": "user", "content": "a long document"}]}
+        with pytest.raises(RequestFailed) as refused:
+            await step.cached_request(payload, FastSemaphore(4), server, "doc-0", 0, 0)
+        return refused.value
+
+    async def main():
+        server = Refusing()
+        first = _step(tmp_path, "http://127.0.0.1:9")  # the server above is the only one asked
+        await first.request_cache.initialize(0)
+        live = await ask(first, server)
+        await first.request_cache.close()
+        resumed = _step(tmp_path, "http://127.0.0.1:9")
+        await resumed.request_cache.initialize(0)
+        replayed = await ask(resumed, server)
+        await resumed.request_cache.close()
+        return server.calls, live, replayed
+
+    calls, live, replayed = asyncio.run(main())
+    assert calls == 1
+    assert type(live) is InputTooLong and type(replayed) is InputTooLong
+    assert (replayed.status, replayed.body, str(replayed.error)) == (400, "too long", str(live.error))

@@ -7,13 +7,13 @@ import json
 import random
 
 import pytest
+from conftest import write_recipe
 from datatrove.data import Document
 from datatrove.pipeline.readers import JsonlReader
 
-from conftest import write_recipe
+from finephrase.inference.client.tokens import TokenCounter
 from finephrase.pipeline.mix import Mix
 from finephrase.plan import resolve
-from finephrase.inference.client.tokens import TokenCounter
 
 
 class Rows:
@@ -128,7 +128,8 @@ def test_when_the_real_data_runs_out_all_of_it_is_used_and_the_shortfall_counted
 
 
 def test_the_recipe_checks_the_mix(tmp_path):
-    from finephrase.recipe import RecipeError, load_recipe
+    from finephrase.errors import RecipeError
+    from finephrase.recipe import load_recipe
 
     bad = write_recipe(tmp_path / "a.yaml", {"prompts": ["finephrase/faq"], "mix": {"per_prompt": {"tabel": 0.7}}})
     with pytest.raises(RecipeError, match=r"mix.per_prompt: tabel: not a prompt of this recipe"):

@@ -11,13 +11,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from conftest import DEMO_DATA, ROOT, run_cli
 from hub_server import hub_repo_id, hub_server  # noqa: F401  (pytest fixtures)
+
+from finephrase.errors import PromptError
 from finephrase.plan import recipe_prompts
 from finephrase.prompts import (
     PACKAGED_PROMPTS_DIR,
-    PromptError,
     list_packaged_prompts,
     load_chunk_context,
     load_prompt,
@@ -261,8 +261,8 @@ def test_recipe_with_hf_prompt(tmp_path, make_recipe, demo_data, hub_server, hub
 
 
 def test_hf_prompt_with_its_own_chunk_context(tmp_path, hub_server, hub_repo_id):  # noqa: F811
-    from finephrase.prompts.hub import push_prompt_set
     from finephrase.prompts import chunk_context_for
+    from finephrase.prompts.hub import push_prompt_set
 
     folder = tmp_path / "set"
     folder.mkdir()
@@ -279,7 +279,8 @@ def test_hf_prompt_with_its_own_chunk_context(tmp_path, hub_server, hub_repo_id)
 @pytest.mark.parametrize("prompt", PACKAGED, ids=[p.ref for p in PACKAGED])
 def test_render_fast_path_equals_jinja(prompt, real_doc):
     """Prompt.render splices the document into a pre-rendered frame: it must equal the Jinja rendering."""
-    from finephrase.prompts.render import CHUNK_VARIABLES, compile_template as _compile
+    from finephrase.prompts.render import CHUNK_VARIABLES
+    from finephrase.prompts.render import compile_template as _compile
 
     assert prompt._document_frame is not None
     for doc in (real_doc["text"], "", "{{ not a template }}", "a\n\n\nb  ", "x" * 50_000):

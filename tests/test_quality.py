@@ -19,9 +19,10 @@ import pytest
 from conftest import run_cli
 from hub_server import hub_repo_id, hub_server  # noqa: F401  (pytest fixtures)
 
-from finephrase.quality.inputs import InputError, input_files, read_texts
-from finephrase.quality.text import fasttext_text
+from finephrase.errors import InputError
 from finephrase.plan import resolve
+from finephrase.quality.inputs import input_files, read_texts
+from finephrase.quality.text import fasttext_text
 
 HTML = "usr/share/doc/python3.11/html"
 BOILERPLATE = ['//div[@class="related"]', '//div[@class="sphinxsidebar"]', '//div[@class="footer"]']
@@ -140,9 +141,9 @@ def test_a_model_replaced_at_the_same_path_is_the_one_used(classifier, demo_data
     import fasttext
     from datatrove.data import Document
 
-    from finephrase.quality.scorers import label_score
     from finephrase.pipeline.filters.language import LanguageFilter, default_lid_model
     from finephrase.pipeline.filters.quality import QualityFilter
+    from finephrase.quality.scorers import label_score
 
     model, _ = classifier
     text = "Navigation index modules | next | previous | The tutorial explains how lists and dictionaries work."
@@ -171,8 +172,9 @@ def test_a_recipe_takes_its_classifier_from_a_hub_model_repo(classifier, hub_ser
                                                               make_recipe, monkeypatch):
     from huggingface_hub import HfApi
 
-    from finephrase.quality.models import ClassifierNotFound, resolve_classifier
-    from finephrase.recipe import RecipeError, load_recipe
+    from finephrase.errors import ClassifierNotFound, RecipeError
+    from finephrase.quality.models import resolve_classifier
+    from finephrase.recipe import load_recipe
 
     model, _ = classifier
     HfApi().create_repo(hub_repo_id, repo_type="model")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import DEMO_RECIPE, ROOT, run_cli
+
+from finephrase.errors import RecipeError
 from finephrase.pipeline.build import GeneratorRuntime, build_stages
-from finephrase.recipe import RecipeError, load_recipe
 from finephrase.plan import resolve
+from finephrase.recipe import load_recipe
 
 
 def test_demo_recipe_is_valid(demo_data, monkeypatch):

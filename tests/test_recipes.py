@@ -9,12 +9,13 @@ import re
 from pathlib import Path
 
 import pytest
-from datasets import load_dataset
-
 from conftest import DEMO_DATA, FAST_GENERATOR, ROOT, run_cli, run_summary, write_recipe
+from datasets import load_dataset
 from hub_server import hub_repo_id, hub_server  # noqa: F401  (pytest fixtures)
+
+from finephrase.errors import RecipeError
 from finephrase.plan import recipe_prompts, resolve
-from finephrase.recipe import RecipeError, load_recipe
+from finephrase.recipe import load_recipe
 
 RECIPES = ["wrap", "nemotron-cc", "finephrase", "rewire", "beyondweb", "kimi-k2"]
 
@@ -224,7 +225,7 @@ def test_kimi_k2_rewrites_long_documents_in_chunks(tmp_path, demo_data, hub_serv
 
 def test_routing_needs_a_quality_score_that_keeps_low_documents(tmp_path, demo_data):
     base = ROOT / "pipelines" / "nemotron-cc.yaml"
-    with pytest.raises(RecipeError, match="routing by quality_score needs filters.quality"):
+    with pytest.raises(RecipeError, match="routing needs filters.quality"):
         resolve(load_recipe(write_recipe(tmp_path / "a.yaml", {"filters": {"quality": None}}, base=base)))
     with pytest.raises(RecipeError, match="drops them first"):
         resolve(load_recipe(write_recipe(tmp_path / "b.yaml", {"filters": {"quality": {"threshold": 6}}}, base=base)))

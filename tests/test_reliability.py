@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 
 import pytest
-from datasets import load_dataset
-
 import tgi_server
 from conftest import FAST_GENERATOR, ROOT, replica_once_rephrasing, run_cli
-from finephrase.errors import GeneratorUnavailable
+from datasets import load_dataset
+
+from finephrase.errors import GeneratorUnavailable, InputTooLong, RequestRejected
+from finephrase.inference.client.pool import refusal, rejection_hint
 from finephrase.inference.servers.embedded import default_gguf_path
-from finephrase.inference.client.pool import InputTooLong, RequestRejected, refusal, rejection_hint
 
 CRASHING_SERVER = str(Path(__file__).with_name("crashing_server.py"))
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import first_demo_docs, run_cli, run_summary
 from test_dedup_decont import PROMPT, EchoOpenAI, rows_of
 
-from conftest import first_demo_docs, run_cli, run_summary
-from finephrase.prompts import load_prompt
-from finephrase.plan import resolve
-from finephrase.recipe import RecipeError, load_recipe
+from finephrase.errors import RecipeError
 from finephrase.pipeline.rephrase.routing import BELOW_BUCKETS, UNSCORED, Router
+from finephrase.plan import resolve
+from finephrase.prompts import load_prompt
+from finephrase.recipe import load_recipe
 
 BUCKETS = [{"name": "high", "min": 0.7, "prompts": ["alpha", "beta"]},
            {"name": "mid", "min": 0.3, "prompts": ["beta"]},
@@ -31,7 +32,7 @@ def prompt_files(tmp_path):
 
 def test_a_score_goes_to_the_highest_bucket_it_reaches(prompt_files):
     prompts = [load_prompt(p) for p in prompt_files]
-    router = Router({"by": "quality_score", "buckets": BUCKETS[:2], "unscored": ["gamma"]}, prompts)
+    router = Router({"buckets": BUCKETS[:2], "unscored": ["gamma"]}, prompts)
 
     def names(metadata):
         bucket, chosen = router.route(metadata)
@@ -47,7 +48,7 @@ def test_a_score_goes_to_the_highest_bucket_it_reaches(prompt_files):
 
 def test_the_threshold_form_routes_by_the_prompts_suits():
     prompts = [load_prompt(r) for r in ("nemotron-cc/wikipedia", "nemotron-cc/distill", "finephrase/faq")]
-    router = Router({"by": "quality_score", "threshold": 0.6}, prompts)
+    router = Router({"threshold": 0.6}, prompts)
     assert [p.name for p in router.route({"quality_score": 0.6})[1]] == ["distill", "faq"]
     assert [p.name for p in router.route({"quality_score": 0.2})[1]] == ["wikipedia", "faq"]
     assert [p.name for p in router.route({})[1]] == ["faq"]
@@ -85,7 +86,7 @@ def test_a_run_routes_by_bucket_and_scores_its_outputs(tmp_path, demo_data, make
         "source": {"path": str(tmp_path / "src")}, "dedup": None, "mix": None, "prompts": prompt_files,
         "filters": {"language": None, "min_chars": 1,
                     "quality": {"model": str(demo_data / "quality.ftz"), "label": "hq", "threshold": 0.0}},
-        "routing": {"by": "quality_score", "buckets": RUN_BUCKETS},
+        "routing": {"buckets": RUN_BUCKETS},
         "generator": {"server": "openai", "endpoints": [server.url], "model": "echo", "replicas": None,
                       "threads": 1, "n_ctx": 2048, "context_length": 2048, "max_retries": 0,
                       "params": {"max_new_tokens": 512, "temperature": 0.0, "top_p": None, "seed": 0}},

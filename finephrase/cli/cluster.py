@@ -23,12 +23,14 @@ def cmd_launch(args) -> int:
     from finephrase.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
-    if args.push_to:
-        from finephrase.hub import check_push_access
+    push_to = None
+    if args.push_to is not None:
+        from finephrase.hub import check_push_access, push_repo
 
-        check_push_access(args.push_to)
+        push_to = recipe.output.hub_repo = push_repo(args.push_to, recipe.output.hub_repo)  # the card names it
+        check_push_access(push_to)
     result = launch(recipe, executor=args.executor, servers=args.servers, output=args.output, tasks=args.tasks,
-                    limit=args.limit, push_to=args.push_to, workers=args.workers)
+                    limit=args.limit, push_to=push_to, workers=args.workers)
     if args.executor == "local":
         console.print(f"done: {result.output}", soft_wrap=True)
         return 0
@@ -80,8 +82,8 @@ def cmd_status(args) -> int:
 
 
 def cmd_stop(args) -> int:
-    from finephrase.cluster import ClusterError
     from finephrase.cluster.stop import stop_run
+    from finephrase.errors import ClusterError
 
     cancelled, left = stop_run(args.run_dir, timeout=args.timeout)
     console.print(f"cancelled: {', '.join(cancelled) or 'nothing was queued'}", soft_wrap=True)
@@ -100,7 +102,8 @@ def register(sub) -> None:
     la.add_argument("--tasks", type=int, help="datatrove tasks per stage")
     la.add_argument("--limit", type=int, help="documents read per task")
     la.add_argument("--workers", type=int, help="ray/local: tasks run at once")
-    la.add_argument("--push-to", metavar="REPO_ID", help="the finish job pushes the result to this Hub dataset repo")
+    la.add_argument("--push-to", metavar="REPO_ID", nargs="?", const="",
+                    help="the finish job pushes the result to this Hub dataset repo (alone: the recipe's output.hub_repo)")
     la.set_defaults(func=cmd_launch)
 
     st = sub.add_parser("status", help="a launched run: servers, tasks per stage, documents and tokens, ETA")

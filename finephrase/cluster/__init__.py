@@ -26,8 +26,5 @@ of finephrase, datatrove's executors, and the Slurm command-line tools through :
 nothing outside this package imports it except the CLI (``finephrase.cli.cluster.register``).
 """
 
-from finephrase.errors import FinephraseError
 
 
-class ClusterError(FinephraseError):
-    """A launch, status or stop cannot proceed (no Slurm, a job refused, a run folder without jobs)."""

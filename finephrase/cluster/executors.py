@@ -76,7 +76,7 @@ def run_ray(stages: list[Stage], output: str, cluster: ClusterConfig, workers: i
     import ray
     from datatrove.executor.ray import RayPipelineExecutor
 
-    from finephrase.cluster import ClusterError
+    from finephrase.errors import ClusterError
 
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
@@ -103,7 +103,7 @@ def check_output_visible(output: str) -> None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from finephrase.cluster import ClusterError
+    from finephrase.errors import ClusterError
 
     @ray.remote(num_cpus=0)
     def sees(path: str) -> tuple[bool, str]:

@@ -7,19 +7,31 @@ earlier launch is still queued (``finephrase status`` / ``finephrase stop``).
 
 from __future__ import annotations
 
-
 import os
 import shlex
 import sys
 import time
 from dataclasses import dataclass, field, replace
 
-from finephrase.cluster import ClusterError, slurm
+from finephrase.cluster import slurm
 from finephrase.cluster.jobs import Launch, Ledger, load_ledger, save_ledger
-from finephrase.cluster.secrets import API_KEY_ENV, check_secrets, key_id, redact_file, run_api_key
-from finephrase.cluster.servers import (activate_command, colocated_server, endpoints_file, job_prefix, live_servers,
-                                       submit_servers)
+from finephrase.cluster.secrets import (
+    API_KEY_ENV,
+    check_secrets,
+    key_id,
+    redact_file,
+    run_api_key,
+)
+from finephrase.cluster.servers import (
+    activate_command,
+    colocated_server,
+    endpoints_file,
+    job_prefix,
+    live_servers,
+    submit_servers,
+)
 from finephrase.cluster.templates import model_for, server_kind
+from finephrase.errors import ClusterError
 from finephrase.inference.client.backends import GeneratorRuntime, backend_for
 from finephrase.pipeline.build import RunPaths, Stage, build_stages
 from finephrase.plan import resolve, save_plan
@@ -58,19 +70,14 @@ def server_count(recipe: Recipe, executor: str, servers: int | None = None) -> i
 def cluster_runtime(recipe: Recipe, output: str, servers: int | None = None) -> GeneratorRuntime:
     """How the rephrase stage reaches the launched servers: the run's endpoints file (plus generator.endpoints).
     ``servers``: the server jobs of the run (default ``cluster.servers``)."""
-    g = recipe.generator
-    kind = server_kind(recipe)
-    settings = backend_for(g.server).request_settings(g)
-    protocol = settings.protocol
-    if kind != "tgi" and protocol.startswith("tgi"):
-        protocol = "openai"  # vLLM, SGLang and llama.cpp speak the OpenAI API only
+    g, kind = recipe.generator, server_kind(recipe)
     launched = bool(recipe.cluster and recipe.cluster.servers) if servers is None else servers > 0
     launched = launched or bool(recipe.cluster and recipe.cluster.placement == "colocated")
-    model = model_for(recipe, kind)[0] if launched else settings.model
-    return GeneratorRuntime(endpoints=list(g.endpoints), endpoints_file=endpoints_file(recipe, output),
-                            protocol=protocol, model=model, tokenizer=settings.tokenizer,
-                            context_length=settings.context_length,
-                            api_key_env=API_KEY_ENV if launched else g.api_key_env)
+    backend = backend_for(g.server)
+    if not launched:
+        return backend.served_runtime(g, endpoints_file=endpoints_file(recipe, output), program=kind)
+    return backend.served_runtime(g, endpoints_file=endpoints_file(recipe, output), model=model_for(recipe, kind)[0],
+                                  api_key_env=API_KEY_ENV, program=kind)
 
 
 def _cluster_recipe(recipe: Recipe) -> Recipe:

@@ -14,7 +14,7 @@ import hashlib
 import os
 import secrets as _secrets
 
-from finephrase.cluster import ClusterError
+from finephrase.errors import ClusterError
 from finephrase.recipe import ClusterConfig
 from finephrase.redact import redact_secrets
 

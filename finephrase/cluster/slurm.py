@@ -8,7 +8,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from finephrase.cluster import ClusterError
+from finephrase.errors import ClusterError
 
 TIMEOUT = 60  # seconds for one Slurm command
 

@@ -17,12 +17,13 @@ from dataclasses import asdict, dataclass, field
 
 import orjson
 
-from finephrase.cluster import ClusterError, slurm
+from finephrase.cluster import slurm
 from finephrase.cluster.jobs import Ledger, StageJobs, load_ledger
-from finephrase.inference.endpoints import read_endpoints_file
-from finephrase.stats import ROLLOUTS
-from finephrase.pipeline.build import RunPaths
+from finephrase.errors import ClusterError
 from finephrase.inference.client.fleet import fleet_line, summarise
+from finephrase.inference.endpoints import read_endpoints_file
+from finephrase.pipeline.build import RunPaths
+from finephrase.stats import ROLLOUTS
 
 SAMPLE = "status.json"
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from finephrase.cluster import ClusterError, slurm
+from finephrase.cluster import slurm
 from finephrase.cluster.jobs import load_ledger
+from finephrase.errors import ClusterError
 
 
 def stop_run(output: str, timeout: float = 120.0) -> tuple[list[str], list[str]]:

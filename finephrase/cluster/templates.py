@@ -134,12 +134,15 @@ def model_for(recipe: Recipe, kind: str) -> tuple[str, str]:
     g = recipe.generator
     cluster = recipe.cluster or ClusterConfig()
     if kind == "embedded":
-        from finephrase.inference.servers.embedded import DEFAULT_ALIAS, default_gguf_path
+        from finephrase.inference.servers.embedded import (
+            DEFAULT_ALIAS,
+            default_gguf_path,
+        )
 
         return g.model or DEFAULT_ALIAS, cluster.model_path or g.gguf or default_gguf_path()
     path = cluster.model_path or g.model
     if not path:
-        from finephrase.recipe import RecipeError
+        from finephrase.errors import RecipeError
 
         raise RecipeError(f"{recipe.path}: generator.model: required to launch {kind} servers "
                           "(the Hub id or path the server loads; or set cluster.model_path)")

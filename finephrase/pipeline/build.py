@@ -154,7 +154,7 @@ def build_stages(plan: Plan, output: str, runtime: GeneratorRuntime,
     stages.append(_filter_stage(plan, paths, tasks, limit))
     current = paths.w("filtered")
     if q and q.top_percent:
-        stages += _top_stages(TopSide("quality-", "quality_score", False, names.STAGE_QUALITY_TOP), q.top_percent,
+        stages += _top_stages(TopSide("quality-", names.QUALITY_SCORE, False, names.STAGE_QUALITY_TOP), q.top_percent,
                               paths, current, tasks, _jsonl_writer(paths.w("selected")))
         current = paths.w("selected")
     if recipe.dedup.exact:

@@ -16,6 +16,7 @@ no submodule imports it. ``finephrase.prompts.hub`` is not imported here: import
 
 from __future__ import annotations
 
+from finephrase.errors import PromptError
 from finephrase.prompts.context import (
     CONTEXT_DIR,
     CONTEXT_KIND,
@@ -36,10 +37,7 @@ from finephrase.prompts.resolve import (
     load_prompt_file,
     resolve_prompts,
 )
-from finephrase.prompts.validate import (
-    PromptError,
-    validate_template,
-)
+from finephrase.prompts.validate import validate_template
 
 __all__ = [
     "CHUNK_VARIABLES",

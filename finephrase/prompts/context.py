@@ -20,11 +20,11 @@ from typing import Any
 from pydantic import ValidationError, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
+from finephrase.errors import PromptError
 from finephrase.prompts.render import CHUNK_VARIABLES, render_template
 from finephrase.prompts.validate import (
     YAML_SUFFIXES,
     Problem,
-    PromptError,
     check_fields,
     check_file_name,
     check_sandboxed,

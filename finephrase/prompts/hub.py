@@ -16,6 +16,7 @@ import os
 import re
 from pathlib import Path
 
+from finephrase.errors import PromptError
 from finephrase.prompts.context import CONTEXT_KIND, ChunkContext
 from finephrase.prompts.model import Prompt
 from finephrase.prompts.resolve import (
@@ -25,7 +26,6 @@ from finephrase.prompts.resolve import (
     parse_hf_ref,
     resolve_revision,
 )
-from finephrase.prompts.validate import PromptError
 from finephrase.resources import data_dir
 
 SET_CARD_TEMPLATE = "prompt_set_card.md.j2"  # in cards/ (the wheel's package data, or cards/ of a source checkout)

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
+from finephrase.errors import PromptError
 from finephrase.prompts.context import load_chunk_context
 from finephrase.prompts.render import (
     document_frame,
@@ -33,7 +34,6 @@ from finephrase.prompts.validate import (
     REQUIRED_KEYS,
     YAML_SUFFIXES,
     Problem,
-    PromptError,
     check_fields,
     check_file_name,
     check_output_rules,

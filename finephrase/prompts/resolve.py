@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
+from finephrase.errors import PromptError
 from finephrase.prompts.context import (
     CONTEXT_KIND,
     PACKAGED_PROMPTS_DIR,
@@ -36,7 +37,7 @@ from finephrase.prompts.context import (
     is_packaged_context,
 )
 from finephrase.prompts.model import Prompt, prompt_from_dict
-from finephrase.prompts.validate import YAML_SUFFIXES, PromptError, fail, read_yaml
+from finephrase.prompts.validate import YAML_SUFFIXES, fail, read_yaml
 
 HF_REF_RE = re.compile(r"^hf://datasets/(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:/(?P<name>[^@]+?))?(?:@(?P<rev>.+))?$")
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")

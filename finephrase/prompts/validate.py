@@ -19,7 +19,7 @@ import yaml
 from jinja2 import nodes
 from pydantic import ValidationError
 
-from finephrase.errors import FinephraseError
+from finephrase.errors import PromptError
 from finephrase.prompts.render import (
     CHUNK_VARIABLES,
     DOCUMENT_PLACEHOLDER,
@@ -38,12 +38,6 @@ CONTEXT_MODES = {"truncate", "chunked"}
 FORMATS = {None, "table", "qa", "math", "list"}
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 YAML_SUFFIXES = (".yaml", ".yml")
-
-
-class PromptError(FinephraseError, ValueError):
-    """A prompt file is missing, malformed or fails validation. The message names the file."""
-
-    index: int | None = None  # set by resolve_prompts: the position of the reference that failed
 
 
 class Problem(ValueError):

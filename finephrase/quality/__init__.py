@@ -20,7 +20,7 @@ What lives here:
 
 What it may import: fasttext, torch and transformers (lazily, only when a transformers model is loaded: the
 ``classifiers`` extra), numpy, huggingface_hub, datatrove's readers, and from finephrase only ``finephrase.errors``
-and ``finephrase.hub_errors`` (Hub failures in one or two lines). The steps (``finephrase.pipeline.filters.quality``,
+(its errors, and Hub failures in one or two lines: ``describe_hub_error``). The steps (``finephrase.pipeline.filters.quality``,
 ``.quality_ensemble``, ``.format_rows``) import :mod:`.text`, :mod:`.models`, :mod:`.scorers` and :mod:`.ensemble`.
 """
 

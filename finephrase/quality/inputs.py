@@ -7,13 +7,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from finephrase.errors import FinephraseError
+from finephrase.errors import InputError
 
 SUFFIXES = {".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".json.gz": "jsonl", ".parquet": "parquet", ".txt": "txt"}
-
-
-class InputError(FinephraseError):
-    """An input path that holds no documents finephrase can read."""
 
 
 def _kind(name: str) -> str | None:

@@ -14,14 +14,10 @@ from __future__ import annotations
 
 import os
 
-from finephrase.errors import FinephraseError
+from finephrase.errors import ClassifierNotFound
 from finephrase.quality.scorers import is_transformers_model
 
 MODEL_SUFFIXES = (".bin", ".ftz")
-
-
-class ClassifierNotFound(FinephraseError):
-    """The classifier is neither a local file nor a downloadable Hub file."""
 
 
 def _parse(spec: str) -> tuple[str, str | None, str | None]:
@@ -65,7 +61,7 @@ def resolve_classifier(spec: str) -> str:
     repo_id, filename, revision = _parse(spec)
     from huggingface_hub import hf_hub_download
 
-    from finephrase.hub_errors import describe_hub_error
+    from finephrase.errors import describe_hub_error
 
     try:
         if filename:

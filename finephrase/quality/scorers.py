@@ -20,15 +20,11 @@ from __future__ import annotations
 
 import os
 
-from finephrase.errors import FinephraseError
-from finephrase.quality.text import fasttext_text
+from finephrase.errors import ScorerError
 from finephrase.quality.fasttext_model import load_fasttext
+from finephrase.quality.text import fasttext_text
 
 EDU_MAX_SCORE = 5  # the FineWeb-Edu classifier's scale: 0 (not educational) .. 5 (highly educational)
-
-
-class ScorerError(FinephraseError):
-    """A classifier that cannot be loaded or does not have the asked label."""
 
 
 def int_score(score: float) -> int:

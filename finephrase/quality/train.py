@@ -18,16 +18,12 @@ import random
 import tempfile
 from dataclasses import asdict, dataclass, field
 
-from finephrase.errors import FinephraseError
+from finephrase.errors import TrainingError
 from finephrase.quality.inputs import read_texts
 from finephrase.quality.text import fasttext_text
 
 LABELS = ("hq", "lq")
 LEARNING_RATES = (0.1, 0.05, 0.02)
-
-
-class TrainingError(FinephraseError):
-    """Too few examples, or fastText did not converge."""
 
 
 @dataclass

@@ -78,24 +78,32 @@ class Backend:
             raise ValueError(f"generator.api: {g.api!r} is not available with server {self.name!r} "
                              f"(it has: {', '.join(self.apis)})")
 
-    def protocol(self, g: GeneratorConfig) -> str:
+    def protocol(self, g: GeneratorConfig, program: str | None = None) -> str:
+        """The wire protocol of a request. ``program``: the server program a cluster's server jobs run
+        (``cluster.server``), when they do."""
         return "openai"
 
     def request_settings(self, g: GeneratorConfig) -> RequestSettings:
         return RequestSettings(model=g.model or "default", context_length=g.context_length, tokenizer=g.tokenizer,
                                protocol=self.protocol(g))
 
+    def served_runtime(self, g: GeneratorConfig, endpoints_file: str | None = None, model: str | None = None,
+                       api_key_env: str | None = None, program: str | None = None) -> GeneratorRuntime:
+        """How the rephrase stage reaches servers that run apart from it: the recipe's endpoints, and the endpoints
+        file its servers register in. A cluster's server jobs (``program``: what they run) give their own endpoints
+        file, the model name they serve and the run's API key variable."""
+        s = self.request_settings(g)
+        return GeneratorRuntime(endpoints=list(g.endpoints), endpoints_file=endpoints_file or g.endpoints_file,
+                                protocol=self.protocol(g, program), model=model or s.model, tokenizer=s.tokenizer,
+                                context_length=s.context_length, api_key_env=api_key_env or g.api_key_env)
+
     @contextlib.contextmanager
     def runtime(self, g: GeneratorConfig, log_dir: str | None = None,
                 expected_tokens: float | None = None) -> Iterator[tuple[GeneratorRuntime, dict]]:
         """(how the rephrase stage reaches the model, the generator's provenance) while the block runs.
         ``expected_tokens``: the run's expected completion tokens (the embedded backend's ``engine: auto``)."""
-        s = self.request_settings(g)
-        yield GeneratorRuntime(endpoints=list(g.endpoints), endpoints_file=g.endpoints_file, protocol=s.protocol,
-                               model=s.model, tokenizer=s.tokenizer, context_length=s.context_length,
-                               api_key_env=g.api_key_env), \
-            {"server": self.name, "api": g.api, "endpoints": len(g.endpoints),
-             "endpoints_file": bool(g.endpoints_file)}
+        yield self.served_runtime(g), {"server": self.name, "api": g.api, "endpoints": len(g.endpoints),
+                                       "endpoints_file": bool(g.endpoints_file)}
 
     def card_facts(self, g: GeneratorConfig, provenance: dict) -> dict:
         """The card's context window and the backend-specific provenance lines (``extra``)."""
@@ -116,7 +124,9 @@ class TGIBackend(Backend):
     name = "tgi"
     apis = ("chat", "generate")
 
-    def protocol(self, g: GeneratorConfig) -> str:
+    def protocol(self, g: GeneratorConfig, program: str | None = None) -> str:
+        if program not in (None, "tgi"):
+            return "openai"  # server jobs of vLLM, SGLang or llama.cpp speak the OpenAI API only
         return "tgi" if g.api == "generate" else "tgi-chat"
 
 

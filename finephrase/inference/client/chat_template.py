@@ -11,11 +11,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 
-from finephrase.errors import FinephraseError
-
-
-class ChatTemplateError(FinephraseError, RuntimeError):
-    pass
+from finephrase.errors import ChatTemplateError
 
 
 class ChatTemplate:

@@ -17,9 +17,9 @@ datatrove's ``EndpointServer`` knows one URL and treats HTTP 500 as fatal for th
 - reads a refusal instead of assuming it: an answer saying the input is too long (413, or a
   400/422 whose message says so) is :class:`InputTooLong` (the caller retries with half the
   input); any other 4xx is :class:`RequestRejected` (a configuration problem: the caller counts
-  it and stops the run when nothing but rejections come back); both are datatrove
-  ``InferenceError`` instances whose message starts with ``BadRequestError`` so datatrove's request cache
-  records them,
+  it and stops the run when nothing but rejections come back); both are
+  :class:`~finephrase.errors.RequestFailed`, datatrove ``InferenceError`` instances: the request cache
+  records them and raises them again, of the same kind, on resume,
 - when no replica is reachable, requests wait (they are not failed: nothing was wrong with the
   document) until one comes back or ``unavailable_timeout`` has passed since the last one went
   away; then :class:`~finephrase.errors.GeneratorUnavailable` ends the task and a rerun resumes.
@@ -43,15 +43,25 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import aiohttp
-from datatrove.pipeline.inference.types import InferenceError
 from loguru import logger
 from yarl import URL
 
-from finephrase.errors import GeneratorRejected, GeneratorUnavailable, ReplicasCrashed
-from finephrase.inference.client.protocols import Protocol, ProtocolError, make_protocol
+from finephrase.errors import (
+    GeneratorRejected,
+    GeneratorUnavailable,
+    InputTooLong,
+    ReplicasCrashed,
+    RequestFailed,
+    RequestRejected,
+)
 from finephrase.inference.client.fleet import FleetMonitor
+from finephrase.inference.client.protocols import Protocol, ProtocolError, make_protocol
 from finephrase.inference.client.window import AdaptiveWindow
-from finephrase.inference.endpoints import READY_REQUEST, normalize_endpoint, read_endpoints_file
+from finephrase.inference.endpoints import (
+    READY_REQUEST,
+    normalize_endpoint,
+    read_endpoints_file,
+)
 
 if TYPE_CHECKING:
     from datatrove.pipeline.inference.run_inference import InferenceConfig
@@ -68,24 +78,6 @@ TOO_LONG = re.compile(
 PROBE_PAYLOAD = READY_REQUEST
 # marks the health generation (servers ignore it; test servers count it apart from the work)
 HEALTH_HEADERS = {"X-Finephrase-Health": "generation"}
-
-
-class RequestFailed(InferenceError):
-    """A request that failed for good (retries spent, or refused). ``status`` is the last HTTP status, if any."""
-
-    def __init__(self, message: str, status: int | None = None, body: str = ""):
-        super().__init__(None, message, payload=None)
-        self.status = status
-        self.body = body
-
-
-class InputTooLong(RequestFailed):
-    """The server says the input (with ``max_tokens``) does not fit: retry with less of the document."""
-
-
-class RequestRejected(RequestFailed):
-    """The server refuses the request for another reason (a parameter, the model name, auth): not the document's
-    fault and not fixed by retrying."""
 
 
 def server_message(body: str) -> str:

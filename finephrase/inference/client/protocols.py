@@ -251,10 +251,8 @@ class TGIGenerate(Protocol):
 
     def template(self):
         if self._template is None:
-            from finephrase.inference.client.chat_template import (
-                ChatTemplate,
-                ChatTemplateError,
-            )
+            from finephrase.errors import ChatTemplateError
+            from finephrase.inference.client.chat_template import ChatTemplate
 
             if not self.tokenizer:
                 raise ChatTemplateError("TGI /generate needs the model's chat template: set generator.tokenizer")

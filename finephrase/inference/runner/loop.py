@@ -26,8 +26,8 @@ What it does with less work than datatrove's runner, per document (profiled agai
 
 The server is anything ``make_server(rank)`` returns with this contract (finephrase's ``ReplicaPool``): an async
 context manager whose ``request(payload)`` returns an OpenAI-style chat completion (``choices[0].message``,
-``usage``) or raises ``InferenceError`` (a refusal whose message holds ``BadRequestError`` is a bad request) or
-``ServerError`` / ``GeneratorError`` (the task cannot go on). Retries are the server's business.
+``usage``) or raises :class:`~finephrase.errors.RequestFailed` (a bad request: stored in the request cache and
+raised again, of the same kind, on resume) or ``ServerError`` / ``GeneratorError`` (the task cannot go on). Retries are the server's business.
 
 What a SIGKILL can cost is unchanged in kind: documents whose checkpoint line was not yet written are processed
 again on resume, their requests answered from the request cache when it already holds them (both are written
@@ -50,16 +50,11 @@ from datatrove.pipeline.inference.types import InferenceError, InferenceResult, 
 from datatrove.utils.stats import TimingStats
 from loguru import logger
 
-from finephrase.errors import GeneratorError
+from finephrase.errors import GeneratorError, RequestFailed
 from finephrase.inference.runner.admission import DocumentTasks, FastSemaphore
 from finephrase.inference.runner.checkpoints import FastCheckpointManager
 from finephrase.inference.runner.request_cache import BatchedRequestCache, result_row
 from finephrase.inference.runner.stat_buffer import StatBuffer
-
-
-def is_bad_request_error(error) -> bool:
-    """datatrove's rule: a refusal of the request itself (skipped when ``skip_bad_requests``), not of the server."""
-    return "BadRequestError" in str(error)
 
 
 class LeanInferenceRunner(StatBuffer, PipelineStep):
@@ -329,7 +324,7 @@ class LeanInferenceRunner(StatBuffer, PipelineStep):
                 doc.metadata["__no_rollouts_remove"] = True
             await self.finish_document(doc, rank, chunk_index, output)
         except InferenceError as e:
-            if self.skip_bad_requests and is_bad_request_error(e):
+            if self.skip_bad_requests and isinstance(e, RequestFailed):
                 logger.warning(f"Skipping document {doc.id} due to bad request: {e.error}")
                 self.stat_update("skipped_bad_requests", value=1, unit="document")
                 self.stat_update("failed_rollouts", value=1, unit="document")
@@ -382,16 +377,15 @@ class LeanInferenceRunner(StatBuffer, PipelineStep):
             return await self.send_request(server, payload, semaphore)
         payload_hash = cache.prepare_payload(payload)
         cached, error = await cache.get_cached_response(doc_id, rollout_idx, payload_hash=payload_hash)
-        if error is not None and is_bad_request_error(error):
-            raise InferenceError(None, error, payload=payload)
+        if error is not None:  # only refusals are stored
+            raise RequestFailed.from_stored(error)
         if cached is not None:
             return InferenceResult(text=cached["text"], finish_reason=cached["finish_reason"],
                                    usage=cached["usage"], reasoning=cached.get("reasoning", ""))
         try:
             result = await self.send_request(server, payload, semaphore)
-        except InferenceError as e:
-            if is_bad_request_error(e):
-                await cache.store_error(chunk_index, doc_id, rollout_idx, str(e), payload_hash=payload_hash)
+        except RequestFailed as e:
+            await cache.store_error(chunk_index, doc_id, rollout_idx, e.stored(), payload_hash=payload_hash)
             raise
         await cache.store_result(chunk_index, doc_id, rollout_idx, result_row(result), payload_hash=payload_hash)
         return result

@@ -35,17 +35,13 @@ from pathlib import Path
 
 from loguru import logger
 
-from finephrase.errors import FinephraseError, ReplicasCrashed
-from finephrase.lifetime import preexec_die_with_parent
+from finephrase.errors import EmbeddedServerError, ReplicasCrashed
 from finephrase.inference.endpoints import READY_REQUEST, deregister, register
+from finephrase.lifetime import preexec_die_with_parent
 
 DEFAULT_ALIAS = "SmolLM2-135M-Instruct"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SETUP_COMMAND = "finephrase setup-embedded"  # the portable llama.cpp build and the model wheels
-
-
-class EmbeddedServerError(FinephraseError, RuntimeError):
-    pass
 
 
 def default_gguf_path() -> str:

@@ -19,7 +19,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from finephrase.errors import FinephraseError
+from finephrase.errors import ConversionError
 
 MODELS_ENV = "FINEPHRASE_MODELS_DIR"
 MARKER = "conversion.json"
@@ -51,10 +51,6 @@ save_file({k: v.contiguous() for k, v in weights.items()}, os.path.join(out, "mo
 tokenizer.save_pretrained(out)
 print(json.dumps({"transformers": transformers.__version__, "chat_template": bool(tokenizer.chat_template)}))
 """
-
-
-class ConversionError(FinephraseError, RuntimeError):
-    pass
 
 
 def models_root() -> Path:

@@ -49,7 +49,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from finephrase.errors import FinephraseError
+from finephrase.errors import EmbeddedSetupError
 
 LLAMA_CPP_VERSION = "0.3.36"
 LLAMA_CPP_PACKAGE = "llama-cpp-python"
@@ -70,10 +70,6 @@ X86_BASELINE = (
     ("BMI2", "bmi2"),
 )
 X86_MACHINES = {"x86_64", "amd64", "x64", "i386", "i686"}
-
-
-class EmbeddedSetupError(FinephraseError, RuntimeError):
-    """The embedded generator cannot be set up (a build or an install failed): the command and its exit code."""
 
 
 def cpu_flags(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> set[str] | None:

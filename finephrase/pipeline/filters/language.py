@@ -14,12 +14,8 @@ from datatrove.pipeline.filters.language_filter import (
 )
 from datatrove.utils.lid import FastTextLID
 
-from finephrase.errors import FinephraseError
+from finephrase.errors import LidModelMissing
 from finephrase.quality.fasttext_model import load_fasttext
-
-
-class LidModelMissing(FinephraseError, FileNotFoundError):
-    """No language-id model: the message names the command that installs one."""
 
 
 def default_lid_model() -> str:

@@ -15,6 +15,7 @@ from datatrove.pipeline.filters.base_filter import BaseFilter
 
 from finephrase.quality.fasttext_model import load_fasttext
 from finephrase.quality.scorers import TransformersScorer, int_score, is_transformers_model, label_score
+from finephrase.stats import QUALITY_SCORE
 
 
 class QualityFilter(BaseFilter):
@@ -41,7 +42,7 @@ class QualityFilter(BaseFilter):
 
     def filter(self, doc) -> bool:
         score = label_score(self.model, doc.text, self.label)
-        doc.metadata["quality_score"] = round(score, 6)
+        doc.metadata[QUALITY_SCORE] = round(score, 6)
         if score >= self.threshold:
             return True
         return False, "low_quality"
@@ -79,7 +80,7 @@ class TransformersQualityFilter(BaseFilter):
         scores = self.scorer.score_batch([doc.text for doc in batch])
         out = []
         for doc, score in zip(batch, scores):
-            doc.metadata["quality_score"] = round(score, 6)
+            doc.metadata[QUALITY_SCORE] = round(score, 6)
             if self.scorer.regression:
                 doc.metadata["quality_int_score"] = int_score(score)
             out.append(True if score >= self.threshold else (False, "low_quality"))

@@ -45,7 +45,7 @@ ROW_SCHEMA = pa.schema(
         ("chunks", pa.int64()),
         ("language", pa.string()),
         ("language_score", pa.float64()),
-        ("quality_score", pa.float64()),
+        (names.QUALITY_SCORE, pa.float64()),
         ("output_quality_score", pa.float64()),
         ("quality_uplift", pa.float64()),
         ("bucket", pa.string()),

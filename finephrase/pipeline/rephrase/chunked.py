@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING
 
 from datatrove.pipeline.inference.types import InferenceError
 
-from finephrase.inference.client.pool import InputTooLong, RequestRejected
-from finephrase.prompts import ChunkContext, Prompt, chunk_context_for
+from finephrase import stats as names
+from finephrase.errors import InputTooLong, RequestRejected
 from finephrase.pipeline.formatters.output_checks import clean_output
 from finephrase.pipeline.rephrase.splitting import split_chunks
-from finephrase import stats as names
+from finephrase.prompts import ChunkContext, Prompt, chunk_context_for
 
 if TYPE_CHECKING:  # pragma: no cover
     from finephrase.inference.client.tokens import TokenCounter

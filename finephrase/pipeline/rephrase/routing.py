@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from finephrase.prompts import Prompt
+from finephrase.stats import QUALITY_SCORE
 
 BELOW_BUCKETS = "below-buckets"
 UNSCORED = "unscored"
@@ -41,7 +42,6 @@ class Router:
     def __init__(self, routing: dict | None, prompts: list[Prompt]):
         self.prompts = list(prompts)
         self.routing = routing or {}
-        self.by = self.routing.get("by", "quality_score")
         self.buckets, self.unscored = self._buckets()
 
     def _buckets(self) -> tuple[list[Bucket], tuple[Prompt, ...]]:
@@ -61,7 +61,7 @@ class Router:
 
     def bucket(self, metadata: dict) -> Bucket | None:
         """The bucket of a scored document (None: unscored, or below every bucket)."""
-        score = metadata.get(self.by)
+        score = metadata.get(QUALITY_SCORE)
         if score is None:
             return None
         return next((b for b in self.buckets if float(score) >= b.min), None)
@@ -78,7 +78,7 @@ class Router:
     def route(self, metadata: dict) -> tuple[str | None, list[Prompt]]:
         if not self.routing:
             return None, self.prompts
-        if metadata.get(self.by) is None:
+        if metadata.get(QUALITY_SCORE) is None:
             return UNSCORED, list(self.unscored)
         found = self.bucket(metadata)
         return (found.name, list(found.prompts)) if found else (BELOW_BUCKETS, [])

@@ -33,17 +33,17 @@ from datatrove.pipeline.inference.run_inference import InferenceConfig
 from datatrove.pipeline.inference.types import InferenceError
 from loguru import logger
 
-from finephrase.errors import GeneratorRejected
-from finephrase.inference.client.pool import RequestRejected, rejection_hint
+from finephrase import stats as names
+from finephrase.errors import GeneratorRejected, RequestRejected
+from finephrase.inference.client.pool import rejection_hint
 from finephrase.inference.client.request_builder import RequestBuilder
-from finephrase.inference.runner.loop import LeanInferenceRunner
 from finephrase.inference.client.tokens import TokenCounter
+from finephrase.inference.runner.loop import LeanInferenceRunner
 from finephrase.inference.runner.writer import LeanJsonlWriter, jsonl_adapter
-from finephrase.prompts import Prompt, load_prompt
 from finephrase.pipeline.rephrase.chunked import rewrite_chunked
 from finephrase.pipeline.rephrase.routing import Router
 from finephrase.pipeline.rephrase.truncate import rewrite_truncated
-from finephrase import stats as names
+from finephrase.prompts import Prompt, load_prompt
 
 STRATEGIES = {"truncate": rewrite_truncated, "chunked": rewrite_chunked}  # prompt.context -> strategy
 UNBOUNDED = 100_000  # requests in flight when the recipe sets no bound (the replicas' windows are the limit)

@@ -2,7 +2,7 @@
 
 The budget is the server's context window minus ``max_new_tokens``, the prompt's own tokens and a margin
 (:class:`~finephrase.inference.client.request_builder.RequestBuilder`). When the server still answers "input too long"
-(:class:`~finephrase.inference.client.pool.InputTooLong`: 413, or a 400/422 saying so) the document is cut to half the
+(:class:`~finephrase.errors.InputTooLong`: 413, or a 400/422 saying so) the document is cut to half the
 budget and sent once more; a second refusal fails this prompt for this document (the step counts it).
 
 A strategy is ``async (tools, prompt, source, params, generate) -> entry fields``; ``tools`` is the step, seen
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from finephrase.inference.client.pool import InputTooLong
+from finephrase import stats as names
+from finephrase.errors import InputTooLong
 from finephrase.inference.client.tokens import TokenCounter
 from finephrase.prompts import Prompt
-from finephrase import stats as names
 
 
 class RewriteTools(Protocol):
