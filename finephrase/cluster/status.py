@@ -116,14 +116,14 @@ def _progress(output: str) -> tuple[int, int]:
 
 def _documents_in(output: str, stages: list[StageStatus]) -> int | None:
     """The rephrase stage's input: what the stage before it wrote (its merged stats), once that stage is done."""
-    from finephrase.report.stats import _counters, load_stage_stats
+    from finephrase.report.stats import counters, load_stage_stats
 
     names = [s.name for s in stages]
     if "rephrase" not in names or names.index("rephrase") == 0:
         return None
     before = stages[names.index("rephrase") - 1]
     steps = load_stage_stats(output, before.name) if before.done == before.tasks else []
-    return int(_counters(steps[-1]).get("total", 0)) if steps else None
+    return int(counters(steps[-1]).get("total", 0)) if steps else None
 
 
 def _rates(output: str, st: RunStatus, started: float) -> None:

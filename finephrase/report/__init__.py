@@ -14,6 +14,8 @@ What lives here:
 * :mod:`~finephrase.report.table` — the end-of-run table; :mod:`~finephrase.report.problems` — why a run
   produced nothing;
 * :mod:`~finephrase.report.finish` — the end of every run (local or cluster): report, card, ``report.html``;
+* :mod:`~finephrase.report.views` — the run's facts shaped for a reader (the generator, the prompts' sampling, the
+  prompts' configs, numbers as printed), shared by the card and ``report.html``;
 * :mod:`~finephrase.report.card` — the dataset card: renders the report through ``cards/dataset_card.md.j2``
   (the run and the push render the same card);
 * :mod:`~finephrase.report.html` — ``OUTPUT/report.html``, one self-contained page (samples, funnel, distributions,

@@ -15,7 +15,6 @@ When an output is pushed to a repository that already holds configs from an earl
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 
@@ -23,8 +22,6 @@ import yaml
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from finephrase.inference.client.backends import backend_for
-from finephrase.inference.client.request_builder import DEFAULT_MAX_NEW_TOKENS
-from finephrase.inference.client.fleet import fleet_line
 from finephrase.inference.client.tokens import CHARS_PER_TOKEN
 from finephrase.prompts import Prompt
 from finephrase.report import (
@@ -42,6 +39,7 @@ from finephrase.resources import card_template
 from finephrase.pipeline.formatters.rows import ROW_COLUMNS
 from finephrase.pipeline.mix import MIX_SCHEMA_COLUMNS
 from finephrase.redact import redact_secrets
+from finephrase.report.views import fmt_num, generator_view, prompt_configs, prompt_views
 
 COLUMN_NOTES = {"text": " (generated)", "generation_params": " (JSON)", "mix.kind": " (`real` or `synthetic`)",
                 "mix.mixed_with": " (the prompt whose share a real document counts toward)"}
@@ -118,24 +116,6 @@ def _size_category(n: int) -> str:
     return "n>1T"
 
 
-def _fmt_num(v) -> str:
-    if isinstance(v, float) and not v.is_integer():
-        return f"{v:,.1f}"
-    try:
-        return f"{int(v):,}"
-    except (TypeError, ValueError):
-        return str(v)
-
-
-def _prompt_configs(report: RunReport, prompts: list[Prompt]) -> list[ConfigFiles]:
-    """The report's configs of ``prompts`` (those with files), in the prompts' order."""
-    for p in prompts:
-        if p.config_name in SPECIAL_CONFIGS:
-            raise ValueError(f"prompt {p.ref!r}: the config name {p.config_name!r} is reserved (all, mix)")
-    found = (report.config(p.config_name) for p in prompts)
-    return [c for c in found if c is not None and c.name not in SPECIAL_CONFIGS]
-
-
 def _total(configs: list[ConfigFiles]) -> ConfigFiles | None:
     if not configs:
         return None
@@ -173,60 +153,6 @@ def _card_data(recipe, prompts: list[Prompt], yaml_configs: list[dict], rows: in
         tags=list(dict.fromkeys(["synthetic", "rephrased", "finephrase", *sorted({p.set for p in prompts})])),
         configs=yaml_configs,
     )
-
-
-def _revision(report: RunReport, configs: list[ConfigFiles]) -> str | None:
-    """The model revision as it ran: the generator's, else the one(s) in the rows' ``model_revision``."""
-    if report.generator.get("model_revision"):
-        return report.generator["model_revision"]
-    revisions = sorted({r for c in configs for r in c.model_revisions})
-    return ", ".join(revisions) if revisions else None
-
-
-def _generator_view(report: RunReport, recipe, configs: list[ConfigFiles]) -> dict:
-    gen, g, counts = report.generator, recipe.generator, report.counts
-    server = gen.get("server", g.server)
-    if counts is not None:  # every generation, failed or dropped ones included
-        prompt_tokens = sum(p.prompt_tokens for p in counts.prompts.values())
-        completion_tokens = sum(p.completion_tokens for p in counts.prompts.values())
-    else:  # no counts: the rows written
-        prompt_tokens, completion_tokens = (sum(c.prompt_tokens for c in configs),
-                                            sum(c.completion_tokens for c in configs))
-    inference_s = (counts.inference_time_s if counts else None) or 0
-    throughput = None
-    if inference_s and completion_tokens:
-        throughput = {"completion": completion_tokens / inference_s,
-                      "total": (prompt_tokens + completion_tokens) / inference_s}
-    gpu_hours, gpus = gen.get("gpu_hours"), gen.get("gpus") or gen.get("gpu_count")
-    if gpu_hours is None and gpus and inference_s:
-        gpu_hours = gpus * inference_s / 3600
-    facts = backend_for(server).card_facts(g, gen)
-    return {
-        "model": gen.get("model") or g.model or "unknown", "revision": _revision(report, configs),
-        "gguf_sha256": gen.get("gguf_sha256"), "server": server, "context": facts["context"], "extra": facts["extra"],
-        "concurrency": gen.get("concurrency") or g.concurrency or "adaptive", "sampling": g.params.model_dump(exclude_none=True),
-        "inference_s": inference_s, "throughput": throughput, "gpu_hours": gpu_hours,
-        "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-        "fleet": fleet_line(gen.get("fleet")),
-    }
-
-
-def _prompt_views(report: RunReport, recipe, prompts: list[Prompt]) -> list[dict]:
-    """Each prompt with the sampling parameters it ran with (every row's, else its defaults and the recipe's)."""
-    sampling = recipe.generator.params.model_dump(exclude_none=True)
-    views = []
-    for p in prompts:
-        params = {**p.generation, **sampling}
-        params.setdefault("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
-        config = report.config(p.config_name)
-        if config is not None and config.generation_params:
-            try:
-                params = json.loads(config.generation_params)
-            except ValueError:
-                pass
-        views.append({**p.to_dict(), "ref": p.ref, "config_name": p.config_name, "params": params,
-                      "file": f"prompts/{p.set}/{p.name}.yaml"})
-    return views
 
 
 def _mix_tokenizer(recipe) -> str | None:
@@ -343,7 +269,7 @@ def render_card(report: RunReport, recipe, prompts: list[Prompt], repo_id: str |
             published (see :func:`finephrase.hub.push_output`).
     """
     repo_id = repo_id or recipe.output.hub_repo or f"your-org/{recipe.name}"
-    configs, mix = _prompt_configs(report, prompts), report.config(MIX)
+    configs, mix = prompt_configs(report, prompts), report.config(MIX)
     local = [c.name for c in configs] + ([MIX] if mix else [])
     yaml_configs = dataset_configs([local_entry(name) for name in local], kept_configs)
     total = _total(configs)
@@ -354,20 +280,20 @@ def render_card(report: RunReport, recipe, prompts: list[Prompt], repo_id: str |
         pretty_name=card_data.pretty_name,
         description=(recipe.description or "").strip(),
         repo_id=repo_id,
-        prompts=_prompt_views(report, recipe, prompts),
+        prompts=prompt_views(report, recipe, prompts),
         configs=([total] if total else []) + configs + ([mix] if mix else []),
         kept_configs=kept_names(yaml_configs, local),
         run=report.counts,
         step_rows=_step_rows(report),
         source=_source_view(recipe.source),
         license_text=recipe.output.license or recipe.source.license or "unknown",
-        generator=_generator_view(report, recipe, configs),
+        generator=generator_view(report, recipe, configs),
         mix=_mix_view(report, recipe, mix),
         output_checks=recipe.output_checks,
         cleaning=_cleaning_view(report, recipe),
         quality=_quality_view(report, recipe, prompts),
         recipe_text=(recipe.raw_text or "").strip(),
-        fmt=_fmt_num,
+        fmt=fmt_num,
         row_columns=ROW_COLUMNS,
         mix_columns=MIX_SCHEMA_COLUMNS,
         column_notes=COLUMN_NOTES,

@@ -7,7 +7,7 @@ library), and its data as JSON, so it opens from ``file://`` and as a file of th
 What it shows, all from the run report (:mod:`finephrase.report`) and the parquet files:
 
 * the run: generator, prompts (verbatim, sha256) and throughput, from the same views the dataset card renders
-  (:func:`finephrase.report.card._generator_view` / ``_prompt_views``), so the two never disagree;
+  (:func:`finephrase.report.card.generator_view` / ``prompt_views``), so the two never disagree;
 * the funnel: documents in, kept and dropped by every step, with the drop reasons (:func:`.plots.funnel_steps`);
 * distributions over every row: source vs generated tokens, generated/source ratio, completion tokens per prompt,
   finish reasons and flags per config, quality and language scores (binned here: the page holds counts);
@@ -27,6 +27,7 @@ from finephrase.plan import load_plan
 
 from finephrase.report import plots
 from finephrase.report.samples import DEFAULT_MAX_CHARS, DEFAULT_SAMPLES, ConfigRows, read_config
+from finephrase.report.views import fmt_num, generator_view, prompt_configs, prompt_views
 
 REPORT_FILE = "report.html"
 NO_FLAG = "(none)"
@@ -105,12 +106,12 @@ def _config_views(report, configs: list[ConfigRows]) -> list[dict]:
 
 def _run_views(output: str, recipe, prompts, report) -> dict:
     """The run's facts the page prints: the card's own views of the generator and the prompts."""
-    from finephrase.report.card import _generator_view, _prompt_configs, _prompt_views, scrub
+    from finephrase.report.card import scrub
 
-    generator = _generator_view(report, recipe, _prompt_configs(report, prompts))
+    generator = generator_view(report, recipe, prompt_configs(report, prompts))
     generator["extra"] = {k: scrub(str(v)) for k, v in generator["extra"].items()}
     return {"name": recipe.name, "description": (recipe.description or "").strip(), "generator": generator,
-            "prompts": _prompt_views(report, recipe, prompts), "wall_time_s": report.wall_time_s,
+            "prompts": prompt_views(report, recipe, prompts), "wall_time_s": report.wall_time_s,
             "limit": report.limit, "tasks": report.tasks, "counts": report.counts, "output": os.path.basename(
                 os.path.abspath(output))}
 
@@ -159,13 +160,7 @@ def render_html(page: dict) -> str:
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return env.get_template(template.name).render(
         run=page["run"], data=page["data"], data_json=script_json(page["data"]), chart_js=_chart_js(),
-        generated_at=now, fmt=_fmt)
-
-
-def _fmt(v) -> str:
-    from finephrase.report.card import _fmt_num
-
-    return _fmt_num(v)
+        generated_at=now, fmt=fmt_num)
 
 
 def write_html_report(output: str, plan=None, report=None, samples: int = DEFAULT_SAMPLES,

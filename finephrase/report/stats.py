@@ -55,14 +55,15 @@ def load_stage_stats(output: str, stage: str) -> list[dict]:
         return json.load(f)
 
 
-def _counters(step: dict) -> dict:
+def counters(step: dict) -> dict:
+    """A datatrove step's stats (its ``stats.json`` entry) as name -> total."""
     return {k: total(v) for k, v in (step.get("stats") or {}).items()}
 
 
 def _carrying(steps: list[dict], keys) -> list[dict]:
     """The counters of the steps that carry one of ``keys``."""
     keys = set(keys)
-    return [c for c in map(_counters, steps) if keys & c.keys()]
+    return [c for c in map(counters, steps) if keys & c.keys()]
 
 
 def _value(steps: list[dict], key: str):
@@ -73,7 +74,7 @@ def _value(steps: list[dict], key: str):
 def _filters(steps: list[dict]) -> list[FilterCount]:
     out = []
     for step in steps:
-        c = _counters(step)
+        c = counters(step)
         if names.FORWARDED in c or names.DROPPED in c:
             out.append(FilterCount(name=step["name"].split(": ", 1)[-1], documents_in=c.get(names.TOTAL, 0),
                                    kept=c.get(names.FORWARDED, 0), dropped=c.get(names.DROPPED, 0)))
@@ -117,7 +118,7 @@ def _prompt(rows: dict, name: str) -> PromptCount:
 
 def _rows_counters(steps: list[dict], stats=ROWS_STATS) -> dict:
     """The rows step's per-prompt counters (``<stat>/<prompt>...``)."""
-    return {k: v for c in map(_counters, steps) for k, v in c.items() if k.partition("/")[0] in stats
+    return {k: v for c in map(counters, steps) for k, v in c.items() if k.partition("/")[0] in stats
             and "/" in k}
 
 
@@ -130,17 +131,17 @@ def _output_counters(output: str) -> dict:
     return out
 
 
-def _per_set(counters: dict, stat: str) -> dict[str, int]:
+def _per_set(step_counts: dict, stat: str) -> dict[str, int]:
     prefix = stat + "/"
-    return {k[len(prefix):]: v for k, v in counters.items() if k.startswith(prefix)}
+    return {k[len(prefix):]: v for k, v in step_counts.items() if k.startswith(prefix)}
 
 
 def _decontamination(output: str, filter_stage: list[dict]) -> DecontCount | None:
-    index = {k: v for c in map(_counters, load_stage_stats(output, names.STAGE_DECONT_INDEX)) for k, v in c.items()}
+    index = {k: v for c in map(counters, load_stage_stats(output, names.STAGE_DECONT_INDEX)) for k, v in c.items()}
     if not index:
         return None
     prefix = names.SOURCE_CONTAMINATED_PREFIX
-    sources = {k[len(prefix):]: v for c in map(_counters, filter_stage) for k, v in c.items() if k.startswith(prefix)}
+    sources = {k[len(prefix):]: v for c in map(counters, filter_stage) for k, v in c.items() if k.startswith(prefix)}
     return DecontCount(passages=_per_set(index, names.EVAL_PASSAGES), ngrams=_per_set(index, names.EVAL_NGRAMS),
                        sources_dropped=sources)
 
@@ -148,7 +149,7 @@ def _decontamination(output: str, filter_stage: list[dict]) -> DecontCount | Non
 def _routing(steps: list[dict]) -> dict[str, RoutedCount]:
     """``routed/<bucket>`` and ``routed/<bucket>/<prompt>`` of the rows step."""
     out: dict[str, RoutedCount] = {}
-    for key, value in ((k, v) for c in map(_counters, steps) for k, v in c.items()):
+    for key, value in ((k, v) for c in map(counters, steps) for k, v in c.items()):
         stat, _, rest = key.partition("/")
         if stat != names.ROUTED or not rest:
             continue
@@ -165,18 +166,18 @@ def _mix(output: str) -> MixCount | None:
     found = _carrying(load_stage_stats(output, names.STAGE_MIX), names.MIX_STATS)
     if not found:
         return None
-    counters = found[0]
+    step_counts = found[0]
     per_prompt: dict[str, dict[str, int]] = {}
-    for key, value in counters.items():
+    for key, value in step_counts.items():
         stat, _, prompt = key.partition("/")
         if prompt and stat in names.MIX_PER_PROMPT_STATS:
             per_prompt.setdefault(prompt, {s: 0 for s in names.MIX_PER_PROMPT_STATS})[stat] = value
-    return MixCount(**{k: counters.get(k, 0) for k in names.MIX_STATS}, per_prompt=per_prompt)
+    return MixCount(**{k: step_counts.get(k, 0) for k in names.MIX_STATS}, per_prompt=per_prompt)
 
 
 def counts_from_stats(output: str, stages: list[str], prompts: list[str]) -> RunCounts:
     """Read the stats of ``stages`` (stage names, as run) for ``prompts`` (prompt names)."""
-    steps = [StepCount(stage=stage, step=step["name"], stats=_counters(step))
+    steps = [StepCount(stage=stage, step=step["name"], stats=counters(step))
              for stage in stages for step in load_stage_stats(output, stage)]
     filter_stage = load_stage_stats(output, names.STAGE_FILTER)
     reader = next(iter(_carrying(filter_stage, names.READER_STATS)), {})

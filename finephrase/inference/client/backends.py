@@ -160,7 +160,7 @@ class EmbeddedBackend(Backend):
         with self.servers(g, log_dir, engine=choice.engine) as servers:
             yield GeneratorRuntime(
                 endpoints=servers.endpoints, protocol="openai", model=servers.alias,
-                tokenizer=g.tokenizer or servers.tokenizer, context_length=g.context_length or g.n_ctx,
+                tokenizer=g.tokenizer or servers.tokenizer, context_length=self.request_settings(g).context_length,
                 state_file=servers.state_file, concurrency=servers.concurrency,
             ), {"server": self.name, "engine": servers.engine, "engine_version": servers.version,
                 "engine_choice": choice.reason, "gguf": os.path.basename(servers.gguf),
@@ -191,7 +191,8 @@ class EmbeddedBackend(Backend):
     def card_facts(self, g: GeneratorConfig, provenance: dict) -> dict:
         extra = {k: provenance[k] for k in ("engine", "engine_version", "engine_choice", "gguf", "replicas",
                                             "threads", "threads_choice", "dtype") if provenance.get(k) is not None}
-        return {"context": g.context_length or provenance.get("n_ctx") or g.n_ctx, "extra": extra}
+        return {"context": g.context_length or provenance.get("n_ctx") or self.request_settings(g).context_length,
+                "extra": extra}
 
 
 BACKENDS: dict[str, Backend] = {}
