@@ -180,13 +180,29 @@ def test_status_reports_the_true_numbers(launched):
 
 def test_colocated_gives_the_same_rows_as_pool(launched, tmp_path):
     """cluster.placement: colocated: no server job; the rephrase task starts its own server through the same
-    template (on its node, registered in a node-local endpoints file) and stops it when it ends."""
+    template (on its node, registered in a node-local endpoints file, listed where `finephrase status` reads) and
+    stops it when it ends."""
+    import threading
+
     recipe = write_recipe(tmp_path / "recipe.yaml", {"cluster": {"placement": "colocated"}}, base=launched["recipe"])
     out = tmp_path / "out"
+    listed, seen, done = out / ".finephrase" / "endpoints.txt", set(), threading.Event()
+
+    def watch():  # the listing lives only while the task's server does
+        while not done.is_set():
+            seen.update(listed.read_text().split() if listed.exists() else ())
+            time.sleep(0.05)
+
     marker, env = run_marker()
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     run_cli("launch", str(recipe), "--executor", "slurm", "--output", str(out), env={**env, **SECRETS})
     try:
         wait_complete(out)
+        done.set()
+        watcher.join()
+        assert load_ledger(str(out)).endpoints_file == str(listed)  # what `finephrase status` reads
+        assert len(seen) == 1 and listed.read_text().split() == [], "listed while it served, gone when it stopped"
         first = load_ledger(str(out)).launches[0]
         assert first.servers == [] and first.supervisor is None
         assert rows(out) == rows(launched["out"])

@@ -27,6 +27,7 @@ from finephrase.cluster.servers import (
     colocated_server,
     endpoints_file,
     job_prefix,
+    listed_endpoints_file,
     live_servers,
     submit_servers,
 )
@@ -197,7 +198,7 @@ def launch(recipe: Recipe, executor: str = "slurm", servers: int | None = None, 
     os.makedirs(RunPaths(output).work, exist_ok=True)
     save_plan(plan, output)  # what the stages' tasks and the finish job read
     ledger = load_ledger(output) or Ledger()
-    ledger.recipe, ledger.endpoints_file = os.path.abspath(recipe.path), endpoints_file(recipe, output)
+    ledger.recipe, ledger.endpoints_file = os.path.abspath(recipe.path), listed_endpoints_file(recipe, output)
     needs_slurm = executor == "slurm" or count > 0
     if needs_slurm:
         _check_idle(ledger)

@@ -30,16 +30,25 @@ def endpoints_file(recipe: Recipe, output: str) -> str:
     return RunPaths(output).w(ENDPOINTS_FILE)
 
 
+def listed_endpoints_file(recipe: Recipe, output: str) -> str:
+    """The endpoints file ``finephrase status`` reads: the run's; for ``cluster.placement: colocated`` the run's
+    ``OUTPUT/.finephrase/endpoints.txt``, where each task's server is listed besides its node-local file."""
+    if recipe.cluster and recipe.cluster.placement == "colocated" and not recipe.generator.endpoints_file:
+        return RunPaths(output).w(ENDPOINTS_FILE)
+    return endpoints_file(recipe, output)
+
+
 def colocated_server(recipe: Recipe, output: str) -> str:
     """The lines a colocated rephrase task runs first: its own server (the server template, run by bash in the
     background on the task's node), stopped when the task's script exits."""
     log_dir = RunPaths(output).w("logs", "servers")
     os.makedirs(log_dir, exist_ok=True)
     cluster = recipe.cluster or ClusterConfig()
+    registered, listed = endpoints_file(recipe, output), listed_endpoints_file(recipe, output)
     script = render_server_job(recipe, ServerJob(
-        endpoints_file=endpoints_file(recipe, output), log_dir=log_dir,
+        endpoints_file=registered, log_dir=log_dir,
         job_name=f"{job_prefix(recipe)}-server-{server_kind(recipe)}", partition=None,
-        env_command=activate_command(cluster)))
+        env_command=activate_command(cluster), listed_in=listed if listed != registered else None))
     path = os.path.join(log_dir, "colocated.sh")
     write_redacted(path, script, cluster)
     out = shlex.quote(log_dir) + '/"colocated-${SLURM_JOB_ID:-local}.out"'

@@ -120,6 +120,7 @@ class ServerJob:
     job_name: str
     partition: str | None
     env_command: str = ""
+    listed_in: str | None = None  # a second file the server also registers in, for `finephrase status` only
 
 
 def _environment() -> jinja2.Environment:
@@ -159,7 +160,8 @@ def render_server_job(recipe: Recipe, job: ServerJob, kind: str | None = None) -
     context_length, max_input_tokens = context_flags(cluster, model_path)
     return _environment().get_template("server.sbatch.j2").render(
         c=cluster, kind=kind, job_name=job.job_name, log_dir=job.log_dir, partition=job.partition,
-        endpoints_file=job.endpoints_file, env_command=job.env_command, model=model, model_path=model_path,
+        endpoints_file=job.endpoints_file, listed_in=job.listed_in or "", env_command=job.env_command, model=model,
+        model_path=model_path,
         container=cluster.container if kind != "embedded" else "none",
         container_cmd=container_prefix(cluster, kind, model_path), python=sys.executable,
         n_ctx=recipe.generator.n_ctx, ready_timeout=cluster.ready_timeout, time=cluster.server_time or cluster.time,
