@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 
 from datatrove.pipeline.inference.types import InferenceError
 
@@ -167,6 +168,23 @@ class RequestRejected(RequestFailed):
 # ---------------------------------------------------------------- cluster and Hub
 class ClusterError(FinephraseError):
     """A launch, status or stop cannot proceed (no Slurm, a job refused, a run folder without jobs)."""
+
+
+class RunStopped(ClusterError):
+    """A Ray launch stopped by a signal (``finephrase stop``: SIGTERM; Ctrl-C: SIGINT) before its stages were done.
+    ``resume``: the command that resumes it."""
+
+    def __init__(self, signum: int, stage: str, unfinished: int, tasks: int, resume: str | None = None):
+        self.signum, self.stage, self.unfinished, self.tasks = signum, stage, unfinished, tasks
+        self.exit_code = 128 + signum
+        fix = f"`{resume}` resumes" if resume else "launch again with the same --output to resume"
+        super().__init__(f"stopped by {signal.Signals(signum).name} in stage {stage} ({unfinished} of {tasks} "
+                         f"task(s) unfinished)", f"{fix} (finished tasks are skipped)")
+
+    @property
+    def line(self) -> str:
+        """What the driver says when it stops: one line (a stop is not an error)."""
+        return f"finephrase: {self.cause}; {self.fix}"
 
 
 class PushError(FinephraseError, FileNotFoundError):

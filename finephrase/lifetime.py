@@ -137,13 +137,33 @@ def children_die_with_this_process() -> None:
     _preload_in_forkserver()
 
 
-def _start_time(pid: int) -> str:
-    """The process's start time (clock ticks after boot, /proc/PID/stat): tells a pid's reuse apart."""
+def _stat_fields(pid: int) -> list[bytes]:
+    """/proc/PID/stat after the command name (state, ppid, ...; the start time is the 20th); [] when unreadable."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rpartition(b")")[2].split()[19].decode()
-    except (OSError, IndexError):
-        return ""
+            return f.read().rpartition(b")")[2].split()
+    except OSError:
+        return []
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time (clock ticks after boot, /proc/PID/stat): tells a pid's reuse apart."""
+    fields = _stat_fields(pid)
+    return fields[19].decode() if len(fields) > 19 else ""
+
+
+def process_identity(pid: int) -> str | None:
+    """``BOOT_ID:START_TICKS`` of a live process (not a zombie), or None when there is none (or no /proc): equal
+    identities are the same process, never a later one given the same pid (even after a reboot)."""
+    fields = _stat_fields(pid)
+    if len(fields) <= 19 or fields[0] in (b"Z", b"X"):
+        return None
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = ""
+    return f"{boot}:{fields[19].decode()}"
 
 
 def _same_process_alive(pid: int, start: str) -> bool:

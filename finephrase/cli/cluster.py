@@ -19,6 +19,7 @@ def _duration(seconds: float | None) -> str:
 
 
 def cmd_launch(args) -> int:
+    from finephrase.errors import RunStopped
     from finephrase.cluster.launch import launch
     from finephrase.recipe import load_recipe
 
@@ -29,8 +30,12 @@ def cmd_launch(args) -> int:
 
         push_to = recipe.output.hub_repo = push_repo(args.push_to, recipe.output.hub_repo)  # the card names it
         check_push_access(push_to)
-    result = launch(recipe, executor=args.executor, servers=args.servers, output=args.output, tasks=args.tasks,
-                    limit=args.limit, push_to=push_to, workers=args.workers)
+    try:
+        result = launch(recipe, executor=args.executor, servers=args.servers, output=args.output, tasks=args.tasks,
+                        limit=args.limit, push_to=push_to, workers=args.workers)
+    except RunStopped as e:  # `finephrase stop` (SIGTERM) or Ctrl-C on a Ray launch: not an error, one line
+        Console(stderr=True).print(e.line, soft_wrap=True, highlight=False, markup=False)
+        return e.exit_code
     if args.executor == "local":
         console.print(f"done: {result.output}", soft_wrap=True)
         return 0
@@ -77,7 +82,10 @@ def cmd_status(args) -> int:
                   f"{_duration(st.elapsed_s)}, ETA {_duration(st.eta_s)}", highlight=False)
     if st.fleet:
         console.print(f"fleet: {st.fleet}", highlight=False, soft_wrap=True)
-    console.print("complete" if st.complete else f"finish job: {(st.finish or '-').lower()}", highlight=False)
+    if st.driver:
+        console.print(f"ray driver: {st.driver}", highlight=False, soft_wrap=True)
+    if st.complete or not st.driver:
+        console.print("complete" if st.complete else f"finish job: {(st.finish or '-').lower()}", highlight=False)
     return 0
 
 
@@ -85,11 +93,14 @@ def cmd_stop(args) -> int:
     from finephrase.cluster.stop import stop_run
     from finephrase.errors import ClusterError
 
-    cancelled, left = stop_run(args.run_dir, timeout=args.timeout)
-    console.print(f"cancelled: {', '.join(cancelled) or 'nothing was queued'}", soft_wrap=True)
-    if left:
-        raise ClusterError(f"still in the queue after {args.timeout:.0f}s: {', '.join(left)}\n"
-                           "they are ending; check with `squeue -j " + ",".join(left) + "`")
+    stopped = stop_run(args.run_dir, timeout=args.timeout)
+    if stopped.driver:
+        console.print(f"ray driver: {stopped.driver}", soft_wrap=True, highlight=False)
+    if stopped.slurm or not stopped.driver:
+        console.print(f"cancelled: {', '.join(stopped.cancelled) or 'nothing was queued'}", soft_wrap=True)
+    if stopped.left:
+        raise ClusterError(f"still in the queue after {args.timeout:.0f}s: {', '.join(stopped.left)}\n"
+                           "they are ending; check with `squeue -j " + ",".join(stopped.left) + "`")
     return 0
 
 
@@ -112,7 +123,10 @@ def register(sub) -> None:
     st.add_argument("--no-probe", action="store_true", help="do not probe the replicas")
     st.set_defaults(func=cmd_status)
 
-    sp = sub.add_parser("stop", help="cancel every job a launched run submitted (by id)")
+    sp = sub.add_parser("stop", help="stop a launched run: cancel every Slurm job it submitted (by id), end its Ray "
+                        "driver (and so its Ray tasks)")
     sp.add_argument("run_dir")
-    sp.add_argument("--timeout", type=float, default=120.0)
+    sp.add_argument("--timeout", type=float, default=120.0,
+                    help="seconds to wait for the jobs to leave the queue, and for the Ray driver to end after "
+                         "SIGTERM (then SIGKILL)")
     sp.set_defaults(func=cmd_stop)

@@ -13,7 +13,8 @@
   releases them all when it ends (servers follow the work).
 - :mod:`~finephrase.cluster.launch`: ``finephrase launch``; :mod:`~finephrase.cluster.finish`: the job that writes
   the report and the card after the last stage and releases the servers; :mod:`~finephrase.cluster.status` and
-  :mod:`~finephrase.cluster.stop`: ``finephrase status`` / ``finephrase stop``.
+  :mod:`~finephrase.cluster.stop`: ``finephrase status`` / ``finephrase stop``; :mod:`~finephrase.cluster.driver`: a
+  Ray launch's driver process (recorded in the ledger, stopped by ``finephrase stop`` with SIGTERM).
 
 Servers: whatever ``generator.server`` says (``embedded``, ``openai``, ``tgi``), a launched recipe gets its replicas
 from ``cluster.servers`` server jobs of kind ``cluster.server`` (default: ``embedded`` for an embedded generator,

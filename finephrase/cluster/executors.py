@@ -3,8 +3,10 @@ chained with ``depends``) and ``RayPipelineExecutor``."""
 
 from __future__ import annotations
 
+import glob
 import os
 import shlex
+from collections.abc import Callable
 
 from datatrove.executor.slurm import SlurmPipelineExecutor
 
@@ -69,30 +71,64 @@ def launch_slurm(stages: list[Stage], executors: dict, recorders: dict[str, JobR
     return [StageJobs(name=s.name, tasks=s.tasks, kind=s.kind, jobs=list(recorders[s.name].ids)) for s in stages]
 
 
-def run_ray(stages: list[Stage], output: str, cluster: ClusterConfig, workers: int | None = None) -> None:
-    """Run the stages, in order, on the Ray cluster ``ray.init()`` finds (``RAY_ADDRESS``, else a local one); blocks.
-    Stages are not chained with ``depends`` (datatrove's Ray executor then polls a failed dependency forever): a
-    stage with a task left unfinished stops the run (a relaunch resumes it)."""
+def connect_ray() -> str:
+    """Connect this process, the driver, to the Ray cluster ``ray.init()`` finds (``RAY_ADDRESS``, else a local
+    one); the cluster's address."""
     import ray
+
+    if not ray.is_initialized():
+        ray.init(log_to_driver=False)
+    return ray.get_runtime_context().gcs_address
+
+
+def run_ray(stages: list[Stage], output: str, cluster: ClusterConfig, workers: int | None = None,
+            resume: str | None = None, on_stop: Callable | None = None) -> None:
+    """Run the stages, in order, on the Ray cluster (:func:`connect_ray`); blocks. Stages are not chained with
+    ``depends`` (datatrove's Ray executor then polls a failed dependency forever): a stage with a task left
+    unfinished stops the run (a relaunch resumes it). SIGTERM (``finephrase stop``) or Ctrl-C: datatrove's executor
+    cancels the stage's tasks and kills its actors on the way out, the driver disconnects (Ray ends what is left of
+    its job), and :class:`~finephrase.cluster.driver.RunStopped` (with ``resume``, the command that resumes) says
+    where it stopped; if that clean-up outlasts its grace, ``on_stop(RunStopped)`` and the process exits."""
+    import signal
+
+    import ray
+
+    from finephrase.cluster.driver import stop_on_sigterm
+    from finephrase.errors import RunStopped
+
+    connect_ray()
+    current, received = stages[0], []
+
+    def stopped(signum: int) -> RunStopped:
+        done = len(glob.glob(os.path.join(RunPaths(output).logs(current.name), "completions", "*")))
+        return RunStopped(signum, current.name, current.tasks - min(done, current.tasks), current.tasks, resume)
+
+    try:
+        with stop_on_sigterm(last_words=(lambda signum: on_stop(stopped(signum))) if on_stop else None) as received:
+            check_output_visible(output)
+            for current in stages:
+                _run_stage(current, output, cluster, workers)
+    except KeyboardInterrupt:  # driver.StopSignal (SIGTERM) or Ctrl-C
+        ray.shutdown()
+        raise stopped(received[0] if received else signal.SIGINT) from None
+
+
+def _run_stage(stage: Stage, output: str, cluster: ClusterConfig, workers: int | None) -> None:
     from datatrove.executor.ray import RayPipelineExecutor
 
     from finephrase.errors import ClusterError
 
-    if not ray.is_initialized():
-        ray.init(log_to_driver=False)
-    check_output_visible(output)
     paths = RunPaths(output)
-    for stage in stages:
-        executor = RayPipelineExecutor(
-            pipeline=stage.pipeline, tasks=stage.tasks, workers=workers or stage.tasks,
-            logging_dir=paths.logs(stage.name), skip_completed=True, cpus_per_task=cluster.task_cpus,
-            mem_per_cpu_gb=cluster.task_mem_per_cpu_gb)
-        executor.run()
-        left = executor.get_incomplete_ranks(skip_completed=True)
-        if left:
-            raise ClusterError(f"stage {stage.name}: {len(left)} of {stage.tasks} task(s) did not finish "
-                               f"(logs: {paths.logs(stage.name)})\nfix the cause, then launch again: finished tasks "
-                               "are skipped")
+    executor = RayPipelineExecutor(
+        pipeline=stage.pipeline, tasks=stage.tasks, workers=workers or stage.tasks,
+        logging_dir=paths.logs(stage.name), skip_completed=True, cpus_per_task=cluster.task_cpus,
+        mem_per_cpu_gb=cluster.task_mem_per_cpu_gb)
+    executor.run()
+    left = executor.get_incomplete_ranks(skip_completed=True)
+    if left:
+        raise ClusterError(f"stage {stage.name}: {len(left)} of {stage.tasks} task(s) did not finish "
+                           f"(logs: {paths.logs(stage.name)})\nfix the cause, then launch again: finished tasks are "
+                           "skipped")
 
 
 def check_output_visible(output: str) -> None:

@@ -1,8 +1,10 @@
 """The run's job ledger: ``OUTPUT/.finephrase/jobs.json``, every job a launch submitted, by id.
 
 ``{"launches": [{"time", "executor", "servers": [ids], "stages": [{"name", "tasks", "arrays": [ids], "jobs": [ids]}],
-"finish": id, "supervisor": id, "wanted_servers", "replaced"}], "endpoints_file": path, "recipe": path, "api_key_id": fingerprint}``. ``finephrase stop`` cancels exactly these ids;
-``finephrase status`` reads them back; a new launch reuses the server jobs still alive.
+"finish": id, "supervisor": id, "wanted_servers", "replaced", "driver": {"pid", "host", "identity", "address", "ended"}}],
+"endpoints_file": path, "recipe": path, "api_key_id": fingerprint}``. ``finephrase stop`` cancels exactly these ids
+(and stops a Ray launch's driver: the process named by ``driver``); ``finephrase status`` reads them back; a new
+launch reuses the server jobs still alive.
 """
 
 from __future__ import annotations
@@ -46,6 +48,17 @@ class StageJobs:
 
 
 @dataclass
+class RayDriver:
+    """The process that runs a Ray launch's stages (``finephrase launch --executor ray``, in the foreground)."""
+
+    pid: int
+    host: str  # socket.gethostname() of the machine it runs on
+    identity: str  # its boot id and start time (finephrase.lifetime.process_identity): a reused pid is not it
+    address: str | None = None  # the Ray cluster it drives (redacted)
+    ended: str | None = None  # "done", "stopped" or "failed" once it ended by itself (None: running, or killed)
+
+
+@dataclass
 class Launch:
     time: float
     executor: str
@@ -55,6 +68,7 @@ class Launch:
     supervisor: str | None = None  # the job that replaces dead server jobs and releases them all after rephrase
     wanted_servers: int = 0
     replaced: int = 0  # server jobs the supervisor submitted in place of dead ones
+    driver: RayDriver | None = None  # a Ray launch's driver process
 
     def all_ids(self) -> list[str]:
         ids = list(self.servers) + [j for s in self.stages for j in s.jobs]
@@ -88,7 +102,7 @@ def load_ledger(output: str) -> Ledger | None:
     launches = [Launch(time=x["time"], executor=x["executor"], servers=x.get("servers", []),
                        stages=[StageJobs(**s) for s in x.get("stages", [])], finish=x.get("finish"),
                        supervisor=x.get("supervisor"), wanted_servers=x.get("wanted_servers", 0),
-                       replaced=x.get("replaced", 0))
+                       replaced=x.get("replaced", 0), driver=RayDriver(**x["driver"]) if x.get("driver") else None)
                 for x in data.get("launches", [])]
     return Ledger(recipe=data.get("recipe"), endpoints_file=data.get("endpoints_file"),
                   api_key_id=data.get("api_key_id"), launches=launches)

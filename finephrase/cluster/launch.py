@@ -2,7 +2,7 @@
 
 A relaunch of the same output folder resubmits only what is unfinished (datatrove's completion markers; the rephrase
 checkpoints inside a task) and reuses the run's server jobs that are still alive; it refuses while a stage of an
-earlier launch is still queued (``finephrase status`` / ``finephrase stop``).
+earlier launch is still queued, or while its Ray driver still runs (``finephrase status`` / ``finephrase stop``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from finephrase.cluster import slurm
+from finephrase.cluster.driver import check_no_live_driver
 from finephrase.cluster.jobs import Launch, Ledger, load_ledger, save_ledger
 from finephrase.cluster.secrets import (
     API_KEY_ENV,
@@ -198,6 +199,7 @@ def launch(recipe: Recipe, executor: str = "slurm", servers: int | None = None, 
     os.makedirs(RunPaths(output).work, exist_ok=True)
     save_plan(plan, output)  # what the stages' tasks and the finish job read
     ledger = load_ledger(output) or Ledger()
+    check_no_live_driver(ledger, output)
     ledger.recipe, ledger.endpoints_file = os.path.abspath(recipe.path), listed_endpoints_file(recipe, output)
     needs_slurm = executor == "slurm" or count > 0
     if needs_slurm:
@@ -274,17 +276,35 @@ def _run_key_and_reused_servers(recipe: Recipe, ledger: Ledger, count: int) -> l
 
 def _launch_ray(recipe: Recipe, stages: list[Stage], output: str, ledger: Ledger, workers: int | None,
                 push_to: str | None) -> None:
-    """The stages on Ray, blocking; then the finish step (report, card, push; releases server jobs if any). A
-    failed Ray run releases its server jobs too."""
-    from finephrase.cluster.executors import run_ray
+    """The stages on Ray, blocking; then the finish step (report, card, push; releases server jobs if any). The
+    ledger records this process as the launch's driver (``finephrase stop`` signals it) and how it ended. A failed
+    or stopped Ray run releases its server jobs too."""
+    from finephrase.cluster.driver import this_driver
+    from finephrase.errors import RunStopped
+    from finephrase.cluster.executors import connect_ray, run_ray
     from finephrase.cluster.finish import finish
 
     current = ledger.launches[-1]
     current.stages = [_stage_entry(s) for s in stages]
+    current.driver = this_driver(None)
     save_ledger(output, ledger)
+
+    def last_words(stop: RunStopped) -> None:  # the driver exits without unwinding (its clean-up took too long)
+        if current.driver.ended:  # it did unwind: the line is said already (or about to be)
+            return
+        print(stop.line, file=sys.stderr, flush=True)
+        current.driver.ended = "stopped"
+        save_ledger(output, ledger)
+        slurm.scancel(current.servers)
+
     try:
-        run_ray(stages, output, recipe.cluster or ClusterConfig(), workers=workers)
-    except BaseException:
+        current.driver.address = this_driver(connect_ray()).address
+        save_ledger(output, ledger)
+        run_ray(stages, output, recipe.cluster or ClusterConfig(), workers=workers, on_stop=last_words,
+                resume=shlex.join(["finephrase", "launch", recipe.path, "--executor", "ray", "--output", output]))
+        finish(output, os.path.abspath(recipe.path), push_to)
+    except BaseException as e:
+        current.driver.ended = "stopped" if isinstance(e, (RunStopped, KeyboardInterrupt)) else "failed"
         slurm.scancel(current.servers)
         raise
-    finish(output, os.path.abspath(recipe.path), push_to)
+    current.driver.ended = "done"

@@ -1,6 +1,7 @@
 """``finephrase status RUN_DIR``: server replicas, per-stage tasks, documents and tokens so far, rates and an ETA.
 
-Sources: the run's job ledger (``jobs.json``), ``squeue`` (what is queued or running), datatrove's completion
+Sources: the run's job ledger (``jobs.json``), ``squeue`` (what is queued or running; not asked when the run has
+no Slurm job), a Ray launch's driver process (running, or how it ended), datatrove's completion
 markers (what is done), the endpoints file and a probe of each replica (what serves), and the rephrase stage's output
 chunks (documents and completion tokens so far). A task neither done nor in the queue once its stage's jobs left the
 queue is failed (relaunch to rerun it). The previous call's numbers (``.finephrase/status.json``) give "tokens/s now".
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import orjson
 
 from finephrase.cluster import slurm
+from finephrase.cluster.driver import describe
 from finephrase.cluster.jobs import Ledger, StageJobs, load_ledger
 from finephrase.errors import ClusterError
 from finephrase.inference.client.fleet import fleet_line, summarise
@@ -64,6 +66,7 @@ class RunStatus:
     documents_in: int | None = None  # the rephrase stage's input, once known
     eta_s: float | None = None
     fleet: str | None = None  # the replicas' utilisation and windows, from the rephrase tasks' fleet records
+    driver: str | None = None  # a Ray launch's driver: running, or how it ended (driver.describe)
 
     @property
     def complete(self) -> bool:
@@ -153,7 +156,8 @@ def run_status(output: str, probe: bool = True) -> RunStatus:
     if ledger is None or not ledger.launches:
         raise ClusterError(f"{output}: no jobs.json: not a folder `finephrase launch` wrote\n"
                            "name the output folder of a launched run")
-    queued = slurm.squeue(ledger.all_ids())
+    ids = ledger.all_ids()
+    queued = slurm.squeue(ids) if ids else []  # a Ray run with given endpoints has no Slurm job (nor needs Slurm)
     states = {q.job: q.state for q in queued}
     last = ledger.launches[-1]
     st = RunStatus(output=output)
@@ -169,6 +173,7 @@ def run_status(output: str, probe: bool = True) -> RunStatus:
     st.documents_in = _documents_in(output, st.stages)
     _rates(output, st, ledger.launches[0].time)
     st.fleet = fleet_line(summarise(RunPaths(output).w("fleet")))
+    st.driver = describe(last.driver) if last.driver else None
     return st
 
 
