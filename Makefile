@@ -41,7 +41,7 @@ demo: setup data/demo/info.json
 	$(FINEPHRASE) run pipelines/demo.yaml
 
 test: setup setup-vllm data/demo/info.json
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 clean:
 	rm -rf output
