@@ -39,7 +39,6 @@ import signal
 import threading
 
 PR_SET_PDEATHSIG = 1
-PR_GET_PDEATHSIG = 2
 
 #: set to "<pid>:<start time>" of the run's main process by :func:`children_die_with_this_process`; a Python
 #: process started by the run that imports this module (multiprocess's forkserver, through its preload list)

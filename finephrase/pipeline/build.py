@@ -386,7 +386,7 @@ def _mix_stage(recipe: Recipe, prompts: list[Prompt], paths: RunPaths, runtime: 
     ], 1)
 
 
-def run_local(stages: list[Stage], output: str, workers: int = 1, tasks_override: dict | None = None) -> None:
+def run_local(stages: list[Stage], output: str, workers: int = 1) -> None:
     """Run the stages with datatrove's LocalPipelineExecutor, chained with `depends`.
 
     Every process this starts (datatrove's per-stage ``multiprocess.Manager`` server, the forkserver's pool

@@ -317,7 +317,7 @@ class ReplicaPool:
         results = await asyncio.gather(*(self._probe(r) for r in list(self.replicas.values()) if not r.healthy))
         return any(results) or any(r.healthy for r in self.replicas.values())
 
-    async def wait_for_replicas(self, max_attempts: int = 0, delay_sec: float = 1.0) -> None:
+    async def wait_for_replicas(self) -> None:
         attempt = 0
         while not await self.is_ready():
             attempt += 1

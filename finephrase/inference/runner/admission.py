@@ -21,9 +21,6 @@ class FastSemaphore:
         self._value = value
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
 
-    def locked(self) -> bool:
-        return self._value <= 0
-
     def try_acquire(self) -> bool:
         """Take a unit without waiting when one is free and nobody queues (no coroutine round trip)."""
         if self._value > 0 and not self._waiters:

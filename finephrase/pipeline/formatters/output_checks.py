@@ -58,7 +58,6 @@ QUESTION_LINE_RE = re.compile(r"^\s*(?:[#*>\-\s\d.)]*)(?:\*\*)?[^\n]{3,}\?\s*(?:
 LIST_ITEM_RE = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+\S", re.MULTILINE)
 MATH_SOLUTION_RE = re.compile(r"\b(?:solution|answer|therefore|thus|step\s*\d)\b|=", re.IGNORECASE)
 
-CLEANING_RULES = ("extract", "strip_prefixes", "require_prefix")
 MIN_CHARS_FOR_LANGUAGE = 80  # fastText language id is unreliable below this
 
 
