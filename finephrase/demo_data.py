@@ -5,11 +5,12 @@ written by the Python community — not by this project), fetched with ``apt-get
 (no root needed), unpacked with ``dpkg-deb`` and extracted to text with trafilatura, as
 datatrove's ``Trafilatura`` extractor does for web pages. Written as ``docs.jsonl.gz``.
 
-Quality model: a fastText classifier trained here, at set-up time. Positive (``hq``) examples
-are prose paragraphs of the tutorial / howto / reference pages; negative (``lq``) examples
-are the index-like pages (module index, general index, changelogs, "what's new" lists). It is
-a toy separating explanatory prose from lists of names — a stand-in until a real quality
-classifier is trained — and the README ("Quick start") says so.
+Quality model: a fastText classifier trained here, at set-up time, by the code of ``finephrase quality
+train`` (:func:`finephrase.quality.train.train_classifier`): whole pages, normalised as the quality filter
+scores them. Positive (``hq``) documents are the prose pages (tutorial, howto, library and language
+reference); negative (``lq``) documents are the index-like pages (module index, general index, changelogs,
+"what's new" lists: :data:`LOW_QUALITY_PARTS`). It is a toy separating explanatory prose from lists of
+names — a stand-in until a real quality classifier is trained — and the README ("Quick start") says so.
 """
 
 from __future__ import annotations
@@ -19,19 +20,21 @@ import gzip
 import hashlib
 import json
 import os
-import random
 import shutil
 import subprocess
 import tempfile
+from dataclasses import asdict
 
 from loguru import logger
 
-from finephrase.errors import DemoDataError
+from finephrase.errors import DemoDataError, TrainingError
+from finephrase.quality.train import TrainSettings, train_classifier
 
 DEB_PACKAGE = "python3.11-doc"
 HTML_ROOT = "usr/share/doc/python3.11/html"
 LOW_QUALITY_PARTS = ("genindex", "py-modindex", "whatsnew/changelog", "whatsnew/", "glossary", "bugs", "copyright",
                      "license", "about", "contents", "search")
+TRAINER = "finephrase quality train"  # info.json's quality.trainer; a model trained otherwise (before) is retrained
 
 
 def fetch_package(deb_dir: str, package: str = DEB_PACKAGE) -> str:
@@ -82,67 +85,61 @@ def _is_low_quality(doc_id: str) -> bool:
     return any(rel.startswith(p) or f"/{p}" in rel for p in LOW_QUALITY_PARTS)
 
 
+def write_training_inputs(docs: list[dict], folder: str) -> tuple[str, str]:
+    """The demo's two inputs of ``finephrase quality train``, whole pages: ``hq.jsonl.gz`` (the prose pages) and
+    ``lq.jsonl.gz`` (the index-like pages, :data:`LOW_QUALITY_PARTS`) under ``folder``; returns their paths."""
+    paths = {label: os.path.join(folder, f"{label}.jsonl.gz") for label in ("hq", "lq")}
+    for label, path in paths.items():
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.writelines(json.dumps({"id": d["id"], "text": d["text"]}, ensure_ascii=False) + "\n" for d in docs
+                         if _is_low_quality(d["id"]) == (label == "lq"))
+    return paths["hq"], paths["lq"]
+
+
 def train_quality_model(docs: list[dict], model_path: str, seed: int = 0) -> dict:
-    rng = random.Random(seed)
-    lines = []
-    for doc in docs:
-        label = "lq" if _is_low_quality(doc["id"]) else "hq"
-        paragraphs = [p.strip() for p in doc["text"].split("\n") if len(p.strip()) > 40]
-        if label == "hq":
-            paragraphs = [p for p in paragraphs if p.count(" ") > 8][:20]
-        for p in paragraphs[:40]:
-            lines.append(f"__label__{label} " + p.replace("\n", " "))
-    rng.shuffle(lines)
-    counts = {lab: sum(1 for x in lines if x.startswith(f"__label__{lab}")) for lab in ("hq", "lq")}
-    if min(counts.values()) == 0:
-        raise DemoDataError(f"cannot train the quality model: label counts {counts}")
-    split = int(len(lines) * 0.9)
-    with tempfile.TemporaryDirectory() as tmp:
-        train, valid = os.path.join(tmp, "train.txt"), os.path.join(tmp, "valid.txt")
-        with open(train, "w") as f:
-            f.write("\n".join(lines[:split]) + "\n")
-        with open(valid, "w") as f:
-            f.write("\n".join(lines[split:]) + "\n")
-        # fastText sometimes diverges (NaN) when trained in a process that already did other work
-        # (seen here after trafilatura): train in a fresh process, retrying with a lower learning rate
-        import multiprocessing
-
-        result = None
-        with multiprocessing.get_context("spawn").Pool(1) as pool:
-            for lr in (0.05, 0.02, 0.01):
-                result = pool.apply(_train, (train, valid, model_path, lr, seed))
-                if result is not None:
-                    break
-                logger.warning(f"fastText training with lr={lr} diverged; retrying with a lower rate")
-    if result is None:
-        raise DemoDataError("fastText training of the demo quality model did not converge")
-    n, precision = result
-    return {"examples": counts, "validation_examples": n, "precision_at_1": round(precision, 4)}
-
-
-def _train(train: str, valid: str, model_path: str, lr: float, seed: int):
-    import fasttext
-
-    try:
-        model = fasttext.train_supervised(train, lr=lr, epoch=10, wordNgrams=2, bucket=20000, dim=32, seed=seed,
-                                          verbose=0, thread=1)
-    except RuntimeError:
-        return None
-    n, precision, _recall = model.test(valid)
-    model.quantize(input=train, retrain=False, qnorm=True, cutoff=20000)
+    """Train the demo's model with :func:`finephrase.quality.train.train_classifier` (what ``finephrase quality
+    train`` runs: the text normalised as the filter scores it, a seeded held-out split, one fastText thread) and
+    return what it reports, with the trainer and its settings. The model replaces ``model_path`` once written."""
+    settings = TrainSettings(seed=seed)
+    partial = f"{model_path}.{os.getpid()}.partial"  # two processes building the demo at once do not collide
     os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
-    model.save_model(model_path)
-    return n, precision
+    with tempfile.TemporaryDirectory() as tmp:
+        positive, negative = write_training_inputs(docs, tmp)
+        try:
+            result = train_classifier(positive, negative, partial, settings)
+        except TrainingError as e:
+            cause = str(e).split("; fix:")[0]  # its fix is for `quality train`'s flags: the demo's corpus is at fault
+            raise DemoDataError(f"the demo quality model could not be trained: {cause}; "
+                                "fix: rebuild the corpus with `finephrase demo-data --force`") from None
+    os.replace(partial, model_path)
+    return {**result.to_dict(), "model": model_path, "trainer": TRAINER, "settings": asdict(settings),
+            "positive": "every other page", "negative": "index-like pages: " + ", ".join(LOW_QUALITY_PARTS)}
 
 
 def build_demo_data(folder: str = "data/demo", force: bool = False) -> dict:
-    """Build ``docs.jsonl.gz`` and ``quality.ftz`` under ``folder`` (idempotent)."""
+    """Build ``docs.jsonl.gz`` and ``quality.ftz`` under ``folder`` (idempotent). A folder whose model was not
+    trained by :data:`TRAINER` (an older demo's) keeps its corpus and gets its model retrained."""
     corpus = os.path.join(folder, "docs.jsonl.gz")
     model_path = os.path.join(folder, "quality.ftz")
     info_path = os.path.join(folder, "info.json")
+    info = None
     if not force and os.path.exists(corpus) and os.path.exists(model_path) and os.path.exists(info_path):
         with open(info_path) as f:
-            return json.load(f)
+            info = json.load(f)
+        if info.get("quality", {}).get("trainer") == TRAINER:
+            return info
+        logger.info(f"{model_path} was trained by an older demo: retraining it with `{TRAINER}`'s code")
+    docs = _read_corpus(corpus) if info else _build_corpus(folder, corpus)
+    quality = train_quality_model(docs, model_path)
+    info = {"documents": len(docs), "source": DEB_PACKAGE, "corpus": corpus, "quality_model": model_path,
+            "quality": quality}
+    with open(info_path, "w") as f:
+        json.dump(info, f, indent=2)
+    return info
+
+
+def _build_corpus(folder: str, corpus: str) -> list[dict]:
+    """Download the package, extract its pages, write ``corpus``; the unpacked package is removed, the .deb kept."""
     os.makedirs(folder, exist_ok=True)
     root = fetch_package(os.path.join(folder, "deb"))
     logger.info("extracting text from the HTML pages with trafilatura ...")
@@ -152,9 +149,10 @@ def build_demo_data(folder: str = "data/demo", force: bool = False) -> dict:
     with gzip.open(corpus, "wt", encoding="utf-8") as f:
         for d in docs:
             f.write(json.dumps(d, ensure_ascii=False) + "\n")
-    quality = train_quality_model(docs, model_path)
-    info = {"documents": len(docs), "source": DEB_PACKAGE, "corpus": corpus, "quality_model": model_path, "quality": quality}
-    with open(info_path, "w") as f:
-        json.dump(info, f, indent=2)
     shutil.rmtree(os.path.join(folder, "deb", "root"), ignore_errors=True)
-    return info
+    return docs
+
+
+def _read_corpus(corpus: str) -> list[dict]:
+    with gzip.open(corpus, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]

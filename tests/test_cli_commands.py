@@ -1,6 +1,6 @@
 """The commands no other test runs, run as a user runs them: ``finephrase serve`` (a real llama.cpp server,
 a real chat completion, Ctrl-C) and ``finephrase demo-data`` (Debian's python3.11-doc fetched with
-``apt-get download``, extracted, a quality model trained)."""
+``apt-get download``, extracted, a quality model trained by ``finephrase quality train``'s code)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, _proc_cmdline, assert_no_survivors, process_tree, run_cli
+from conftest import ROOT, _proc_cmdline, assert_no_survivors, first_demo_docs, process_tree, run_cli
 
 
 def finephrase_command() -> list[str]:
@@ -123,14 +123,22 @@ def test_demo_data_builds_the_corpus_and_the_quality_model(tmp_path):
         assert d["metadata"]["url"] == "https://docs.python.org/3.11/" + d["id"].removeprefix("python-docs/")
     assert any(d["id"] == "python-docs/tutorial/introduction.html" for d in docs)
 
+    # trained by `finephrase quality train`'s code, on whole pages: every page is a document of one label, 10 %
+    # of them held out
     q = info["quality"]
-    total = q["examples"]["hq"] + q["examples"]["lq"]
+    assert q["trainer"] == "finephrase quality train" and q["settings"]["seed"] == 0, q
     assert q["examples"]["hq"] > 0 and q["examples"]["lq"] > 0
-    assert q["validation_examples"] == total - int(total * 0.9), q  # the 10 % held out
-    assert 0.5 < q["precision_at_1"] <= 1.0, q
-    model_line = re.search(r"quality model: (\S+) \(validation precision@1 ([\d.]+)\)", console)
+    assert q["held_out"] == int(info["documents"] * 0.1), q
+    assert q["examples"]["hq"] + q["examples"]["lq"] + q["held_out"] == info["documents"], q
+    assert sum(s["support"] for s in q["labels"].values()) == q["held_out"], q
+    assert 0.5 < q["accuracy"] <= 1.0, q
+    for s in q["labels"].values():
+        assert 0 <= s["precision"] <= 1 and 0 <= s["recall"] <= 1 and 0 <= s["f1"] <= 1, q
+    model_line = re.search(r"quality model: (\S+) \(`finephrase quality train`: held-out accuracy ([\d.]+) on (\d+) "
+                           r"documents, F1 hq ([\d.]+), lq ([\d.]+)\)", console)
     assert model_line and model_line.group(1) == str(model_path) == info["quality_model"], console[-3000:]
-    assert float(model_line.group(2)) == q["precision_at_1"]
+    assert float(model_line.group(2)) == q["accuracy"] and int(model_line.group(3)) == q["held_out"]
+    assert [float(model_line.group(i)) for i in (4, 5)] == [q["labels"]["hq"]["f1"], q["labels"]["lq"]["f1"]]
 
     # the model is a usable fastText classifier with the two labels
     import fasttext
@@ -140,6 +148,59 @@ def test_demo_data_builds_the_corpus_and_the_quality_model(tmp_path):
     labels, _ = model.predict("A for loop repeats the statements in its body once for every item of a sequence, "
                               "in the order that the items appear in the sequence.")
     assert labels[0] in ("__label__hq", "__label__lq")
+    # scored as the recipes' filter scores (the whole page, normalised): a tutorial page kept, the index dropped
+    from finephrase.quality.scorers import label_score
+
+    page = {d["id"].removeprefix("python-docs/"): d["text"] for d in docs}
+    assert label_score(model, page["tutorial/introduction.html"], "hq") >= 0.5
+    assert label_score(model, page["genindex-A.html"], "hq") < 0.5
     # the unpacked package is removed, the downloaded .deb kept (a rerun does not download it again)
     assert not (folder / "deb" / "root").exists()
     assert list((folder / "deb").glob("python3.11-doc_*.deb"))
+
+
+def _old_demo_folder(folder: Path, docs: list[dict]) -> None:
+    """A demo folder as an older finephrase left it: the corpus, a model and an info.json without a trainer."""
+    folder.mkdir()
+    with gzip.open(folder / "docs.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps(d) + "\n" for d in docs)
+    (folder / "quality.ftz").write_bytes(b"an older demo's model")
+    (folder / "info.json").write_text(json.dumps({"documents": len(docs), "quality": {"precision_at_1": 0.9}}))
+
+
+def test_an_older_demo_model_is_retrained_by_quality_train(tmp_path, demo_data):
+    """A demo folder whose model an older demo trained gets its model retrained, its corpus kept (no package is
+    fetched: there is none in the folder); the model is the one `finephrase quality train` makes of the two inputs
+    the demo writes, byte for byte (seeded, one fastText thread), with the same held-out scores."""
+    from finephrase.demo_data import build_demo_data, write_training_inputs
+
+    docs = first_demo_docs(demo_data, 528)
+    docs = docs[:60] + [d for d in docs[60:] if d["id"].startswith("python-docs/genindex")][:10]  # small: fast
+    folder = tmp_path / "demo"
+    _old_demo_folder(folder, docs)
+    corpus = (folder / "docs.jsonl.gz").read_bytes()
+    info = build_demo_data(str(folder))
+    assert (folder / "docs.jsonl.gz").read_bytes() == corpus and not (folder / "deb").exists()
+    assert json.loads((folder / "info.json").read_text()) == info and info["documents"] == len(docs)
+    assert info["quality"]["trainer"] == "finephrase quality train"
+    assert build_demo_data(str(folder)) == info  # now current: returned as it is
+
+    positive, negative = write_training_inputs(docs, str(tmp_path))
+    metrics = tmp_path / "metrics.json"
+    run_cli("quality", "train", "--positive", positive, "--negative", negative, "--output", str(tmp_path / "q.ftz"),
+            "--json", str(metrics), timeout=600)
+    assert (tmp_path / "q.ftz").read_bytes() == (folder / "quality.ftz").read_bytes()
+    cli = json.loads(metrics.read_text())
+    assert {k: v for k, v in cli.items() if k != "model"} == {k: info["quality"][k] for k in cli if k != "model"}
+
+
+def test_a_corpus_too_small_to_train_on_says_how_to_rebuild_it(tmp_path, demo_data):
+    from finephrase.demo_data import DemoDataError, build_demo_data
+    from finephrase.errors import FinephraseError
+
+    _old_demo_folder(tmp_path / "demo", [d for d in first_demo_docs(demo_data, 40) if "genindex" not in d["id"]])
+    with pytest.raises(DemoDataError, match=r"too few documents to train on: .*'lq': 0.*fix: rebuild the corpus "
+                                            r"with `finephrase demo-data --force`") as e:
+        build_demo_data(str(tmp_path / "demo"))
+    assert isinstance(e.value, FinephraseError) and "--positive" not in str(e.value)
+    assert not list((tmp_path / "demo").glob("*.partial"))

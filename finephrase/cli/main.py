@@ -140,7 +140,10 @@ def cmd_demo_data(args) -> int:
 
     info = build_demo_data(args.to, force=args.force)
     console.print(f"demo corpus: {info['documents']} documents from Debian's {info['source']} -> {info['corpus']}")
-    console.print(f"quality model: {info['quality_model']} (validation precision@1 {info['quality']['precision_at_1']})")
+    q = info["quality"]
+    f1 = ", ".join(f"{label} {s['f1']}" for label, s in q["labels"].items())
+    console.print(f"quality model: {info['quality_model']} (`finephrase quality train`: held-out accuracy "
+                  f"{q['accuracy']} on {q['held_out']} documents, F1 {f1})")
     return 0
 
 

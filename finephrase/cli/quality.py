@@ -13,7 +13,7 @@ def cmd_train(args) -> int:
                              quantize=not args.no_quantize, max_per_label=args.max_per_label)
     result = train_classifier(args.positive, args.negative, args.output, settings)
     print(f"trained on {result.examples['hq']} hq + {result.examples['lq']} lq documents "
-          f"(learning rate {result.learning_rate}); held out {result.held_out}:")
+          f"(learning rate {result.learning_rate}); held out {result.held_out} (accuracy {result.accuracy:.3f}):")
     for label, s in result.labels.items():
         print(f"  __label__{label}: precision {s.precision:.3f}  recall {s.recall:.3f}  F1 {s.f1:.3f}  "
               f"({s.support} held out)")

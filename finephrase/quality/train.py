@@ -4,7 +4,8 @@ DCLM's ``fasttext-oh-eli5`` is a supervised fastText model over whole documents 
 (``__label__hq`` for the reference text, ``__label__cc`` for random web text), bigrams, and the document on one
 line. Here: ``__label__hq`` (``--positive``) and ``__label__lq`` (``--negative``), text normalised exactly as the
 filter sees it (:func:`finephrase.quality.text.fasttext_text`), a seeded held-out split on which precision,
-recall and F1 are reported per label, and a quantised model (``.ftz``) unless told otherwise.
+recall and F1 are reported per label (and the accuracy over both), and a quantised model (``.ftz``) unless told
+otherwise. ``finephrase demo-data`` trains the demo's model with this code too (:mod:`finephrase.demo_data`).
 
 fastText is trained in a fresh ``spawn`` process: in a process that already did other work it sometimes
 diverges to NaN (seen after trafilatura); a diverged run is retried with a lower learning rate.
@@ -41,6 +42,7 @@ class TrainResult:
     held_out: int
     labels: dict[str, LabelScores] = field(default_factory=dict)
     learning_rate: float = 0.0
+    accuracy: float = 0.0  # held-out documents whose top label is their own
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,7 +72,8 @@ def _examples(positive: str, negative: str, s: TrainSettings) -> list[tuple[str,
     return examples
 
 
-def _scores(truth: list[str], predicted: list[str]) -> dict[str, LabelScores]:
+def _scores(truth: list[str], predicted: list[str]) -> tuple[dict[str, LabelScores], float]:
+    """Per-label precision / recall / F1, and the accuracy over both labels."""
     out = {}
     for label in LABELS:
         tp = sum(1 for t, p in zip(truth, predicted) if t == p == label)
@@ -80,7 +83,7 @@ def _scores(truth: list[str], predicted: list[str]) -> dict[str, LabelScores]:
         recall = tp / actual if actual else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         out[label] = LabelScores(round(precision, 4), round(recall, 4), round(f1, 4), actual)
-    return out
+    return out, round(sum(1 for t, p in zip(truth, predicted) if t == p) / len(truth), 4)
 
 
 def _fit(train_file: str, held_out: list[tuple[str, str]], output: str, lr: float, s: TrainSettings):
@@ -113,9 +116,9 @@ def train_classifier(positive: str, negative: str, output: str, settings: TrainS
             f.writelines(f"__label__{label} {text}\n" for label, text in train)
         with multiprocessing.get_context("spawn").Pool(1) as pool:
             for lr in LEARNING_RATES:
-                scores = pool.apply(_fit, (train_file, held_out, output, lr, s))
-                if scores is not None:
+                fitted = pool.apply(_fit, (train_file, held_out, output, lr, s))
+                if fitted is not None:
                     counts = {label: sum(1 for lab, _ in train if lab == label) for label in LABELS}
-                    return TrainResult(output, counts, len(held_out), scores, lr)
+                    return TrainResult(output, counts, len(held_out), fitted[0], lr, fitted[1])
     raise TrainingError("fastText training diverged at every learning rate tried "
                         f"({', '.join(map(str, LEARNING_RATES))}); fix: check the inputs hold real text")
