@@ -64,3 +64,27 @@ def test_serve_advertise_registers_an_address_other_hosts_reach_and_leaves_on_ct
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         assert proc.wait(timeout=60) == 0
     assert read_endpoints_file(str(endpoints)) == []
+
+
+def test_serve_in_the_background_stops_on_sigterm_and_leaves_the_file(tmp_path):
+    """`finephrase serve ... &` from a script ignores Ctrl-C (SIGINT is ignored in background jobs): `kill` (SIGTERM)
+    stops it the same way, and its line leaves the endpoints file."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    endpoints = tmp_path / "endpoints.txt"
+    proc = subprocess.Popen([sys.executable, "-m", "finephrase.cli.main", "serve", "--replicas", "1", "--n-ctx", "1024",
+                             "--endpoints-file", str(endpoints)], stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "serve.log", "wb"),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 180
+        while not read_endpoints_file(str(endpoints)):
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-2000:]
+            time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, (tmp_path / "serve.log").read_text()[-2000:]
+    assert read_endpoints_file(str(endpoints)) == []

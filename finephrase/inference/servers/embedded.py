@@ -396,7 +396,20 @@ def serve_forever(servers: EmbeddedServers, endpoints_file: str | None = None, o
                   advertise: str | None = None) -> None:
     """Run the supervised pool until interrupted (``finephrase serve``); ends when no replica can be kept alive.
     ``advertise``: the host other machines reach these servers at (they listen on every interface), registered
-    in ``endpoints_file`` instead of the address they listen on."""
+    in ``endpoints_file`` instead of the address they listen on. SIGTERM (``kill``, ``scancel``; a background
+    ``finephrase serve &`` ignores Ctrl-C) stops it as Ctrl-C does: the servers stop and their lines leave the file."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        _serve(servers, endpoints_file, on_ready, advertise)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _serve(servers: EmbeddedServers, endpoints_file: str | None, on_ready, advertise: str | None) -> None:
     with servers:
         addresses = servers.endpoints
         if advertise:
