@@ -157,3 +157,16 @@ def test_the_mix_stage_reads_the_mix_in_source(tmp_path, mixin_source):
     assert isinstance(mix, Mix) and isinstance(mix.real_reader, JsonlReader)
     assert mix.real_reader.data_folder.path == str(mixin_source)
     assert mix.shares == {"table": 0.7} and mix.synthetic == 0.6
+
+
+def test_a_prompt_without_rows_is_left_out_of_the_mix_not_a_crash(mixin_source, tmp_path):
+    """Every generation of a prompt failed, so its data/<config>/ folder was never written: the mix goes on with the
+    other prompts (the end of the run then says which prompt produced nothing, and why)."""
+    from datatrove.pipeline.readers import ParquetReader
+
+    synthetic = [d for d in _synthetic(random.Random(0)) if d.metadata["prompt"] == "faq"]
+    mix = Mix([ParquetReader(str(tmp_path / "data" / "table")), Rows(synthetic)], JsonlReader(str(mixin_source)),
+              synthetic=0.6, seed=3)
+    out = _run(mix)
+    assert {d.id for d in out if d.metadata["kind"] == "synthetic"} == {d.id for d in synthetic}
+    assert any(d.metadata["kind"] == "real" for d in out)

@@ -123,6 +123,9 @@ class Mix(PipelineStep):
     def _synthetic_rows(self, count_skipped: bool = False) -> Iterator[Document]:
         """The rows that go into the mix (those that passed their checks, unless ``include_flagged``)."""
         for reader in self.synthetic_readers:
+            folder = getattr(reader, "data_folder", None)
+            if folder is not None and not folder.exists(""):
+                continue  # a prompt without rows (every generation failed): the end of the run says why
             for doc in reader.run(None, 0, 1):
                 if self.include_flagged or passed_checks(doc):
                     yield doc
