@@ -247,6 +247,30 @@ def test_the_vllm_server_runs_in_the_dtype_and_on_the_cores_chosen_here(vllm_ser
     assert 4 <= tokens <= 4 * 16 and wall > 0
 
 
+def test_long_seeded_requests_in_one_batch_are_answered(vllm_servers):
+    """Recipes send a seed (the demo's generator.params.seed: 0): seeded requests whose prompts are long enough to be
+    prefilled over several steps killed vLLM's CPU engine core ("CPU Generator does not use offset") until the
+    server ran without chunked prefill."""
+    import concurrent.futures
+    import json
+    import urllib.request
+
+    long_text = " ".join(["The history of the Python programming language is long and varied."] * 120)
+
+    def ask(i: int) -> dict:
+        body = {"model": vllm_servers.alias, "messages": [{"role": "user", "content": f"{i} {long_text}"}],
+                "max_tokens": 8, "temperature": 0.7, "top_p": 0.9, "seed": 0}
+        req = urllib.request.Request(f"{vllm_servers.endpoints[0]}/v1/chat/completions",
+                                     data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=300) as r:
+            return json.loads(r.read())
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(ask, range(6)))
+    assert all(a["choices"][0]["message"]["content"] for a in answers)
+    assert all(a["usage"]["prompt_tokens"] > 1000 for a in answers)  # long enough to need several prefill chunks
+
+
 def _parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
 

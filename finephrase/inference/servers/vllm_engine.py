@@ -102,7 +102,10 @@ class VllmServers(EmbeddedServers):
                 self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_dir,
                 "--served-model-name", self.alias, "--host", self.host, "--port", str(port),
                 "--max-model-len", str(self.n_ctx), "--dtype", self.dtype.dtype,
-                "--disable-uvicorn-access-log"]
+                # a prompt's prefill in one step: vLLM's CPU build dies on a seeded request whose prefill is chunked
+                # (its sampler rewinds the request's torch generator by an offset, which a CPU generator lacks:
+                # "CPU Generator does not use offset"), and recipes set generator.params.seed
+                "--no-enable-chunked-prefill", "--disable-uvicorn-access-log"]
 
     @property
     def facts(self) -> dict:
