@@ -32,8 +32,10 @@ $(VENV)/.installed: pyproject.toml finephrase/inference/servers/llama_setup.py
 setup-vllm: setup
 	$(FINEPHRASE) setup-embedded --engine vllm --no-models
 
-data/demo/info.json: | setup
+# rebuilt when demo_data.py changes: an up-to-date corpus is kept, a model an older demo trained is retrained
+data/demo/info.json: finephrase/demo_data.py | setup
 	$(FINEPHRASE) demo-data --to data/demo
+	touch $@
 
 demo-data: data/demo/info.json
 
