@@ -78,6 +78,18 @@ def make_recipe(tmp_path):
     return make
 
 
+def source_ids(out: Path) -> list[str]:
+    """The ids of the documents a finished run sent to rephrase (its filtered stage's output)."""
+    import gzip
+
+    ids = []
+    folder = Path(out) / ".finephrase" / "filtered"
+    for name in sorted(os.listdir(folder)):
+        with gzip.open(folder / name, "rt") as f:
+            ids += [json.loads(line)["id"] for line in f]
+    return ids
+
+
 def run_summary(work: Path) -> dict:
     """A finished run's counts as the tests read them: ``<work>/report.json``'s counts (``work`` is the run's
     ``.finephrase`` folder), with its wall time and generator."""

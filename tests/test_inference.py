@@ -6,9 +6,7 @@ and a killed pipeline whose answered requests are not sent again."""
 from __future__ import annotations
 
 import asyncio
-import gzip
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,7 +17,16 @@ import pytest
 from datasets import load_dataset
 
 import tgi_server
-from conftest import ROOT, assert_no_survivors, process_tree, run_cli, run_marker, run_processes, run_summary
+from conftest import (
+    ROOT,
+    assert_no_survivors,
+    process_tree,
+    run_cli,
+    run_marker,
+    run_processes,
+    run_summary,
+    source_ids,
+)
 from finephrase.inference.servers.embedded import default_gguf_path
 
 
@@ -78,15 +85,6 @@ def _rows(out, config="faq"):
     return load_dataset("parquet", data_dir=str(out / "data" / config), split="train")
 
 
-def _source_ids(out) -> list[str]:
-    ids = []
-    folder = out / ".finephrase" / "filtered"
-    for name in sorted(os.listdir(folder)):
-        with gzip.open(folder / name, "rt") as f:
-            ids += [json.loads(line)["id"] for line in f]
-    return ids
-
-
 def _summary(out):
     return run_summary(out / ".finephrase")
 
@@ -99,7 +97,7 @@ def test_tgi_protocols_record_info_in_provenance(tmp_path, demo_data, make_recip
     out = tmp_path / "out"
     run_cli("run", str(recipe), "--limit", "3", "--output", str(out))
     ds = _rows(out)
-    assert len(ds) == len(_source_ids(out)) >= 2
+    assert len(ds) == len(source_ids(out)) >= 2
     for row in ds:
         assert row["model"] == info["model_id"]
         assert row["model_revision"] == info["model_sha"]
@@ -122,7 +120,7 @@ def test_retryable_faults_are_retried_across_replicas(tmp_path, demo_data, make_
     recipe = tgi_recipe(make_recipe, endpoints=[url1, url2])
     out = tmp_path / "out"
     run_cli("run", str(recipe), "--limit", "6", "--output", str(out))
-    ids = _source_ids(out)
+    ids = source_ids(out)
     ds = _rows(out)
     assert sorted(ds["source_id"]) == sorted(ids)
     s1, s2 = _get(f"{url1}/_test/stats"), _get(f"{url2}/_test/stats")
@@ -141,7 +139,7 @@ def test_real_over_length_422_is_retried_with_half_the_input(tmp_path, demo_data
     recipe = tgi_recipe(make_recipe, endpoints=[url], concurrency=1)
     out = tmp_path / "out"
     run_cli("run", str(recipe), "--limit", "4", "--output", str(out))
-    ids = _source_ids(out)
+    ids = source_ids(out)
     ds = _rows(out)
     assert sorted(ds["source_id"]) == sorted(ids)
     stats = _get(f"{url}/_test/stats")
@@ -167,7 +165,7 @@ def test_input_too_long_twice_fails_the_document_and_other_422s_are_not_retried(
     recipe = tgi_recipe(make_recipe, endpoints=[url], concurrency=1)
     out = tmp_path / "out"
     run_cli("run", str(recipe), "--limit", "4", "--output", str(out))
-    ids = _source_ids(out)
+    ids = source_ids(out)
     summary = _summary(out)
     rephrase = next(s["stats"] for s in summary["steps"] if s["stage"] == "rephrase" and "Rephrase" in s["step"])
     assert rephrase.get("retried_truncated/faq") == 2
@@ -182,7 +180,7 @@ def test_input_too_long_twice_fails_the_document_and_other_422s_are_not_retried(
     out2 = tmp_path / "out2"
     run_cli("run", str(tgi_recipe(make_recipe, endpoints=[url2], concurrency=1)), "--limit", "3", "--output", str(out2))
     stats2 = _get(f"{url2}/_test/stats")
-    assert stats2["generate:422"] == 1 and stats2["generate:200"] == len(_source_ids(out2)) - 1
+    assert stats2["generate:422"] == 1 and stats2["generate:200"] == len(source_ids(out2)) - 1
     assert _summary(out2)["prompts"]["faq"]["failed"] == 1
 
 
@@ -199,7 +197,7 @@ def test_replica_killed_mid_run(tmp_path, demo_data, make_recipe, tgi):
     p2.send_signal(signal.SIGKILL)  # with requests in flight
     output, _ = run.communicate(timeout=600)
     assert run.returncode == 0, output[-3000:]
-    ids = _source_ids(out)
+    ids = source_ids(out)
     ds = _rows(out)
     assert sorted(ds["source_id"]) == sorted(ids), "every document exactly once"
     assert "replica out of rotation" in output
@@ -235,7 +233,7 @@ def test_endpoints_file_replicas_join_while_running(tmp_path, demo_data, make_re
             pytest.fail(f"the run did not finish within 600 s:\n{_tail(log)}")
         output = log.read_text(errors="replace")
         assert run.returncode == 0, output[-3000:]
-        assert sorted(_rows(out)["source_id"]) == sorted(_source_ids(out))
+        assert sorted(_rows(out)["source_id"]) == sorted(source_ids(out))
         # INFO lines go to the run's log file (the console shows progress, warnings and errors)
         full = (out / ".finephrase" / "logs" / "console.log").read_text(errors="replace")
         assert f"replica joined: {url1}" in full and f"replica joined: {url2}" in full
@@ -282,7 +280,7 @@ def test_killed_pipeline_does_not_resend_answered_requests(tmp_path, demo_data, 
     resent = set(received_after) & answered_before
     assert not resent, f"{len(resent)} answered requests were sent again"
     assert len(received_after) == len(set(received_after)), "a request was sent twice in the resumed run"
-    ids = _source_ids(out)
+    ids = source_ids(out)
     for config in ("faq", "table"):
         assert sorted(_rows(out, config)["source_id"]) == sorted(ids)
 
@@ -322,7 +320,7 @@ def test_502_and_504_are_retried_and_succeed(tmp_path, demo_data, make_recipe, t
     recipe = tgi_recipe(make_recipe, endpoints=[url1, url2], concurrency=2)
     out = tmp_path / "out"
     run_cli("run", str(recipe), "--limit", "4", "--output", str(out))
-    ids = _source_ids(out)
+    ids = source_ids(out)
     assert len(ids) >= 3
     assert sorted(_rows(out)["source_id"]) == sorted(ids), "every document answered once despite the faults"
     s1, s2 = _get(f"{url1}/_test/stats"), _get(f"{url2}/_test/stats")
@@ -344,7 +342,7 @@ def test_413_is_retried_with_half_the_input_and_a_400_refusal_is_not_retried(tmp
     out = tmp_path / "out"
     run_cli("run", str(tgi_recipe(make_recipe, endpoints=[url], concurrency=1, min_chars=3000)), "--limit", "4",
             "--output", str(out))
-    ids = _source_ids(out)
+    ids = source_ids(out)
     assert len(ids) >= 2
     stats = _get(f"{url}/_test/stats")
     # one 413, retried once (one extra request), then every document answered
@@ -368,7 +366,7 @@ def test_413_is_retried_with_half_the_input_and_a_400_refusal_is_not_retried(tmp
     out2 = tmp_path / "out2"
     proc = run_cli("run", str(tgi_recipe(make_recipe, endpoints=[url2], concurrency=1, min_chars=3000)), "--limit",
                    "4", "--output", str(out2))
-    ids2 = _source_ids(out2)
+    ids2 = source_ids(out2)
     assert len(ids2) >= 2
     stats2 = _get(f"{url2}/_test/stats")
     assert stats2.get("generate:400") == 1 and stats2["generate:requests"] == len(ids2), stats2
@@ -388,7 +386,7 @@ def test_a_failed_request_is_retried_on_the_other_replica(tmp_path, demo_data, m
     out = tmp_path / "out"
     run_cli("run", str(tgi_recipe(make_recipe, endpoints=[url_a, url_b], concurrency=1)), "--limit", "1",
             "--output", str(out))
-    assert len(_source_ids(out)) == 1 and len(_rows(out)) == 1
+    assert len(source_ids(out)) == 1 and len(_rows(out)) == 1
     sa, sb = _get(f"{url_a}/_test/stats"), _get(f"{url_b}/_test/stats")
     assert sa.get("generate:503") == 1 and sa.get("generate:200", 0) == 0 and sa["generate:requests"] == 1, sa
     assert sb.get("generate:200") == 1 and sb["generate:requests"] == 1, sb

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import tgi_server
-from conftest import FAST_GENERATOR, ROOT, replica_once_rephrasing, run_cli
+from conftest import FAST_GENERATOR, ROOT, replica_once_rephrasing, run_cli, source_ids
 from datasets import load_dataset
 
 from finephrase.errors import GeneratorUnavailable, InputTooLong, RequestRejected
@@ -60,17 +60,6 @@ def tgi_generator(endpoints, **over):
            "concurrency": 2, "endpoints": endpoints}
     gen.update(over)
     return gen
-
-
-def source_ids(out: Path) -> list[str]:
-    import gzip
-
-    ids = []
-    folder = out / ".finephrase" / "filtered"
-    for name in sorted(os.listdir(folder)):
-        with gzip.open(folder / name, "rt") as f:
-            ids += [json.loads(line)["id"] for line in f]
-    return ids
 
 
 def rows(out: Path, config: str = "faq"):
