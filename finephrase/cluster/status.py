@@ -99,7 +99,7 @@ def _stage_status(output: str, stage: StageJobs, queued: list[slurm.QueuedJob]) 
     return st
 
 
-def _progress(output: str) -> tuple[int, int]:
+def rephrased_progress(output: str) -> tuple[int, int]:
     """(documents, completion tokens) the rephrase stage wrote so far (its output chunks, written with the
     checkpoints)."""
     docs = tokens = 0
@@ -169,7 +169,7 @@ def run_status(output: str, probe: bool = True) -> RunStatus:
     st.supervisor = states.get(last.supervisor, "ENDED") if last.supervisor else None
     st.servers_replaced = last.replaced
     st.replacement_limit = _replacement_limit(output)
-    st.documents, st.tokens = _progress(output)
+    st.documents, st.tokens = rephrased_progress(output)
     st.documents_in = _documents_in(output, st.stages)
     _rates(output, st, ledger.launches[0].time)
     st.fleet = fleet_line(summarise(RunPaths(output).w("fleet")))
