@@ -115,7 +115,11 @@ def run_client(endpoints: list[str], concurrency: int | None, deadline: float, w
     from datatrove.data import Document
 
     from finephrase.prompts import load_prompt
-    from finephrase.pipeline.rephrase import Rephrase
+
+    try:
+        from finephrase.pipeline.rephrase import Rephrase
+    except ImportError:  # a 'before' tree older than the finephrase.pipeline package
+        from finephrase.steps.rephrase import Rephrase
 
     kwargs = {} if concurrency is None else {"concurrency": concurrency}
     step = Rephrase([load_prompt("finephrase/faq")], output_folder=os.path.join(work, "out"), endpoints=endpoints,
