@@ -69,7 +69,11 @@ NOTES = ("The simulated servers have no request timeout, so a queue of any lengt
          "in the first 15 s on this 2-core machine). In the dying scenario the server going down answers its "
          "in-flight requests with HTTP 500 (how the simulation's stop ends them): "
          "datatrove's runner raises `ServerError` on a 500, that task fails, and `LocalPipelineExecutor.run` "
-         "raises and ends the other tasks, so the fleet idles until a relaunch (not part of the window).\n")
+         "raises and ends the other tasks, so the fleet idles until a relaunch (not part of the window). That row "
+         "counts, as every row does, all the tokens the servers generated, and the simulated servers finish the "
+         "requests of a client that has gone (vLLM's API server aborts them): its runs' utilisation after the "
+         "failure is the servers working off abandoned requests (up to a batch and a queue of 64 per server at "
+         "128 per task), so it is an upper bound on the tokens datatrove received.\n")
 
 def free_ports(n: int) -> list[int]:
     socks, ports = [], []
