@@ -18,13 +18,19 @@ dying and coming back):
 - ``before, concurrency=X``: the same, hand-tuned over ``--sweep`` (per server: 32, 64, 128 x the servers; best
   shown, every value in the log);
 - ``now, defaults``: this tree, ``generator.concurrency`` unset (each replica's window adapts);
-- ``now, concurrency=X``: this tree with the bound set to the best hand-tuned value.
+- ``now, concurrency=X``: this tree with the bound set to the best hand-tuned value;
+- ``datatrove InferenceRunner``: datatrove's own runner on the same fleet, one ``LocalPipelineExecutor`` task per
+  server (``benchmarks/fleet_datatrove.py``), ``max_concurrent_generations`` per task swept over ``--sweep``, best
+  shown; its runs get ``--datatrove-warmup`` seconds of warm-up (N processes start first).
+
+``--clients`` picks the clients measured (default: all three).
 
 The simulated step times (``--step-a-ms 10 --step-c-ms 0.05``, 64 sequences: 4,848 tokens/s per server; answers
 of 128-640 tokens) keep the request rate the Python client has to sustain at about 13 requests/s per server, so
 that the client is not what limits the fleet. The table goes to ``benchmarks/results/fleet.md``. Usage::
 
     python benchmarks/fleet.py [--duration 12] [--warmup 6] [--scenarios 8 32 unequal dying] [--sweep 32 64 128]
+        [--clients before now datatrove] [--datatrove-warmup 30]
 """
 
 from __future__ import annotations
@@ -51,10 +57,23 @@ DOC_TEXT = "Continuous batching keeps a GPU busy only while its batch is full. "
 NOTES = ("The simulated servers have no request timeout, so a queue of any length costs nothing here but latency: "
          "a large hand-tuned concurrency fills them too, with up to that many requests queued per server; the "
          "adaptive windows stop at the batch plus at most a quarter of it queued (final windows are printed in the "
-         "log). Not measured: datatrove's own runner (`InferenceRunner`, `server_type=\"endpoint\"`) takes one "
-         "`endpoint_url`, so it cannot spread one task over a fleet; `run.tasks` stays 1 (one task drove 32 servers "
-         "here).\n")
-
+         "log). finephrase's `run.tasks` stays 1: one task drove 32 servers here.\n\n"
+         "`datatrove InferenceRunner`: datatrove's own runner (`InferenceRunner`, `InferenceConfig(server_type="
+         "\"endpoint\")`) sends all of a task's requests to one `endpoint_url`, so it is spread over the fleet the "
+         "way a datatrove user does it: a `LocalPipelineExecutor` with `tasks=N, workers=N` (one process per "
+         "server), task r sending to server r (`benchmarks/fleet_datatrove.py`: the task's `endpoint_url` is set "
+         "in the runner's `run`), the same documents (document i to task i mod N) and the same chat request per "
+         "document as finephrase's (built by finephrase's `RequestBuilder`, so the answer lengths are the same), "
+         "`max_concurrent_generations` per task swept over the same per-server values, best shown. Its runs get "
+         "a longer warm-up (`--datatrove-warmup`, header) because N processes start first (32 had sent nothing "
+         "in the first 15 s on this 2-core machine). In the dying scenario the server going down answers its "
+         "in-flight requests with HTTP 500 (how the simulation's stop ends them): "
+         "datatrove's runner raises `ServerError` on a 500, that task fails, and `LocalPipelineExecutor.run` "
+         "raises and ends the other tasks, so the fleet idles until a relaunch (not part of the window). That row "
+         "counts, as every row does, all the tokens the servers generated, and the simulated servers finish the "
+         "requests of a client that has gone (vLLM's API server aborts them): its runs' utilisation after the "
+         "failure is the servers working off abandoned requests (up to a batch and a queue of 64 per server at "
+         "128 per task), so it is an upper bound on the tokens datatrove received.\n")
 
 def free_ports(n: int) -> list[int]:
     socks, ports = [], []
@@ -100,7 +119,11 @@ def run_client(endpoints: list[str], concurrency: int | None, deadline: float, w
     from datatrove.data import Document
 
     from finephrase.prompts import load_prompt
-    from finephrase.pipeline.rephrase import Rephrase
+
+    try:
+        from finephrase.pipeline.rephrase import Rephrase
+    except ImportError:  # a 'before' tree older than the finephrase.pipeline package
+        from finephrase.steps.rephrase import Rephrase
 
     kwargs = {} if concurrency is None else {"concurrency": concurrency}
     step = Rephrase([load_prompt("finephrase/faq")], output_folder=os.path.join(work, "out"), endpoints=endpoints,
@@ -134,13 +157,24 @@ async def generated(urls: list[str]) -> list[float]:
         return await asyncio.gather(*(one(u) for u in urls))
 
 
-def run_scenario(specs: list[dict], code: str, concurrency: int | None, args, die_index: int | None = None) -> dict:
+def client_command(client: tuple, urls: list[str], deadline: float, work: str) -> tuple[list[str], dict]:
+    """The client process for ``client``: ("finephrase", code, concurrency) or ("datatrove", per-task bound)."""
+    if client[0] == "datatrove":
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)])}
+        return [sys.executable, __file__, "--datatrove", json.dumps([urls, client[1], deadline, work])], env
+    _, code, concurrency = client
+    env = {**os.environ, "PYTHONPATH": code}
+    return [sys.executable, __file__, "--client", json.dumps([urls, concurrency, deadline, work])], env
+
+
+def run_scenario(specs: list[dict], client: tuple, args, die_index: int | None = None) -> dict:
     import sim_gpu
 
     ports = free_ports(len(specs))
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     start = time.time() + 3.0  # the fleet's clock: the client starts now and takes a moment to import
-    window = (start + args.warmup, start + args.warmup + args.duration)
+    warmup = args.datatrove_warmup if client[0] == "datatrove" else args.warmup  # its N processes start first
+    window = (start + warmup, start + warmup + args.duration)
     die = None
     if die_index is not None:  # down for the middle third of the measured window
         third = args.duration / 3
@@ -150,19 +184,17 @@ def run_scenario(specs: list[dict], code: str, concurrency: int | None, args, di
     try:
         assert fleet.stdout.readline().strip() == "FLEET_READY"
         with tempfile.TemporaryDirectory() as work:
-            env = {**os.environ, "PYTHONPATH": code}
+            command, env = client_command(client, urls, window[1], work)
             log = open(os.path.join(work, "client.log"), "w")
-            client = subprocess.Popen([sys.executable, __file__, "--client", json.dumps(
-                [urls, concurrency, window[1], work])], stdout=subprocess.PIPE, stderr=log, env=env,
-                                      text=True)
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, env=env, text=True)
             time.sleep(max(0.0, window[0] - time.time()))
             before = asyncio.run(generated(urls))
             time.sleep(max(0.0, window[1] - time.time()))
             after = asyncio.run(generated(urls))
-            out, _ = client.communicate(timeout=600)
+            out, _ = process.communicate(timeout=600)
             log.close()
-            if client.returncode:
-                raise SystemExit(f"the client failed ({client.returncode}):\n" + Path(log.name).read_text()[-3000:])
+            if process.returncode:
+                raise SystemExit(f"the client failed ({process.returncode}):\n" + Path(log.name).read_text()[-3000:])
     finally:
         fleet.kill()
         fleet.wait()
@@ -177,7 +209,8 @@ def run_scenario(specs: list[dict], code: str, concurrency: int | None, args, di
         capacity += cap * up
     result = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
     return {"utilisation": tokens / capacity, "tokens_per_s": tokens / args.duration,
-            "capacity_per_s": capacity / args.duration, "windows": result.get("windows"), "lag": lag}
+            "capacity_per_s": capacity / args.duration, "windows": result.get("windows"), "lag": lag,
+            "client": result}
 
 
 def specs_for(scenario: str, args) -> tuple[list[dict], int | None]:
@@ -192,34 +225,62 @@ def specs_for(scenario: str, args) -> tuple[list[dict], int | None]:
     raise SystemExit(f"unknown scenario {scenario}")
 
 
-def measure(scenario: str, args, before: str, row) -> None:
-    """One scenario's rows: before (defaults, best of the sweep), now (defaults, bounded at that best)."""
+def best_of(values: list[int], run, label: str, sweep: list[str]) -> tuple[int, dict]:
+    """``run(value)`` for every value: the best (value, result) by utilisation; each goes to the log and ``sweep``."""
+    best = None
+    for value in values:
+        r = run(value)
+        line = f"{label}={value}: {r['utilisation']:.3f}"
+        print(f"   {line}" + (f" {r['client']}" if "datatrove" in label else ""), flush=True)
+        sweep.append(line)
+        if best is None or r["utilisation"] > best[1]["utilisation"]:
+            best = (value, r)
+    return best
+
+
+def measure(scenario: str, args, before: str, row, sweep: list[str]) -> None:
+    """One scenario's rows: before (defaults, best of the sweep), now (defaults, bounded at that best), datatrove's
+    runner (one task per server, best of the sweep); ``args.clients`` picks which."""
     specs, die = specs_for(scenario, args)
     name = {"8": "8 servers", "32": "32 servers", "unequal": "8 servers, half 3x slower",
             "dying": "8 servers, one down for a third"}[scenario]
-    row(name, "before, defaults", run_scenario(specs, before, None, args, die))
-    best = None
-    for c in [v * len(specs) for v in args.sweep]:
-        r = run_scenario(specs, before, c, args, die)
-        print(f"   before, concurrency={c}: {r['utilisation']:.3f}", flush=True)
-        if best is None or r["utilisation"] > best[1]["utilisation"]:
-            best = (c, r)
-    row(name, f"before, best hand-tuned (concurrency={best[0]})", best[1])
-    now = run_scenario(specs, str(ROOT), None, args, die)
-    row(name, "now, defaults", now)
-    print(f"   windows: {now['windows']}", flush=True)
-    row(name, f"now, concurrency={best[0]}", run_scenario(specs, str(ROOT), best[0], args, die))
+    n, best = len(specs), None
+    if "before" in args.clients:
+        row(name, "before, defaults", run_scenario(specs, ("finephrase", before, None), args, die))
+        best = best_of([v * n for v in args.sweep], lambda c: run_scenario(specs, ("finephrase", before, c), args, die),
+                       f"{name}: before, concurrency", sweep)
+        row(name, f"before, best hand-tuned (concurrency={best[0]})", best[1])
+    if "now" in args.clients:
+        now = run_scenario(specs, ("finephrase", str(ROOT), None), args, die)
+        row(name, "now, defaults", now)
+        print(f"   windows: {now['windows']}", flush=True)
+        if best is not None:
+            row(name, f"now, concurrency={best[0]}",
+                run_scenario(specs, ("finephrase", str(ROOT), best[0]), args, die))
+    if "datatrove" in args.clients:
+        dt = best_of(args.sweep, lambda c: run_scenario(specs, ("datatrove", c), args, die),
+                     f"{name}: datatrove, max_concurrent_generations", sweep)
+        failed = "; a task failed, the executor ended the others" if dt[1]["client"].get("failed") else ""
+        row(name, f"datatrove InferenceRunner, {n} tasks (one per server), best "
+                  f"(max_concurrent_generations={dt[0]} per task){failed}", dt[1])
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--serve", help=argparse.SUPPRESS)
     p.add_argument("--client", help=argparse.SUPPRESS)
+    p.add_argument("--datatrove", help=argparse.SUPPRESS)
     p.add_argument("--duration", type=float, default=12.0)
     p.add_argument("--warmup", type=float, default=6.0)
+    p.add_argument("--datatrove-warmup", type=float, default=30.0,
+                   help="datatrove's runs' warm-up: its executor starts one process per server first (32 had sent "
+                   "nothing 15 s after launch on 2 cores)")
     p.add_argument("--scenarios", nargs="+", default=["8", "32", "unequal", "dying"])
     p.add_argument("--sweep", nargs="+", type=int, default=[32, 64, 128],
-                   help="hand-tuned concurrency values, per server (x the scenario's servers)")
+                   help="hand-tuned concurrency values, per server (x the scenario's servers; datatrove's "
+                   "max_concurrent_generations per task, one task per server)")
+    p.add_argument("--clients", nargs="+", default=["before", "now", "datatrove"],
+                   choices=["before", "now", "datatrove"], help="which clients' rows to measure")
     p.add_argument("--max-num-seqs", type=int, default=64)
     p.add_argument("--step-a-ms", type=float, default=10.0)
     p.add_argument("--step-c-ms", type=float, default=0.05)
@@ -232,24 +293,18 @@ def main():
     if args.client:
         print(json.dumps(run_client(*json.loads(args.client))), flush=True)
         return
+    if args.datatrove:
+        from fleet_datatrove import run_datatrove
+
+        print(json.dumps(run_datatrove(*json.loads(args.datatrove))), flush=True)
+        return
 
     if args.before is None:
         args.before = subprocess.run(["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], capture_output=True,
                                      text=True, check=True).stdout.strip()[:12]
     before = tempfile.mkdtemp(prefix="finephrase-before-")
     subprocess.run(f"git -C {ROOT} archive {args.before} finephrase prompts pyproject.toml | tar -x -C {before}", shell=True, check=True)
-    lines = ["# Fleet utilisation: finephrase's client against simulated batching GPU servers\n",
-             f"Command: `{' '.join(['python benchmarks/fleet.py'] + sys.argv[1:])}`  ",
-             f"Machine: {platform.processor() or platform.machine()}, {cpu_model()}, {os.cpu_count()} CPUs "
-             "(shared with other jobs)  ",
-             f"Servers: vLLM-like, max_num_seqs {args.max_num_seqs}, step {args.step_a_ms} + {args.step_c_ms} x "
-             f"running ms, answers 128-640 tokens; {args.warmup:.0f} s warm-up, {args.duration:.0f} s measured. "
-             f"'before' is `{args.before}` (fixed concurrency, default 8).\n",
-             "`step lateness`: how late the simulated servers' own process ran behind their step clock, per step (ms; "
-             "late steps are caught up, so the capacity holds, but answers leave that much late).\n",
-             NOTES,
-             "| scenario | client | utilisation | tokens/s | capacity tokens/s | step lateness ms |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = header(args)
 
     def row(scenario, label, r):
         line = (f"| {scenario} | {label} | {r['utilisation']:.3f} | {r['tokens_per_s']:,.0f} | "
@@ -257,10 +312,38 @@ def main():
         print(line, flush=True)
         lines.append(line)
 
+    sweep: list[str] = []
     for scenario in args.scenarios:
-        measure(scenario, args, before, row)
+        measure(scenario, args, before, row, sweep)
+    lines += ["", "The sweeps, in run order: " + "; ".join(sweep) + ".", "", f"Load average at the end: {load()}."]
     Path(args.output).write_text("\n".join(lines) + "\n")
     print(f"written {args.output}")
+
+
+def header(args) -> list[str]:
+    """The results file's lines above the table's rows."""
+    return ["# Fleet utilisation: finephrase's client (and datatrove's runner) against simulated batching GPU "
+            "servers\n",
+            f"Command: `{' '.join(['python benchmarks/fleet.py'] + sys.argv[1:])}`  ",
+            f"Machine: {platform.processor() or platform.machine()}, {cpu_model()}, {os.cpu_count()} CPUs "
+            f"(shared with other jobs; load average at the start: {load()})  ",
+            f"Servers: vLLM-like, max_num_seqs {args.max_num_seqs}, step {args.step_a_ms} + {args.step_c_ms} x "
+            f"running ms, answers 128-640 tokens; {args.warmup:.0f} s warm-up, {args.duration:.0f} s measured. "
+            f"'before' is `{args.before}` (fixed concurrency, default 8); datatrove's runs: "
+            f"{args.datatrove_warmup:.0f} s warm-up.\n",
+            "`step lateness`: how late the simulated servers' own process ran behind their step clock, per step (ms; "
+            "late steps are caught up, so the capacity holds, but answers leave that much late).\n",
+            NOTES,
+            "| scenario | client | utilisation | tokens/s | capacity tokens/s | step lateness ms |",
+            "|---|---|---:|---:|---:|---:|"]
+
+
+def load() -> str:
+    """/proc/loadavg's 1, 5 and 15 minute averages."""
+    try:
+        return " / ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 def cpu_model() -> str:
