@@ -171,15 +171,18 @@ class ClusterError(FinephraseError):
 
 
 class RunStopped(ClusterError):
-    """A Ray launch stopped by a signal (``finephrase stop``: SIGTERM; Ctrl-C: SIGINT) before its stages were done.
-    ``resume``: the command that resumes it."""
+    """A Ray launch stopped by a signal (``finephrase stop``: SIGTERM; Ctrl-C: SIGINT) before its stages were done:
+    :meth:`by_signal` says where and how to resume. Its exit code is the shell's for that signal (128 + signum)."""
 
-    def __init__(self, signum: int, stage: str, unfinished: int, tasks: int, resume: str | None = None):
-        self.signum, self.stage, self.unfinished, self.tasks = signum, stage, unfinished, tasks
-        self.exit_code = 128 + signum
+    exit_code = 128 + signal.SIGTERM
+
+    @classmethod
+    def by_signal(cls, signum: int, stage: str, unfinished: int, tasks: int, resume: str | None = None) -> RunStopped:
         fix = f"`{resume}` resumes" if resume else "launch again with the same --output to resume"
-        super().__init__(f"stopped by {signal.Signals(signum).name} in stage {stage} ({unfinished} of {tasks} "
-                         f"task(s) unfinished)", f"{fix} (finished tasks are skipped)")
+        stop = cls(f"stopped by {signal.Signals(signum).name} in stage {stage} ({unfinished} of {tasks} task(s) "
+                   "unfinished)", f"{fix} (finished tasks are skipped)")
+        stop.exit_code = 128 + signum
+        return stop
 
     @property
     def line(self) -> str:

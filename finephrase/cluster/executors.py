@@ -87,7 +87,7 @@ def run_ray(stages: list[Stage], output: str, cluster: ClusterConfig, workers: i
     ``depends`` (datatrove's Ray executor then polls a failed dependency forever): a stage with a task left
     unfinished stops the run (a relaunch resumes it). SIGTERM (``finephrase stop``) or Ctrl-C: datatrove's executor
     cancels the stage's tasks and kills its actors on the way out, the driver disconnects (Ray ends what is left of
-    its job), and :class:`~finephrase.cluster.driver.RunStopped` (with ``resume``, the command that resumes) says
+    its job), and :class:`~finephrase.errors.RunStopped` (with ``resume``, the command that resumes) says
     where it stopped; if that clean-up outlasts its grace, ``on_stop(RunStopped)`` and the process exits."""
     import signal
 
@@ -101,7 +101,8 @@ def run_ray(stages: list[Stage], output: str, cluster: ClusterConfig, workers: i
 
     def stopped(signum: int) -> RunStopped:
         done = len(glob.glob(os.path.join(RunPaths(output).logs(current.name), "completions", "*")))
-        return RunStopped(signum, current.name, current.tasks - min(done, current.tasks), current.tasks, resume)
+        return RunStopped.by_signal(signum, current.name, current.tasks - min(done, current.tasks), current.tasks,
+                                    resume)
 
     try:
         with stop_on_sigterm(last_words=(lambda signum: on_stop(stopped(signum))) if on_stop else None) as received:
