@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing
+import signal
+
+import pytest
 
 from finephrase.inference.endpoints import deregister, read_endpoints_file, register
 
@@ -39,7 +42,6 @@ def test_serve_advertise_registers_an_address_other_hosts_reach_and_leaves_on_ct
     node's view of this one: a server bound to 127.0.0.1 refuses it), HOST:port is what the endpoints file holds,
     a generation through it comes back, and Ctrl-C takes the line out of the file."""
     import json
-    import signal
     import subprocess
     import sys
     import time
@@ -66,10 +68,10 @@ def test_serve_advertise_registers_an_address_other_hosts_reach_and_leaves_on_ct
     assert read_endpoints_file(str(endpoints)) == []
 
 
-def test_serve_in_the_background_stops_on_sigterm_and_leaves_the_file(tmp_path):
-    """`finephrase serve ... &` from a script ignores Ctrl-C (SIGINT is ignored in background jobs): `kill` (SIGTERM)
-    stops it the same way, and its line leaves the endpoints file."""
-    import signal
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serve_in_the_background_stops_on_a_signal_and_leaves_the_file(tmp_path, sig):
+    """`finephrase serve ... &` from a script starts with SIGINT ignored (background jobs do): `kill` (SIGTERM) and
+    `kill -INT` both stop it as Ctrl-C does, and its line leaves the endpoints file."""
     import subprocess
     import sys
     import time
@@ -85,6 +87,6 @@ def test_serve_in_the_background_stops_on_sigterm_and_leaves_the_file(tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-2000:]
             time.sleep(0.5)
     finally:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         assert proc.wait(timeout=60) == 0, (tmp_path / "serve.log").read_text()[-2000:]
     assert read_endpoints_file(str(endpoints)) == []

@@ -396,13 +396,15 @@ def serve_forever(servers: EmbeddedServers, endpoints_file: str | None = None, o
                   advertise: str | None = None) -> None:
     """Run the supervised pool until interrupted (``finephrase serve``); ends when no replica can be kept alive.
     ``advertise``: the host other machines reach these servers at (they listen on every interface), registered
-    in ``endpoints_file`` instead of the address they listen on. SIGTERM (``kill``, ``scancel``; a background
-    ``finephrase serve &`` ignores Ctrl-C) stops it as Ctrl-C does: the servers stop and their lines leave the file."""
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    in ``endpoints_file`` instead of the address they listen on. SIGINT (Ctrl-C) and SIGTERM (``kill``, ``scancel``)
+    stop it, as a server's own handlers do (uvicorn's): the servers stop and their lines leave the file, also when it
+    was started with SIGINT ignored (``finephrase serve &`` from a script, or under a parent that ignores it)."""
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         _serve(servers, endpoints_file, on_ready, advertise)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _interrupt(signum, frame):
