@@ -186,8 +186,7 @@ class RunWatch:
         for i, (name, tasks) in enumerate(self.stages):
             logs = self.paths.logs(name)
             finished = os.path.exists(os.path.join(logs, "stats.json"))
-            completions = os.path.join(logs, "completions")
-            done = len(os.listdir(completions)) if os.path.isdir(completions) else 0
+            done = self.paths.completed_tasks(name)
             if name not in self.started and (os.path.exists(os.path.join(logs, "executor.json")) or finished):
                 self.started[name] = now
             if finished and name not in self.ended:

@@ -3,7 +3,6 @@ chained with ``depends``) and ``RayPipelineExecutor``."""
 
 from __future__ import annotations
 
-import glob
 import os
 import shlex
 from collections.abc import Callable
@@ -100,7 +99,7 @@ def run_ray(stages: list[Stage], output: str, cluster: ClusterConfig, workers: i
     current, received = stages[0], []
 
     def stopped(signum: int) -> RunStopped:
-        done = len(glob.glob(os.path.join(RunPaths(output).logs(current.name), "completions", "*")))
+        done = RunPaths(output).completed_tasks(current.name)
         return RunStopped.by_signal(signum, current.name, current.tasks - min(done, current.tasks), current.tasks,
                                     resume)
 

@@ -236,9 +236,7 @@ def launch(recipe: Recipe, executor: str = "slurm", servers: int | None = None, 
 
 def _inference_done(stages: list[Stage], output: str) -> bool:
     """Every task of every inference stage has its completion marker (datatrove's, as a relaunch skips them)."""
-    import glob
-
-    return all(len(glob.glob(os.path.join(RunPaths(output).logs(s.name), "completions", "*"))) >= s.tasks
+    return all(RunPaths(output).completed_tasks(s.name) >= s.tasks
                for s in stages if s.kind == "inference")
 
 

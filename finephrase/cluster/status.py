@@ -88,7 +88,7 @@ def _healthy(endpoint: str, timeout: float = 3.0) -> bool:
 
 
 def _stage_status(output: str, stage: StageJobs, queued: list[slurm.QueuedJob]) -> StageStatus:
-    done = len(glob.glob(os.path.join(RunPaths(output).logs(stage.name), "completions", "*")))
+    done = RunPaths(output).completed_tasks(stage.name)
     st = StageStatus(stage.name, stage.tasks, done=min(done, stage.tasks))
     mine = [q for q in queued if q.job in stage.arrays]
     st.running = sum(q.state in ("RUNNING", "COMPLETING", "CONFIGURING") for q in mine)

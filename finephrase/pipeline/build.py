@@ -102,6 +102,11 @@ class RunPaths:
     def logs(self, stage: str) -> str:
         return self.w("logs", stage)
 
+    def completed_tasks(self, stage: str) -> int:
+        """The stage's tasks that finished (datatrove's completion markers)."""
+        folder = os.path.join(self.logs(stage), "completions")
+        return len(os.listdir(folder)) if os.path.isdir(folder) else 0
+
 
 def document_text(doc) -> str:
     """What exact dedup compares (a module-level function: the config travels to worker processes)."""
